@@ -1,0 +1,128 @@
+"""Config loading helpers, shared defaults, and start-up validation with actionable errors.
+
+Configs are ml_collections `get_config()` files (see configs/). `validate_config` runs once at
+start-up, before anything is compiled, and raises `ConfigError` naming the field and the allowed
+values for every mistake it can see without building the model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from typing import Any
+
+import ml_collections
+
+from clip_jax.registry import ConfigError
+
+REQUIRED_INT_FIELDS = ("total_steps", "batch_size", "seed", "log_every_steps",
+                       "eval_every_steps", "ckpt_every_steps")
+
+# Optional top-level fields and their defaults.
+OPTIONAL_DEFAULTS: dict[str, Any] = {
+    "eval_batch_size": 0,          # 0 -> batch_size
+    "ckpt_keep": 3,                # keep the last K checkpoints ...
+    "ckpt_keep_period": 0,         # ... plus every M-th step (0: none)
+    "ckpt_async": True,            # write checkpoints in the background
+    "max_bad_steps": 5,            # stop after this many consecutive non-finite steps
+    "init_from": "",               # params-only initialisation from another checkpoint
+    "init_from_rules": (),         # ((regex, "load"|"init"), ...) for init_from
+    "debug_nan_step": -1,          # test-only: make this step's loss NaN (fault injection)
+    "distributed": None,           # multi-host settings (see launch/)
+}
+SECTIONS = ("mesh", "batch_axes", "sharding_rules", "data", "model", "loss", "optim", "evals")
+KNOWN_TOP_LEVEL = set(REQUIRED_INT_FIELDS) | set(OPTIONAL_DEFAULTS) | set(SECTIONS)
+OPTIM_FIELDS = {"learning_rate", "warmup_steps", "end_lr_ratio", "b1", "b2", "eps",
+                "weight_decay", "grad_clip_norm", "no_decay", "freeze"}
+MODEL_FIELDS = {"embed_dim", "dtype", "remat", "towers"}
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """Loads `get_config()` from a Python file (for tools and tests; the CLI uses absl flags)."""
+  if not os.path.exists(path):
+    raise ConfigError(f"--config {path!r}: no such file")
+  spec = importlib.util.spec_from_file_location("_clip_jax_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"--config {path!r} has no get_config() function")
+  return module.get_config()
+
+
+def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` with every optional top-level field present."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, value in OPTIONAL_DEFAULTS.items():
+    if key not in config:
+      config[key] = value
+  return config
+
+
+def _unknown(section: ml_collections.ConfigDict, known: set[str], field: str) -> None:
+  extra = sorted(set(section.keys()) - known)
+  if extra:
+    raise ConfigError(
+        f"{field}.{extra[0]} is not a known field; known fields: {', '.join(sorted(known))}")
+
+
+def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
+                    process_count: int = 1) -> None:
+  """Checks a training config before anything is built.
+
+  Raises:
+    ConfigError: naming the field and the allowed values, for unknown fields, bad integers, a
+      global batch not divisible by the batch shards or processes, a mesh that does not match the
+      devices, and unknown loss, tower, data source or evaluator names.
+  """
+  # Imported here: these modules register the names that validation checks against.
+  import clip_jax.data  # noqa: F401
+  import clip_jax.evals  # noqa: F401
+  import clip_jax.losses  # noqa: F401
+  import clip_jax.models  # noqa: F401
+  from clip_jax.data.registry import SOURCES
+  from clip_jax.evals.registry import EVALUATORS
+  from clip_jax.losses.registry import LOSSES
+  from clip_jax.mesh import parse_mesh_shape
+  from clip_jax.models.registry import TOWERS
+
+  _unknown(config, KNOWN_TOP_LEVEL, "config")
+  for name in REQUIRED_INT_FIELDS + SECTIONS:
+    if name not in config:
+      raise ConfigError(f"config.{name} is missing; every training config sets "
+                        f"{', '.join(REQUIRED_INT_FIELDS + SECTIONS)}")
+  for name in REQUIRED_INT_FIELDS:
+    value = config[name]
+    if not isinstance(value, int) or isinstance(value, bool) or (name != "seed" and value <= 0):
+      raise ConfigError(f"config.{name} = {value!r} must be a positive integer")
+
+  names, sizes = parse_mesh_shape(config.mesh, num_devices)
+  axis_size = dict(zip(names, sizes))
+  batch_axes = tuple(config.batch_axes)
+  bad = [a for a in batch_axes if a not in axis_size]
+  if not batch_axes or bad:
+    raise ConfigError(f"config.batch_axes = {batch_axes!r} must be a non-empty subset of the "
+                      f"mesh axes {names}")
+  shards = math.prod(axis_size[a] for a in batch_axes)
+  for field in ("batch_size", "eval_batch_size"):
+    value = config.get(field) or 0
+    if value and value % shards:
+      raise ConfigError(
+          f"config.{field} = {value} is not divisible by the {shards} batch shards (mesh axes "
+          f"{batch_axes} over {num_devices} devices); use a multiple of {shards}")
+    if value and value % process_count:
+      raise ConfigError(f"config.{field} = {value} is not divisible by the {process_count} "
+                        "processes")
+
+  SOURCES.get(config.data.name)
+  LOSSES.get(config.loss.name)
+  _unknown(config.optim, OPTIM_FIELDS, "config.optim")
+  _unknown(config.model, MODEL_FIELDS, "config.model")
+  if config.model.get("dtype", "float32") not in ("float32", "bfloat16"):
+    raise ConfigError(f"config.model.dtype = {config.model.dtype!r}; choose float32 or bfloat16")
+  if not config.model.towers:
+    raise ConfigError("config.model.towers is empty; give at least two towers by modality")
+  for modality, tower in config.model.towers.items():
+    TOWERS.get(tower.name, field=f"config.model.towers.{modality}.name")
+  for eval_name, eval_config in (config.evals or {}).items():
+    EVALUATORS.get(eval_config.name, field=f"config.evals.{eval_name}.name")

@@ -1,0 +1,178 @@
+"""The training loop: build everything from the config, resume, train, evaluate, checkpoint, log.
+
+    final_metrics = train_and_evaluate(config, workdir)
+
+Every `log_every_steps` a training line goes to `<workdir>/metrics.jsonl`, every
+`eval_every_steps` (and at the end) the evaluators run, every `ckpt_every_steps` (and at the end)
+a checkpoint is written. Starting again with the same workdir resumes from the latest checkpoint,
+including the data iterator's position.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from clip_jax import config as config_lib
+from clip_jax import mesh as mesh_lib
+from clip_jax.checkpoint import Checkpointer
+from clip_jax.data import make_tokenizer, make_train_iterator
+from clip_jax.evals import make_evaluators
+from clip_jax.losses.registry import make_objective
+from clip_jax.metrics import MetricsWriter, ProgressBar, plot_metrics
+from clip_jax.models import make_model
+from clip_jax.optim import make_optimizer
+from clip_jax.registry import ConfigError
+from clip_jax.training import state as state_lib
+from clip_jax.training.step import make_embed_fn, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+class Trainer:
+  """Everything built from one config on one mesh: model, objective, optimizer, step functions."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, devices=None):
+    config = config_lib.with_defaults(config)
+    devices = list(devices) if devices is not None else jax.devices()
+    config_lib.validate_config(config, num_devices=len(devices),
+                               process_count=jax.process_count())
+    self.config = config
+    self.mesh = mesh_lib.make_mesh(config.mesh, devices)
+    self.batch_axes = mesh_lib.validate_batch_axes(self.mesh, config.batch_axes)
+    self.batch_sharding = mesh_lib.batch_sharding(self.mesh, self.batch_axes)
+    self.model = make_model(config.model)
+    self.modalities = tuple(config.model.towers.keys())
+    self.objective = make_objective(config.loss, axis_name=self.batch_axes)
+    missing = [m for m in self.objective.modalities if m not in self.modalities]
+    if missing:
+      raise ConfigError(f"config.loss.name = {config.loss.name!r} needs the modalities "
+                        f"{self.objective.modalities}, but config.model.towers has no {missing}")
+
+  def build(self, sample_batch: dict[str, np.ndarray]) -> None:
+    """Builds optimizer, state shardings and the jitted step for batches shaped like `sample`."""
+    config = self.config
+    init_params = state_lib.make_init_fn(
+        self.model, self.objective, state_lib.sample_inputs(sample_batch, self.modalities))
+    abstract_params = jax.eval_shape(init_params, jax.random.PRNGKey(0))
+    self.tx, self.schedule = make_optimizer(config.optim, config.total_steps, abstract_params)
+    self.make_state = state_lib.make_state_fn(init_params, self.tx, config.seed)
+    self.abstract_state, self.state_shardings = state_lib.state_shardings(
+        self.make_state, config.sharding_rules, self.mesh)
+    self.batch_keys = tuple(sample_batch.keys())
+    self.train_step = make_train_step(
+        self.model, self.objective, self.tx, self.schedule, self.mesh, self.batch_axes,
+        self.state_shardings, self.batch_keys, debug_nan_step=config.debug_nan_step)
+    self.embed = make_embed_fn(self.model, self.mesh, self.batch_axes,
+                               config.eval_batch_size or config.batch_size)
+
+  def init_state(self) -> state_lib.State:
+    return state_lib.create_state(self.make_state, self.state_shardings)
+
+  def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return mesh_lib.to_global_batch(local_batch, self.batch_sharding, self.config.batch_size)
+
+
+def _check_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test_{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"--workdir {workdir!r} is not writable ({e}); choose a directory you can "
+                      "write to") from None
+
+
+def run_evals(evaluators: dict[str, Any], embed, params) -> dict[str, float]:
+  metrics: dict[str, float] = {}
+  for name, evaluator in evaluators.items():
+    metrics.update(evaluator(lambda modality, x: embed(params["model"], modality, x)))
+  return metrics
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains (or resumes) the run in `workdir`; returns the final eval metrics."""
+  _check_workdir(workdir)
+  trainer = Trainer(config)
+  config = trainer.config
+  is_main = jax.process_index() == 0
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  tokenizer = make_tokenizer(config.data)
+  data_iter = make_train_iterator(config, tokenizer, process_index=jax.process_index(),
+                                  process_count=jax.process_count())
+  first = next(data_iter)
+  trainer.build(first)
+  evaluators = make_evaluators(config, tokenizer)
+
+  ckpt = Checkpointer(workdir, keep=config.ckpt_keep, keep_period=config.ckpt_keep_period,
+                      async_save=config.ckpt_async)
+  start = ckpt.latest_step()
+  if start is not None:
+    state, data_state = ckpt.restore(start, trainer.abstract_state)
+    data_iter.set_state(data_state)
+    print(f"Resumed from {ckpt.directory}/{start} (step {start} of {config.total_steps}).",
+          flush=True)
+    pending = None
+  else:
+    state = trainer.init_state()
+    start = 0
+    pending = first  # the first batch was drawn to learn the shapes; train on it
+    print(f"Model: {state_lib.param_count(state['params']):,} parameters on a mesh "
+          f"{dict(trainer.mesh.shape)}; batch {config.batch_size}.", flush=True)
+
+  writer = MetricsWriter(workdir, resume_step=start, enabled=is_main)
+  bar = ProgressBar(config.total_steps, initial_step=start, enabled=is_main)
+  final: dict[str, float] = {}
+  last_time, last_step = time.time(), start
+  step = start
+  try:
+    while step < config.total_steps:
+      local = pending if pending is not None else next(data_iter)
+      pending = None
+      state, metrics = trainer.train_step(state, trainer.global_batch(local))
+      step += 1
+      if step % config.log_every_steps == 0 or step == config.total_steps:
+        values = _scalars(metrics)
+        now = time.time()
+        values["examples_per_sec"] = (step - last_step) * config.batch_size / max(now - last_time,
+                                                                                  1e-9)
+        last_time, last_step = now, step
+        writer.write(step, values)
+        bar.update(step, values)
+        if values["bad_steps"] >= config.max_bad_steps:
+          raise FloatingPointError(
+              f"{int(values['bad_steps'])} consecutive non-finite steps up to step {step}; "
+              f"stopping. Last good checkpoint: step {ckpt.latest_step()} in {ckpt.directory}")
+      else:
+        bar.update(step, None)
+      if step % config.eval_every_steps == 0 or step == config.total_steps:
+        final = run_evals(evaluators, trainer.embed, state["params"])
+        writer.write(step, final)
+        bar.write(" ".join(f"{k}={v:.4g}" for k, v in final.items()))
+      if step % config.ckpt_every_steps == 0 or step == config.total_steps:
+        ckpt.save(step, state, data_iter.get_state(), force=True)
+  finally:
+    bar.close()
+    ckpt.close()
+    writer.close()
+  if is_main:
+    plot_metrics(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "metrics.png"))
+    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+      json.dump(final, f, indent=2)
+  return final

@@ -1,0 +1,78 @@
+"""The train state, created directly in its sharded layout.
+
+The state is a plain dict pytree:
+  step      int32 []              number of optimizer updates applied
+  params    {"model": MultiTower params, "loss": the objective's raw parameters}
+  opt_state the optax state for `params`
+  rng       uint32 [2]            a raw PRNG key, folded with the step for stochastic layers
+  bad_steps int32 []              consecutive non-finite steps (divergence guard)
+
+`create_state` follows eval_shape -> shardings from the regex rules -> jit(init, out_shardings),
+so no full copy of the parameters ever exists on one device.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+
+from clip_jax.losses.registry import Objective
+from clip_jax.mesh import shardings_for
+
+State = dict[str, Any]
+
+
+def sample_inputs(batch: Mapping[str, np.ndarray], modalities) -> dict[str, np.ndarray]:
+  """A one-example batch with the dtypes and trailing shapes of `batch`, for init."""
+  return {k: np.zeros((1,) + np.shape(v)[1:], np.asarray(v).dtype) for k, v in batch.items()
+          if k in modalities}
+
+
+def make_init_fn(model: nn.Module, objective: Objective,
+                 sample: Mapping[str, np.ndarray]) -> Callable[[jax.Array], dict[str, Any]]:
+  """Returns rng -> params {"model": ..., "loss": ...}."""
+  def init(rng):
+    model_params = model.init(rng, dict(sample), train=False)["params"]
+    loss_params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), dict(objective.init_params))
+    return {"model": model_params, "loss": loss_params}
+
+  return init
+
+
+def make_state_fn(init_params: Callable, tx: optax.GradientTransformation,
+                  seed: int) -> Callable[[], State]:
+  def make_state():
+    rng = jax.random.PRNGKey(seed)
+    init_rng, state_rng = jax.random.split(rng)
+    params = init_params(init_rng)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+            "rng": state_rng, "bad_steps": jnp.zeros((), jnp.int32)}
+
+  return make_state
+
+
+def state_shardings(make_state: Callable[[], State], rules, mesh: Mesh) -> tuple[Any, Any]:
+  """(abstract state, NamedShardings) for the state that `make_state` builds."""
+  abstract = jax.eval_shape(make_state)
+  shardings = shardings_for(abstract, rules, mesh)
+  # Counters and the key stay replicated whatever the rules say.
+  rep = NamedSharding(mesh, jax.sharding.PartitionSpec())
+  shardings.update(step=rep, rng=rep, bad_steps=rep)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+  return abstract, shardings
+
+
+def create_state(make_state: Callable[[], State], shardings: Any) -> State:
+  """Runs `make_state` under jit with the given out_shardings: created already sharded."""
+  return jax.jit(make_state, out_shardings=shardings)()
+
+
+def param_count(params: Any) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

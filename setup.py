@@ -1,0 +1,36 @@
+"""Installs clip_jax.
+
+  pip install -e .            # CPU JAX from PyPI if no JAX is installed yet
+  pip install -e ".[test]"    # plus the test tools
+
+An already installed JAX (for example a CUDA or TPU build) is kept: the requirement is a lower
+bound only, so pip never replaces it.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="clip_jax",
+    version="0.1.0",
+    description="Large-batch contrastive image-text (CLIP / SigLIP) training in JAX",
+    packages=find_packages(include=["clip_jax", "clip_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.10",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "tensorflow-datasets>=4.9",
+        "ml-collections>=1.0",
+        "einops>=0.8",
+        "numpy>=1.26",
+        "pillow>=10",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+        "absl-py>=2.0",
+        "tokenizers>=0.19",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100"],
+    },
+)
