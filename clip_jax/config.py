@@ -126,3 +126,32 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
     TOWERS.get(tower.name, field=f"config.model.towers.{modality}.name")
   for eval_name, eval_config in (config.evals or {}).items():
     EVALUATORS.get(eval_config.name, field=f"config.evals.{eval_name}.name")
+
+
+def parse_flags_or_exit(argv: list[str]) -> list[str]:
+  """absl flags parser for the CLIs: a bad --config override exits with a one-line message.
+
+  Used as `app.run(main, flags_parser=parse_flags_or_exit)`; without it, an unknown field such as
+  `--config.total_stepz=3` ends in a traceback from inside ml_collections.
+  """
+  import sys
+
+  from absl import flags
+
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # noqa: BLE001  (flag parsing raises many types; all are user errors)
+    import re
+
+    arg = next((a for a in argv[1:] if a.startswith("--config.") and
+                a[len("--config."):].split("=")[0].split(".")[-1] in str(e)), None)
+    name = arg.split("=")[0] if arg else "--config"
+    suggestion = re.search(r'Did you mean "([^"]+)"', str(e))
+    if isinstance(e, (AttributeError, KeyError)):
+      message = f"{name} is not a known field" + (
+          f"; did you mean {name.rsplit('.', 1)[0]}.{suggestion.group(1)}?" if suggestion
+          else "; see the config file for the known fields")
+    else:
+      message = f"{name}: " + str(e).replace("\\n", " ").strip()
+    print(f"Config error: {message}", file=sys.stderr)
+    sys.exit(2)

@@ -13,17 +13,29 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from clip_jax.config import parse_flags_or_exit
 from clip_jax.registry import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False,
+                               "Initialise jax.distributed from the cluster environment "
+                               "(TPU pods, SLURM, Open MPI).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "HOST:PORT of process 0, for an explicit multi-process start.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --coordinator_address.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --coordinator_address.")
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from clip_jax import distributed
   from clip_jax.training.loop import train_and_evaluate
+
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                         auto=_MULTIHOST.value)
 
   try:
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -34,4 +46,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags_or_exit)

@@ -1,0 +1,74 @@
+"""Evaluate a run's checkpoint with the evaluators of its config.
+
+  python -m clip_jax.evaluate --workdir /tmp/emoji_demo [--step 600] [--config other.py]
+
+Without --config, the config saved in `<workdir>/config.json` by training is used. Prints one
+JSON object of metrics and appends it to `<workdir>/eval_results.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from clip_jax.config import parse_flags_or_exit
+from clip_jax.registry import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Optional get_config() file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "The training run's directory.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        step: int | None = None) -> dict[str, float]:
+  """Restores checkpoint `step` (latest if None) of `workdir` and runs the config's evaluators."""
+  from clip_jax.checkpoint import Checkpointer
+  from clip_jax.data import make_tokenizer, make_train_iterator
+  from clip_jax.evals import make_evaluators
+  from clip_jax.training.loop import Trainer, run_evals
+
+  trainer = Trainer(config)
+  config = trainer.config
+  tokenizer = make_tokenizer(config.data)
+  trainer.build(next(make_train_iterator(config, tokenizer)))
+  ckpt = Checkpointer(workdir, async_save=False)
+  step = ckpt.latest_step() if step is None else step
+  if step is None or step not in ckpt.all_steps():
+    raise ConfigError(f"--workdir {workdir!r} has no checkpoint"
+                      + (f" at step {step}; it has {ckpt.all_steps()}" if step else ""))
+  state, _ = ckpt.restore(step, trainer.abstract_state)
+  ckpt.close()
+  metrics = run_evals(make_evaluators(config, tokenizer), trainer.embed, state["params"])
+  return {"step": step, **metrics}
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  workdir = _WORKDIR.value
+  try:
+    if _CONFIG.value is not None:
+      config = _CONFIG.value
+    else:
+      path = os.path.join(workdir, "config.json")
+      if not os.path.exists(path):
+        raise ConfigError(f"{path} not found: pass --config, or a --workdir made by training")
+      with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    metrics = evaluate_checkpoint(config, workdir, _STEP.value)
+  except ConfigError as e:
+    print(f"Config error: {e}", file=sys.stderr)
+    sys.exit(2)
+  line = json.dumps(metrics)
+  print(line)
+  with open(os.path.join(workdir, "eval_results.jsonl"), "a") as f:
+    f.write(line + "\n")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir"])
+  app.run(main, flags_parser=parse_flags_or_exit)
