@@ -1,0 +1,107 @@
+"""Shared pieces of the evaluators: the base class, config-field checking, embedding checks.
+
+An evaluator is built once from its config entry `config.evals.<eval_name>` (loading its data and
+tokenising its texts at construction) and then called with an `embed` function each time the
+trainer evaluates:
+
+  metrics = evaluator(embed)   # flat {"<eval_name>/<metric>": float}
+
+`embed(modality, inputs)` maps a numpy batch of one modality (images float32 [N, H, W, 3] in
+[-1, 1], or token ids int32 [N, L]) to L2-normalised embeddings float32 [N, d]; the trainer does the
+device batching and sharding. Metrics are computed on the host in numpy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Protocol
+
+import numpy as np
+
+from clip_jax.registry import ConfigError
+
+EmbedFn = Callable[[str, np.ndarray], np.ndarray]
+
+
+class Tokenizer(Protocol):
+  def encode(self, texts: list[str]) -> np.ndarray:
+    """list of M strings -> int32 [M, L] token ids."""
+    ...
+
+
+class EvalSet(Protocol):
+  """What `clip_jax.data.load_eval_split` returns (only the fields the evaluators read)."""
+  images: np.ndarray  # float32 [N, H, W, 3] in [-1, 1]
+  texts: list[str]  # M captions
+  text_image: np.ndarray  # int32 [M]: the image each text describes
+  labels: dict[str, tuple[np.ndarray, list[str]]]  # name -> (int32 [N] class index, class names)
+
+
+LoadSplitFn = Callable[[str], EvalSet]
+
+REQUIRED = object()  # marks a config field without a default
+
+
+class Evaluator:
+  """Base class: reads and checks the evaluator's config fields.
+
+  Subclasses set `FIELDS` (field name -> default, or REQUIRED) and implement `__call__`.
+  `self.fields` holds the resolved values; unknown or missing fields raise ConfigError naming
+  `config.evals.<eval_name>.<field>`.
+  """
+
+  FIELDS: Mapping[str, Any] = {"name": REQUIRED}
+
+  def __init__(self, eval_name: str, cfg: Mapping[str, Any]):
+    self.eval_name = eval_name
+    self.fields = read_fields(eval_name, cfg, self.FIELDS)
+
+  def field_path(self, field: str) -> str:
+    """The config path of one of this evaluator's fields, for error messages."""
+    return f"config.evals.{self.eval_name}.{field}"
+
+  def __call__(self, embed: EmbedFn) -> dict[str, float]:
+    raise NotImplementedError
+
+
+def read_fields(eval_name: str, cfg: Mapping[str, Any],
+                fields: Mapping[str, Any]) -> dict[str, Any]:
+  """Returns {field: value} for `fields`, taking values from `cfg` and defaults from `fields`.
+
+  Raises:
+    ConfigError: `cfg` has a field not in `fields` (likely a typo), or lacks a REQUIRED one.
+  """
+  given = dict(cfg.items())
+  unknown = sorted(set(given) - set(fields))
+  if unknown:
+    raise ConfigError(
+        f"config.evals.{eval_name}.{unknown[0]} is not a field of evaluator "
+        f"{given.get('name')!r}; allowed fields: {', '.join(sorted(fields))}")
+  out = {}
+  for field, default in fields.items():
+    if field in given:
+      out[field] = given[field]
+    elif default is REQUIRED:
+      raise ConfigError(f"config.evals.{eval_name}.{field} is required for evaluator "
+                        f"{given.get('name')!r}")
+    else:
+      out[field] = default
+  return out
+
+
+def embed_checked(embed: EmbedFn, modality: str, inputs: np.ndarray,
+                  what: str) -> np.ndarray:
+  """Calls `embed(modality, inputs)` and returns float32 [N, d] unit-norm rows.
+
+  Rows are re-normalised here (a no-op for an embed that already normalises) so that dot
+  products are cosine similarities. A zero row stays zero; NaNs pass through.
+
+  Raises:
+    ValueError: the result is not [N, d] with N = len(inputs).
+  """
+  out = np.asarray(embed(modality, inputs), dtype=np.float32)
+  n = len(inputs)
+  if out.ndim != 2 or out.shape[0] != n:
+    raise ValueError(f"embed({modality!r}, <{what}: {n} rows>) returned shape {out.shape}; "
+                     f"expected [{n}, d]")
+  norm = np.linalg.norm(out, axis=1, keepdims=True)
+  return out / np.maximum(norm, 1e-12)

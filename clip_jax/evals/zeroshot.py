@@ -1,0 +1,188 @@
+"""Zero-shot classification with a prompt ensemble.
+
+Each class c gets one text embedding: every template of the ensemble is filled with the lowercased
+class name, the prompts are embedded, and the class embedding is the re-normalised mean of the
+unit-norm prompt embeddings,
+
+  w_c = normalise( (1/T) * sum_t normalise(f_text(template_t.format(name_c))) ).
+
+An image is classified by the largest cosine similarity <f_image(x), w_c>. Top-K accuracy counts an
+image as correct if its true class is among the K best classes, with ties counted against the model
+(the true class's rank is the number of OTHER classes scoring >= it; correct iff rank < K), and K
+capped at the number of classes. NaN scores count as -inf. Images whose label is negative are
+treated as unlabelled and skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from clip_jax.evals.base import REQUIRED, EmbedFn, Evaluator, LoadSplitFn, Tokenizer, embed_checked
+from clip_jax.evals.registry import EVALUATORS
+from clip_jax.evals.retrieval import row_blocks
+from clip_jax.evals.templates import get_templates
+from clip_jax.registry import ConfigError
+
+DEFAULT_KS: tuple[int, ...] = (1, 5)
+
+
+def build_prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[str]:
+  """Fills every template with every lowercased class name.
+
+  Returns:
+    C * T prompts, class-major: prompt [c * T + t] = templates[t].format(classnames[c].lower()).
+  """
+  return [t.format(name.lower()) for name in classnames for t in templates]
+
+
+def ensemble_class_embeddings(prompt_emb: np.ndarray, num_templates: int) -> np.ndarray:
+  """Averages prompt embeddings over the template ensemble.
+
+  Args:
+    prompt_emb: float [C * T, d], class-major (as `build_prompts` orders them).
+    num_templates: T.
+
+  Returns:
+    float32 [C, d]: per class, the re-normalised mean of the L2-normalised prompt embeddings.
+  """
+  prompt_emb = np.asarray(prompt_emb, np.float32)
+  if prompt_emb.ndim != 2 or len(prompt_emb) % num_templates:
+    raise ValueError(f"prompt_emb has shape {prompt_emb.shape}; expected [C * {num_templates}, d]")
+  prompt_emb = prompt_emb / np.maximum(np.linalg.norm(prompt_emb, axis=-1, keepdims=True), 1e-12)
+  mean = prompt_emb.reshape(-1, num_templates, prompt_emb.shape[-1]).mean(axis=1)
+  return mean / np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
+
+
+def true_class_ranks(image_emb: np.ndarray, class_emb: np.ndarray, labels: np.ndarray,
+                     chunk_size: int = 4096) -> np.ndarray:
+  """Rank of each image's true class: the number of other classes scoring >= it.
+
+  Args:
+    image_emb: float [N, d]; class_emb: float [C, d]; labels: int [N] in [0, C).
+
+  Returns:
+    int64 [N] ranks in [0, C).
+  """
+  ranks = np.zeros(len(image_emb), np.int64)
+  for rows in row_blocks(len(image_emb), len(class_emb), chunk_size):
+    sim = np.asarray(image_emb[rows], np.float32) @ np.asarray(class_emb, np.float32).T  # [c, C]
+    sim = np.where(np.isnan(sim), -np.inf, sim)
+    own = sim[np.arange(rows.stop - rows.start), labels[rows]]
+    ranks[rows] = np.sum(sim >= own[:, None], axis=1) - 1  # minus the true class itself
+  return ranks
+
+
+def classification_metrics(image_emb: np.ndarray, class_emb: np.ndarray, labels: np.ndarray,
+                           ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+  """Top-K accuracy and mean per-class recall (balanced top-1 accuracy).
+
+  Args:
+    image_emb: float [N, d] image embeddings (scores are dot products).
+    class_emb: float [C, d] class embeddings.
+    labels: int [N] true class per image, in [0, C), or negative for "unlabelled" (skipped).
+    ks: the K values; each is capped at C for the computation, the key keeps the asked K.
+
+  Returns:
+    {"top{K}": float for K in ks, "mean_per_class_recall": the mean over the classes present in
+    `labels` of the fraction of their images classified correctly at top-1}.
+  """
+  labels = np.asarray(labels)
+  num_classes = len(class_emb)
+  keep = labels >= 0
+  if np.any(labels[keep] >= num_classes):
+    raise ValueError(f"labels must lie in [0, {num_classes}) (or be negative for unlabelled); "
+                     f"got max {labels.max()}")
+  image_emb, labels = np.asarray(image_emb)[keep], labels[keep].astype(np.int64)
+  if len(labels) == 0:
+    return {**{f"top{k}": float("nan") for k in ks}, "mean_per_class_recall": float("nan")}
+  ranks = true_class_ranks(image_emb, class_emb, labels)
+  out = {f"top{k}": float(np.mean(ranks < min(k, num_classes))) for k in ks}
+  hit = (ranks == 0).astype(np.float64)
+  counts = np.bincount(labels, minlength=num_classes)
+  present = counts > 0
+  per_class = np.bincount(labels, weights=hit, minlength=num_classes)[present] / counts[present]
+  out["mean_per_class_recall"] = float(per_class.mean())
+  return out
+
+
+@EVALUATORS.register("zeroshot_classification")
+class ZeroShotClassificationEvaluator(Evaluator):
+  """Zero-shot classification of an eval split's images by one of its label sets.
+
+  Config fields (`config.evals.<eval_name>`):
+    name: "zeroshot_classification".
+    split: the split passed to `load_eval_split`.
+    label: which label set of the split to classify by (a key of `eval_set.labels`).
+    templates: a template set name from `clip_jax.evals.templates.TEMPLATE_SETS` (default
+      "emoji"), or a tuple of format strings with one "{}".
+    image_modality, text_modality: the modality names for `embed` (defaults "image", "text").
+
+  Metrics: `<eval_name>/top1`, `<eval_name>/top5` (K capped at the number of classes),
+  `<eval_name>/mean_per_class_recall`, `<eval_name>/num_classes`, `<eval_name>/num_images` (the
+  labelled images).
+  """
+
+  FIELDS = {"name": REQUIRED, "split": REQUIRED, "label": REQUIRED, "templates": "emoji",
+            "image_modality": "image", "text_modality": "text"}
+
+  def __init__(self, eval_name: str, cfg: Mapping[str, Any], *, tokenizer: Tokenizer,
+               load_split: LoadSplitFn):
+    super().__init__(eval_name, cfg)
+    self.templates = get_templates(self.fields["templates"], self.field_path("templates"))
+    split = self.fields["split"]
+    if not isinstance(split, str) or not split:
+      raise ConfigError(f"{self.field_path('split')} = {split!r}; give the name of an eval split "
+                        "(e.g. 'heldout')")
+    eval_set = load_split(split)
+    label = self.fields["label"]
+    available = dict(eval_set.labels)
+    if label not in available:
+      raise ConfigError(
+          f"{self.field_path('label')} = {label!r} is not a label set of split {split!r}; choose "
+          f"one of: {', '.join(sorted(available)) or '(the split has no labels)'}")
+    labels, classnames = available[label]
+    self.classnames = [str(c) for c in classnames]
+    self.images = np.asarray(eval_set.images)  # [N, H, W, 3]
+    self.labels = np.asarray(labels)
+    if self.labels.shape != (len(self.images),):
+      raise ValueError(f"labels {label!r} of split {split!r} have shape {self.labels.shape}; "
+                       f"expected ({len(self.images)},)")
+    if not self.classnames:
+      raise ValueError(f"label set {label!r} of split {split!r} has no class names")
+    if self.labels.max(initial=-1) >= len(self.classnames):
+      raise ValueError(f"labels {label!r} of split {split!r} go up to {self.labels.max()} but "
+                       f"there are only {len(self.classnames)} class names")
+    self.prompts = build_prompts(self.classnames, self.templates)
+    self.tokens = np.asarray(tokenizer.encode(self.prompts))  # [C * T, L]
+    if len(self.tokens) != len(self.prompts):
+      raise ValueError(f"tokenizer.encode returned {len(self.tokens)} rows for "
+                       f"{len(self.prompts)} prompts")
+    # Only labelled images are embedded.
+    self._labelled = self.labels >= 0
+    if not self._labelled.any():
+      raise ValueError(f"split {split!r} has no image with a {label!r} label")
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.classnames)
+
+  @property
+  def num_images(self) -> int:
+    return int(self._labelled.sum())
+
+  def class_embeddings(self, embed: EmbedFn) -> np.ndarray:
+    """float32 [C, d] prompt-ensemble class embeddings."""
+    prompt_emb = embed_checked(embed, self.fields["text_modality"], self.tokens, "prompt tokens")
+    return ensemble_class_embeddings(prompt_emb, len(self.templates))
+
+  def __call__(self, embed: EmbedFn) -> dict[str, float]:
+    class_emb = self.class_embeddings(embed)
+    images = self.images if self._labelled.all() else self.images[self._labelled]
+    image_emb = embed_checked(embed, self.fields["image_modality"], images, "images")
+    metrics = classification_metrics(image_emb, class_emb, self.labels[self._labelled])
+    out = {f"{self.eval_name}/{k}": v for k, v in metrics.items()}
+    out[f"{self.eval_name}/num_classes"] = float(self.num_classes)
+    out[f"{self.eval_name}/num_images"] = float(self.num_images)
+    return out

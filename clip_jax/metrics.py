@@ -1,0 +1,363 @@
+"""Training metrics on the host: a metrics.jsonl writer, a console progress bar, PNG plots.
+
+- `MetricsWriter` appends one JSON object per line, `{"step": <int>, "<name>": <float>, ...}`, to
+  `<workdir>/metrics.jsonl`, flushing after every line. Reopened with `resume_step` (the restored
+  checkpoint's step) it first drops the lines of later steps, atomically, so a run that crashed and
+  restarted has every step exactly once.
+- `ProgressBar` is a tqdm bar on stderr with the latest metrics as a compact postfix.
+- `plot_metrics` draws training loss and learning rate and each eval's metrics against step.
+
+Only process 0 should write: pass `enabled=jax.process_index() == 0`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+from typing import Any, Mapping, TextIO
+
+import numpy as np
+
+METRICS_FILENAME = "metrics.jsonl"
+
+
+def _to_float(name: str, value: Any) -> float:
+  """A Python float from a float/int/numpy scalar/0-d or 1-element array (jax arrays included)."""
+  if isinstance(value, (bool, np.bool_)):
+    return float(value)
+  if isinstance(value, (int, float)):
+    return float(value)
+  try:
+    arr = np.asarray(value)
+  except Exception as e:  # pylint: disable=broad-except
+    raise TypeError(f"metric {name!r} = {value!r} is not a number") from e
+  if arr.size != 1 or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+    raise TypeError(f"metric {name!r} must be a scalar number, got {type(value).__name__} with "
+                    f"shape {arr.shape} and dtype {arr.dtype}")
+  return float(arr.reshape(()))
+
+
+def _parse_lines(text: str, path: str) -> list[dict[str, Any]]:
+  """Parses JSON lines; a final line without a newline that does not parse (a write cut off by a
+  crash) is dropped, any other bad line raises ValueError."""
+  lines = text.split("\n")
+  records = []
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      if i == len(lines) - 1:  # unterminated last line: a torn write
+        break
+      raise ValueError(f"{path}:{i + 1}: not a JSON line: {line[:80]!r}") from e
+    if not isinstance(record, dict) or "step" not in record:
+      raise ValueError(f"{path}:{i + 1}: expected an object with a 'step', got {line[:80]!r}")
+    records.append(record)
+  return records
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+  """Reads a metrics.jsonl file (or a workdir containing one) into a list of dicts, in file order.
+
+  Each dict has an int "step" and float metrics. A torn (unterminated, unparsable) last line is
+  ignored.
+  """
+  if os.path.isdir(path):
+    path = os.path.join(path, METRICS_FILENAME)
+  with open(path, encoding="utf-8") as f:
+    return _parse_lines(f.read(), path)
+
+
+class MetricsWriter:
+  """Appends `{"step": step, **metrics}` lines to `<workdir>/metrics.jsonl`.
+
+  Args:
+    workdir: the run directory (created if missing).
+    resume_step: the step training resumes from (the restored checkpoint's step). Lines with
+      step > resume_step are dropped first, by writing the kept lines to a temporary file in the
+      same directory and renaming it over the old one (os.replace), so an interruption leaves
+      either the old or the new file, never a partial one. None keeps all existing lines.
+    enabled: False (e.g. on processes other than 0) makes every method a no-op.
+  """
+
+  def __init__(self, workdir: str, *, resume_step: int | None = None, enabled: bool = True):
+    self.path = os.path.join(workdir, METRICS_FILENAME)
+    self.enabled = enabled
+    self._file: TextIO | None = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    if os.path.exists(self.path):
+      with open(self.path, encoding="utf-8") as f:
+        text = f.read()
+      records = _parse_lines(text, self.path)
+      torn = bool(text) and not text.endswith("\n")
+      if resume_step is not None:
+        kept = [r for r in records if r["step"] <= resume_step]
+        if len(kept) != len(records) or torn:
+          self._rewrite(kept)
+      elif torn:
+        self._rewrite(records)
+    self._file = open(self.path, "a", encoding="utf-8")
+
+  def _rewrite(self, records: list[dict[str, Any]]) -> None:
+    """Atomically replaces the file with `records`."""
+    fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=os.path.dirname(self.path))
+    try:
+      with os.fdopen(fd, "w", encoding="utf-8") as f:
+        for r in records:
+          f.write(json.dumps(r) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, self.path)
+    except BaseException:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+      raise
+
+  def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    """Appends one line `{"step": step, name: float(value), ...}` and flushes it.
+
+    Values may be Python, numpy or jax scalars (0-d or 1-element arrays). Non-finite values are
+    written as NaN/Infinity (which Python's json reads back).
+    """
+    if not self.enabled:
+      return
+    if self._file is None:
+      raise ValueError(f"MetricsWriter for {self.path} is closed")
+    if "step" in metrics:
+      raise ValueError("metrics must not contain a 'step' key; pass the step separately")
+    record = {"step": int(step)}
+    for name, value in metrics.items():
+      record[str(name)] = _to_float(name, value)
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+
+  def __enter__(self) -> MetricsWriter:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+# Short names for the progress bar postfix.
+_SHORT_NAMES = {
+    "learning_rate": "lr",
+    "examples_per_sec": "ex/s",
+    "examples_per_second": "ex/s",
+    "steps_per_sec": "it/s",
+    "grad_norm": "gnorm",
+}
+
+
+def format_metrics(metrics: Mapping[str, Any], max_items: int = 6) -> str:
+  """A compact one-line summary: `loss=0.6931 lr=1.00e-03 ex/s=12.3k`.
+
+  A "train/" prefix is dropped, a few long names are shortened, numbers get 4 significant digits
+  (thousands/millions as k/M), and at most `max_items` entries are shown.
+  """
+  parts = []
+  for name, value in list(metrics.items())[:max_items]:
+    short = str(name).removeprefix("train/")
+    short = _SHORT_NAMES.get(short, short)
+    try:
+      v = _to_float(name, value)
+    except TypeError:
+      parts.append(f"{short}={value}")
+      continue
+    if not math.isfinite(v):
+      text = str(v)
+    elif short in ("lr",) or (v != 0 and abs(v) < 1e-3):
+      text = f"{v:.2e}"
+    elif abs(v) >= 1e6:
+      text = f"{v / 1e6:.3g}M"
+    elif abs(v) >= 1e4:
+      text = f"{v / 1e3:.3g}k"
+    else:
+      text = f"{v:.4g}"
+    parts.append(f"{short}={text}")
+  return " ".join(parts)
+
+
+class ProgressBar:
+  """A console progress bar over training steps (tqdm, on stderr by default).
+
+  Args:
+    total_steps: the last step.
+    initial_step: the step training starts from (a resumed run starts part-way).
+    enabled: False (e.g. processes other than 0) shows nothing.
+    file: where to draw (default sys.stderr).
+
+  When the output is not a terminal, or CI is set, the bar redraws at most every 30 seconds so logs
+  are not flooded.
+  """
+
+  def __init__(self, total_steps: int, initial_step: int = 0, enabled: bool = True,
+               file: TextIO | None = None):
+    import tqdm  # pylint: disable=g-import-not-at-top
+    file = file if file is not None else sys.stderr
+    is_tty = hasattr(file, "isatty") and file.isatty()
+    quiet = os.environ.get("CI", "").lower() in ("1", "true", "yes") or not is_tty
+    self._bar = tqdm.tqdm(
+        total=total_steps, initial=initial_step, disable=not enabled, file=file,
+        dynamic_ncols=is_tty, mininterval=30.0 if quiet else 0.2, unit="step",
+        smoothing=0.1, leave=True)
+    self.step = initial_step
+    self.enabled = enabled
+
+  def update(self, step: int, metrics: Mapping[str, Any] | None = None) -> None:
+    """Moves the bar to `step` and shows `metrics` (see `format_metrics`) as its postfix."""
+    if metrics:
+      self._bar.set_postfix_str(format_metrics(metrics), refresh=False)
+    if step > self.step:
+      self._bar.update(step - self.step)
+    self.step = max(self.step, step)
+
+  def write(self, message: str) -> None:
+    """Prints a line (e.g. eval results) above the bar without breaking it."""
+    if self.enabled:
+      self._bar.write(message, file=self._bar.fp)
+
+  def close(self) -> None:
+    self._bar.close()
+
+  def __enter__(self) -> ProgressBar:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+_LOSS_KEYS = ("loss", "train/loss", "train_loss")
+_LR_KEYS = ("learning_rate", "train/learning_rate", "lr", "train/lr")
+_TRAIN_PREFIXES = ("train",)
+
+
+def _series(records: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+  pts = [(r["step"], r[key]) for r in records if key in r]
+  pts.sort(key=lambda p: p[0])
+  steps = np.array([p[0] for p in pts], np.float64)
+  values = np.array([p[1] for p in pts], np.float64)
+  return steps, values
+
+
+def _eval_groups(records: list[dict[str, Any]],
+                 train_keys: set[str] | frozenset[str] = frozenset()) -> dict[str, list[str]]:
+  """{eval_name: [metric keys]} for keys "<eval_name>/<metric>".
+
+  Keys that occur on training lines (`train_keys`, e.g. a composite loss's "loss/<term>"), a
+  "train/" prefix, and counts ("num_*") are left out.
+  """
+  groups: dict[str, list[str]] = {}
+  for r in records:
+    for key in r:
+      if "/" not in key or key in train_keys or key in _LOSS_KEYS or key in _LR_KEYS:
+        continue
+      group, metric = key.split("/", 1)
+      if group in _TRAIN_PREFIXES or metric.startswith("num_"):
+        continue
+      keys = groups.setdefault(group, [])
+      if key not in keys:
+        keys.append(key)
+  return groups
+
+
+def _panels(records: list[dict[str, Any]]
+            ) -> tuple[str | None, list[str], str | None, dict[str, list[str]]]:
+  """What to draw: (loss key, per-term loss keys, learning-rate key, eval groups)."""
+  loss_key = next((k for k in _LOSS_KEYS if any(k in r for r in records)), None)
+  lr_key = next((k for k in _LR_KEYS if any(k in r for r in records)), None)
+  # Training lines carry the loss or the learning rate; eval lines are written separately.
+  train_keys = {k for r in records if (loss_key in r or lr_key in r) for k in r}
+  groups = _eval_groups(records, train_keys)
+  # Per-term losses of a composite objective ("loss/<term>") share the loss panel.
+  term_keys = sorted(k for k in train_keys if loss_key and k.startswith("loss/"))
+  return loss_key, term_keys, lr_key, groups
+
+
+def plot_metrics(metrics_path: str, out_path: str) -> str:
+  """Plots a metrics.jsonl file to a PNG.
+
+  Panels: training loss vs step (with a composite objective's "loss/<term>" curves); learning
+  rate vs step (a short panel, if logged); one panel per eval name with each of its metrics
+  ("<eval_name>/<metric>" on lines without the training loss; counts like num_images left out)
+  vs step. Works with training lines only, eval lines only, or a single point (drawn as a marker).
+
+  Args:
+    metrics_path: a metrics.jsonl file or a workdir containing one.
+    out_path: the PNG to write (written to a temporary file, then renamed).
+
+  Returns:
+    out_path.
+  """
+  # The object-oriented API with an Agg canvas: no pyplot, no global backend switch.
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+  records = read_metrics(metrics_path)
+  loss_key, term_keys, lr_key, groups = _panels(records)
+
+  ncols = min(3, max(1, len(groups)))
+  eval_rows = math.ceil(len(groups) / ncols)
+  heights = [3.0] + ([1.4] if lr_key else []) + [3.0] * eval_rows
+  fig = Figure(figsize=(5.0 * ncols if groups else 7.0, sum(heights) + 0.8))
+  FigureCanvasAgg(fig)
+  grid = fig.add_gridspec(len(heights), ncols, height_ratios=heights)
+
+  def style(ax, n_points):
+    ax.grid(True, alpha=0.3)
+    ax.set_xlabel("step")
+    return dict(marker="o" if n_points <= 20 else None, markersize=3, linewidth=1.2)
+
+  ax = fig.add_subplot(grid[0, :])
+  if loss_key:
+    for j, key in enumerate([loss_key] + term_keys):
+      steps, values = _series(records, key)
+      ax.plot(steps, values, color=f"C{(2 * j) % 10}", label=key, **style(ax, len(steps)))
+    ax.set_ylabel("loss")
+    ax.set_title(f"training {loss_key}")
+    if term_keys:
+      ax.legend(fontsize="small", loc="best")
+  else:
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, "no training loss logged" if records else f"no metrics in {metrics_path}",
+            ha="center", va="center", transform=ax.transAxes)
+  row = 1
+  if lr_key:
+    ax = fig.add_subplot(grid[row, :])
+    steps, values = _series(records, lr_key)
+    ax.plot(steps, values, color="C1", **style(ax, len(steps)))
+    ax.set_ylabel("learning rate")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    row += 1
+  for i, (group, keys) in enumerate(sorted(groups.items())):
+    ax = fig.add_subplot(grid[row + i // ncols, i % ncols])
+    for j, key in enumerate(keys):
+      steps, values = _series(records, key)
+      ax.plot(steps, values, label=key.split("/", 1)[1], color=f"C{j % 10}",
+              **style(ax, len(steps)))
+    ax.set_title(f"eval: {group}")
+    ax.legend(fontsize="small", loc="best")
+  fig.tight_layout()
+
+  out_dir = os.path.dirname(os.path.abspath(out_path))
+  os.makedirs(out_dir, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".plot.", suffix=".png", dir=out_dir)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      fig.savefig(f, format="png", dpi=100)
+    os.replace(tmp, out_path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return out_path
