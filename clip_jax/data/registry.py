@@ -1,5 +1,206 @@
-"""The registry of data sources, selected by `config.data.name`."""
+"""The registry of data sources, selected by `config.data.name`, and the interface they implement.
 
-from clip_jax.registry import Registry
+A source is registered as a factory `fn(data_config) -> DataSource`:
+
+    @SOURCES.register("my_source")
+    def _build(data_config) -> DataSource: ...
+
+A `DataSource` serves a fixed, finite list of training units by index (a unit is one image-text
+example, or one object with several images and captions to draw from) plus named evaluation
+splits. The batching, shuffling, per-host slicing and resumable position live in
+`clip_jax.data.pipeline`, so a new source only implements the five members below.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+from typing import Any, Sequence
+
+import numpy as np
+
+from clip_jax.data import cache
+from clip_jax.registry import ConfigError, Registry
 
 SOURCES: Registry = Registry("data source", "config.data.name")
+
+_REQUIRED = object()
+
+
+@dataclasses.dataclass
+class EvalSet:
+  """A fixed evaluation split.
+
+  Attributes:
+    images: float32 [N, H, W, 3] in [-1, 1].
+    texts: M texts.
+    text_image: int32 [M], the index into `images` of the image each text describes.
+    labels: label name (e.g. "category") -> (int32 [N] class index of each image, class names).
+  """
+  images: np.ndarray
+  texts: list[str]
+  text_image: np.ndarray
+  labels: dict[str, tuple[np.ndarray, list[str]]]
+
+  def __post_init__(self):
+    self.images = np.asarray(self.images, dtype=np.float32)
+    self.text_image = np.asarray(self.text_image, dtype=np.int32)
+    self.texts = list(self.texts)
+    n = len(self.images)
+    if self.images.ndim != 4 or self.images.shape[-1] != 3:
+      raise ValueError(f"EvalSet.images has shape {self.images.shape}; expected [N, H, W, 3]")
+    if self.text_image.shape != (len(self.texts),):
+      raise ValueError(f"EvalSet.text_image has shape {self.text_image.shape}; expected "
+                       f"({len(self.texts)},), one image index per text")
+    if len(self.texts) and (self.text_image.min() < 0 or self.text_image.max() >= n):
+      raise ValueError(f"EvalSet.text_image values must lie in [0, {n})")
+    labels = {}
+    for name, (index, classes) in self.labels.items():
+      index = np.asarray(index, dtype=np.int32)
+      classes = list(classes)
+      if index.shape != (n,):
+        raise ValueError(f"EvalSet.labels[{name!r}] has shape {index.shape}; expected ({n},)")
+      if n and (index.min() < 0 or index.max() >= len(classes)):
+        raise ValueError(f"EvalSet.labels[{name!r}] values must lie in [0, {len(classes)})")
+      labels[name] = (index, classes)
+    self.labels = labels
+
+
+class DataSource(abc.ABC):
+  """Training units by index plus named evaluation splits, all at one image size.
+
+  Attributes:
+    name: the registered name (used in cache keys and iterator states).
+    image_size: the side of every image in pixels.
+  """
+  name: str
+  image_size: int
+
+  @property
+  @abc.abstractmethod
+  def num_train(self) -> int:
+    """The number of training units; the pipeline shuffles unit indices [0, num_train)."""
+
+  @abc.abstractmethod
+  def train_captions(self) -> list[str]:
+    """Every training caption (the tokenizer is fitted on these and on nothing else)."""
+
+  @abc.abstractmethod
+  def train_examples(self, units: np.ndarray,
+                     draws: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Builds the training examples for some units, touching only those units.
+
+    Args:
+      units: int64 [n] unit indices in [0, num_train).
+      draws: float64 [n, 2] uniform numbers in [0, 1) that pick, for a unit with several images
+        or captions, the image (column 0) and the caption (column 1); sources with one image
+        and one caption per unit ignore them.
+
+    Returns:
+      (uint8 [n, image_size, image_size, 3] RGB images, n captions).
+    """
+
+  @abc.abstractmethod
+  def eval_split(self, split: str) -> EvalSet:
+    """The named evaluation split; raises ConfigError for an unknown name."""
+
+  @property
+  @abc.abstractmethod
+  def eval_splits(self) -> tuple[str, ...]:
+    """The names `eval_split` accepts."""
+
+  def unknown_split(self, split: str) -> ConfigError:
+    """The error for an evaluation split this source does not have."""
+    return ConfigError(
+        f"split {split!r} (config.evals.<name>.split) is not a split of data source "
+        f"{self.name!r}; choose one of: {', '.join(self.eval_splits)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Config helpers shared by the sources, the tokenizers and the pipeline.
+
+
+def get_field(config: Any, key: str, default: Any = _REQUIRED, prefix: str = "config.data") -> Any:
+  """`config[key]`, or `default` when absent; raises ConfigError if required and absent."""
+  if config is None or key not in config:
+    if default is _REQUIRED:
+      raise ConfigError(f"{prefix}.{key} is missing")
+    return default
+  return config[key]
+
+
+def check_int(value: Any, field: str, minimum: int | None = None,
+              maximum: int | None = None) -> int:
+  """Returns `value` if it is an int within [minimum, maximum], else raises ConfigError."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise ConfigError(f"{field} = {value!r} must be an integer")
+  if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+    low = "-inf" if minimum is None else minimum
+    high = "inf" if maximum is None else maximum
+    raise ConfigError(f"{field} = {value!r} must lie in [{low}, {high}]")
+  return int(value)
+
+
+def check_bool(value: Any, field: str) -> bool:
+  """Returns `value` if it is a bool, else raises ConfigError."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise ConfigError(f"{field} = {value!r} must be True or False")
+  return bool(value)
+
+
+def check_open_fraction(value: Any, field: str) -> float:
+  """Returns `value` if it is a real number in the open interval (0, 1), else raises ConfigError."""
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not (
+      0.0 < value < 1.0):
+    raise ConfigError(f"{field} = {value!r} must be a number in the open interval (0, 1)")
+  return float(value)
+
+
+def check_image_size(data_config: Any) -> int:
+  """Validates and returns `config.data.image_size` (an int in [4, 4096])."""
+  return check_int(get_field(data_config, "image_size"), "config.data.image_size", 4, 4096)
+
+
+# ------------------------------------------------------------------------------------------------
+# Building sources (memoised per process: the tokenizer, the iterator and the evaluators of one
+# run share one source object).
+
+_MEMO: dict[str, DataSource] = {}
+_MEMO_SIZE = 4
+_NOT_SOURCE_FIELDS = ("tokenizer", "max_len", "augment")  # used by the tokenizer and pipeline only
+
+
+def _plain(value: Any) -> Any:
+  if hasattr(value, "to_dict"):
+    value = value.to_dict()
+  if isinstance(value, dict):
+    return {str(k): _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  return value
+
+
+def build_source(data_config: Any) -> DataSource:
+  """Builds (or returns the memoised) data source selected by `config.data.name`."""
+  name = get_field(data_config, "name")
+  factory = SOURCES.get(name)
+  fields = {k: v for k, v in _plain(data_config).items() if k not in _NOT_SOURCE_FIELDS}
+  key = json.dumps([fields, str(cache.resolve_cache_dir(data_config))], sort_keys=True,
+                   default=repr)
+  if key not in _MEMO:
+    source = factory(data_config)
+    if len(_MEMO) >= _MEMO_SIZE:
+      _MEMO.pop(next(iter(_MEMO)))
+    _MEMO[key] = source
+  return _MEMO[key]
+
+
+def clear_source_memo() -> None:
+  """Forgets memoised sources (tests use this to force a rebuild from the on-disk cache)."""
+  _MEMO.clear()
+
+
+def unique(items: Sequence[str]) -> list[str]:
+  """`items` without repeats, in first-seen order."""
+  return list(dict.fromkeys(items))

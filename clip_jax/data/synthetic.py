@@ -1,0 +1,142 @@
+"""A synthetic source for fast offline tests ("synthetic"): coloured shapes on white.
+
+Each example is one filled shape (circle, square or triangle) of one colour and one of two sizes
+at a random position on a white background, captioned e.g. "a small red circle". The attributes
+come from a fixed seed (independent of `config.seed`); images are drawn on demand, 4x supersampled
+and box-filtered, so only the requested examples are ever rendered.
+
+Evaluation splits: "heldout" (`num_eval_examples` further examples from another fixed seed) and
+"train" (the training examples), each with one text per image and labels "shape", "color" and
+"size".
+
+Config fields: config.data.{image_size, num_examples (default 512), num_eval_examples (default
+128)}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from clip_jax.data import registry as data_registry
+from clip_jax.data import transforms
+from clip_jax.data.registry import SOURCES, DataSource, EvalSet
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 160, 60),
+    "blue": (30, 70, 220),
+    "yellow": (240, 200, 20),
+    "purple": (140, 50, 180),
+    "black": (20, 20, 20),
+}
+SHAPES = ("circle", "square", "triangle")
+SIZES = ("small", "large")
+_RADIUS = {"small": (0.14, 0.2), "large": (0.28, 0.38)}  # half-extent range, in image widths
+_SUPERSAMPLE = 4
+_TRAIN_SEED = 20240611
+_EVAL_SEED = 20240612
+DEFAULT_NUM_EXAMPLES = 512
+DEFAULT_NUM_EVAL_EXAMPLES = 128
+
+
+class Shapes:
+  """Attributes of n shapes: int [n] `color`, `shape`, `size` indices; float [n] `cx`, `cy`, `r`."""
+
+  def __init__(self, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    self.color = rng.integers(len(COLORS), size=n)
+    self.shape = rng.integers(len(SHAPES), size=n)
+    self.size = rng.integers(len(SIZES), size=n)
+    low = np.array([_RADIUS[s][0] for s in SIZES])[self.size]
+    high = np.array([_RADIUS[s][1] for s in SIZES])[self.size]
+    self.r = low + (high - low) * rng.random(n)
+    self.cx = self.r + (1 - 2 * self.r) * rng.random(n)
+    self.cy = self.r + (1 - 2 * self.r) * rng.random(n)
+
+  def __len__(self) -> int:
+    return len(self.color)
+
+  def caption(self, i: int) -> str:
+    return (f"a {SIZES[self.size[i]]} {list(COLORS)[self.color[i]]} "
+            f"{SHAPES[self.shape[i]]}")
+
+  def render(self, index: np.ndarray, image_size: int, chunk: int = 64) -> np.ndarray:
+    """uint8 [len(index), image_size, image_size, 3] images of the shapes at `index`."""
+    index = np.asarray(index, dtype=np.int64)
+    if len(index) > chunk:
+      return np.concatenate([self.render(index[i:i + chunk], image_size, chunk)
+                             for i in range(0, len(index), chunk)])
+    fine = image_size * _SUPERSAMPLE
+    grid = (np.arange(fine) + 0.5) / fine
+    y, x = grid[None, :, None], grid[None, None, :]
+    cx, cy, r = (v[index][:, None, None] for v in (self.cx, self.cy, self.r))
+    shape = self.shape[index][:, None, None]
+    circle = (x - cx) ** 2 + (y - cy) ** 2 <= r ** 2
+    half = 0.85 * r  # a square of about the circle's area
+    square = (np.abs(x - cx) <= half) & (np.abs(y - cy) <= half)
+    triangle = (y <= cy + r) & (np.abs(x - cx) <= (y - (cy - r)) / 2)  # apex up, base width 2r
+    mask = np.select([shape == 0, shape == 1], [circle, square], triangle)  # [n, fine, fine]
+    coverage = mask.reshape(len(index), image_size, _SUPERSAMPLE, image_size, _SUPERSAMPLE)
+    coverage = coverage.mean(axis=(2, 4))[..., None]  # [n, S, S, 1] fraction inside the shape
+    color = np.array(list(COLORS.values()), np.float64)[self.color[index]][:, None, None, :]
+    return np.round(255.0 + coverage * (color - 255.0)).astype(np.uint8)
+
+  def labels(self) -> dict[str, tuple[np.ndarray, list[str]]]:
+    return {"shape": (self.shape.astype(np.int32), list(SHAPES)),
+            "color": (self.color.astype(np.int32), list(COLORS)),
+            "size": (self.size.astype(np.int32), list(SIZES))}
+
+
+class SyntheticSource(DataSource):
+  """See the module docstring."""
+  name = "synthetic"
+
+  def __init__(self, image_size: int, num_examples: int = DEFAULT_NUM_EXAMPLES,
+               num_eval_examples: int = DEFAULT_NUM_EVAL_EXAMPLES):
+    self.image_size = image_size
+    self.train = Shapes(num_examples, _TRAIN_SEED)
+    self.heldout = Shapes(num_eval_examples, _EVAL_SEED)
+    self.captions = [self.train.caption(i) for i in range(num_examples)]
+
+  @property
+  def num_train(self) -> int:
+    return len(self.train)
+
+  def train_captions(self) -> list[str]:
+    return list(self.captions)
+
+  def train_examples(self, units: np.ndarray,
+                     draws: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    del draws  # one image and one caption per unit
+    units = np.asarray(units, dtype=np.int64)
+    return self.train.render(units, self.image_size), [self.captions[u] for u in units.tolist()]
+
+  @property
+  def eval_splits(self) -> tuple[str, ...]:
+    return ("heldout", "train")
+
+  def eval_split(self, split: str) -> EvalSet:
+    if split not in self.eval_splits:
+      raise self.unknown_split(split)
+    shapes = self.heldout if split == "heldout" else self.train
+    n = len(shapes)
+    return EvalSet(
+        images=transforms.to_float(shapes.render(np.arange(n), self.image_size)),
+        texts=[shapes.caption(i) for i in range(n)],
+        text_image=np.arange(n, dtype=np.int32),
+        labels=shapes.labels())
+
+
+@SOURCES.register("synthetic")
+def build(data_config: Any) -> SyntheticSource:
+  """The synthetic source (fields: image_size, num_examples, num_eval_examples)."""
+  return SyntheticSource(
+      data_registry.check_image_size(data_config),
+      data_registry.check_int(
+          data_registry.get_field(data_config, "num_examples", DEFAULT_NUM_EXAMPLES),
+          "config.data.num_examples", 1, 1 << 24),
+      data_registry.check_int(
+          data_registry.get_field(data_config, "num_eval_examples", DEFAULT_NUM_EVAL_EXAMPLES),
+          "config.data.num_eval_examples", 1, 1 << 24))

@@ -1,0 +1,219 @@
+"""Offline text tokenizers, selected by `config.data.tokenizer.name`.
+
+* "bpe": a small byte-level BPE (HuggingFace `tokenizers`) fitted on the training captions of the
+  configured source on first use, then saved as JSON in the cache directory and loaded from there.
+  NFKC + lowercase normalisation; GPT-2 style pre-tokenisation (words, numbers, punctuation, each
+  word carrying its leading space); the 256 byte symbols are in the base vocabulary, so any text
+  encodes without unknown tokens (unseen words fall back to known subwords or bytes).
+* "bytes": no fitting; a token per UTF-8 byte of the lowercased text.
+
+Both share: pad id 0, EOS id 1 (and "bpe" reserves id 2 for an unknown token). `encode` truncates
+the text to `max_len - 1` tokens, appends EOS and pads, so EOS is always the last non-pad token.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import tokenizers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+from clip_jax.data import cache
+from clip_jax.data import registry as data_registry
+from clip_jax.registry import ConfigError, Registry
+
+TOKENIZERS: Registry = Registry("tokenizer", "config.data.tokenizer.name")
+
+PAD_ID = 0
+EOS_ID = 1
+UNK_ID = 2
+_SPECIAL_TOKENS = ("[PAD]", "[EOS]", "[UNK]")  # ids 0, 1, 2 in the BPE vocabulary
+_BPE_FORMAT = 1  # bump when the fitting recipe changes, to invalidate cached tokenizers
+
+
+class Tokenizer(abc.ABC):
+  """Texts -> fixed-length int32 token ids.
+
+  Attributes:
+    max_len: the length L of every encoded row.
+    pad_id: 0.
+    eos_id: the end-of-text id, appended to every text.
+  """
+  pad_id: int = PAD_ID
+  eos_id: int = EOS_ID
+
+  def __init__(self, max_len: int):
+    self.max_len = max_len
+
+  @property
+  @abc.abstractmethod
+  def vocab_size(self) -> int:
+    """The number of ids; every id is in [0, vocab_size)."""
+
+  @abc.abstractmethod
+  def _ids(self, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, without EOS or padding."""
+
+  @abc.abstractmethod
+  def _text(self, ids: list[int]) -> str:
+    """The text of ids that hold no pad or EOS."""
+
+  def encode(self, texts: Sequence[str]) -> np.ndarray:
+    """Encodes texts to int32 [N, max_len].
+
+    Each row holds the text's tokens (truncated to max_len - 1), then EOS, then pad (0).
+    """
+    if isinstance(texts, (str, bytes)):
+      raise TypeError("encode takes a sequence of texts, not a single string; use encode([text])")
+    texts = list(texts)
+    out = np.full((len(texts), self.max_len), self.pad_id, dtype=np.int32)
+    for row, ids in zip(out, self._ids(texts), strict=True):
+      ids = ids[:self.max_len - 1] + [self.eos_id]
+      row[:len(ids)] = ids
+    return out
+
+  def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+    """The text of one row of ids, read up to the first EOS or pad."""
+    kept = []
+    for i in np.asarray(ids).reshape(-1).tolist():
+      if i in (self.pad_id, self.eos_id):
+        break
+      kept.append(int(i))
+    return self._text(kept)
+
+
+class ByteTokenizer(Tokenizer):
+  """One token per UTF-8 byte of the lowercased text: id = byte + 2 (vocab_size 258)."""
+  offset = 2
+
+  @property
+  def vocab_size(self) -> int:
+    return 256 + self.offset
+
+  def _ids(self, texts: list[str]) -> list[list[int]]:
+    return [[b + self.offset for b in t.lower().encode("utf-8")] for t in texts]
+
+  def _text(self, ids: list[int]) -> str:
+    return bytes(i - self.offset for i in ids if i >= self.offset).decode("utf-8", "replace")
+
+
+class BpeTokenizer(Tokenizer):
+  """Byte-level BPE (HuggingFace `tokenizers`); see the module docstring."""
+
+  def __init__(self, hf_tokenizer: Any, max_len: int):
+    super().__init__(max_len)
+    self.hf = hf_tokenizer
+    for i, token in enumerate(_SPECIAL_TOKENS):
+      if hf_tokenizer.token_to_id(token) != i:
+        raise ValueError(f"BPE tokenizer must map {token} to id {i}, it maps it to "
+                         f"{hf_tokenizer.token_to_id(token)}")
+    self.unk_id = UNK_ID
+
+  @classmethod
+  def fit(cls, captions: Sequence[str], vocab_size: int, max_len: int) -> BpeTokenizer:
+    """Fits a byte-level BPE with at most `vocab_size` ids on `captions` (deterministic)."""
+    hf = tokenizers.Tokenizer(models.BPE(unk_token=_SPECIAL_TOKENS[UNK_ID]))
+    hf.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=2, show_progress=False,
+        special_tokens=list(_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf.train_from_iterator(list(captions), trainer=trainer)
+    return cls(hf, max_len)
+
+  @classmethod
+  def load(cls, path: Path, max_len: int) -> BpeTokenizer:
+    return cls(tokenizers.Tokenizer.from_file(str(path)), max_len)
+
+  def save(self, path: Path) -> None:
+    """Saves the tokenizer as JSON, atomically."""
+    cache.atomic_write_text(Path(path), self.hf.to_str())
+
+  @property
+  def vocab_size(self) -> int:
+    return self.hf.get_vocab_size(with_added_tokens=True)
+
+  def _ids(self, texts: list[str]) -> list[list[int]]:
+    return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+  def tokens(self, text: str) -> list[str]:
+    """The subword strings of one text (byte-level symbols; a leading space shows as 'Ġ')."""
+    return self.hf.encode(text, add_special_tokens=False).tokens
+
+  def _text(self, ids: list[int]) -> str:
+    return self.hf.decode(ids, skip_special_tokens=True).strip()
+
+
+def _max_len(data_config: Any) -> int:
+  return data_registry.check_int(
+      data_registry.get_field(data_config, "max_len"), "config.data.max_len", 2, 1 << 20)
+
+
+def _tokenizer_config(data_config: Any) -> Any:
+  tok = data_registry.get_field(data_config, "tokenizer")
+  data_registry.get_field(tok, "name", prefix="config.data.tokenizer")
+  return tok
+
+
+@TOKENIZERS.register("bytes")
+def _make_bytes(data_config: Any) -> ByteTokenizer:
+  tok = _tokenizer_config(data_config)
+  vocab = data_registry.get_field(tok, "vocab_size", None, prefix="config.data.tokenizer")
+  if vocab is not None:
+    data_registry.check_int(vocab, "config.data.tokenizer.vocab_size", 256 + ByteTokenizer.offset)
+  return ByteTokenizer(_max_len(data_config))
+
+
+@TOKENIZERS.register("bpe")
+def _make_bpe(data_config: Any) -> BpeTokenizer:
+  tok = _tokenizer_config(data_config)
+  minimum = 256 + len(_SPECIAL_TOKENS)
+  vocab_size = data_registry.check_int(
+      data_registry.get_field(tok, "vocab_size", prefix="config.data.tokenizer"),
+      "config.data.tokenizer.vocab_size", minimum, 1 << 20)
+  max_len = _max_len(data_config)
+  source = data_registry.build_source(data_config)
+  captions = source.train_captions()
+  key = hashlib.sha256(json.dumps(
+      {"format": _BPE_FORMAT, "vocab_size": vocab_size, "captions": captions},
+      ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+  path = bpe_cache_path(data_config, source.name, vocab_size, key)
+  if path.is_file():
+    try:
+      return BpeTokenizer.load(path, max_len)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("Refitting the tokenizer: cannot load %s (%s)", path, e)
+  tokenizer = BpeTokenizer.fit(captions, vocab_size, max_len)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tokenizer.save(path)
+  return tokenizer
+
+
+def bpe_cache_path(data_config: Any, source_name: str, vocab_size: int, key: str) -> Path:
+  """The JSON file of a fitted BPE: <cache>/tokenizers/<source>-bpe<vocab>-<captions hash>.json."""
+  return cache.resolve_cache_dir(data_config) / "tokenizers" / (
+      f"{source_name}-bpe{vocab_size}-{key}.json")
+
+
+def make_tokenizer(data_config: Any) -> Tokenizer:
+  """The tokenizer named by `config.data.tokenizer.name`, for rows of `config.data.max_len`.
+
+  "bpe" fits on the training captions of the configured source on first use (a few tens of
+  milliseconds for the emoji demo) and caches the result; later calls load it.
+  """
+  tok = _tokenizer_config(data_config)
+  name = tok["name"]
+  tokenizer = TOKENIZERS.get(name)(data_config)
+  limit = tok["vocab_size"] if "vocab_size" in tok else None
+  if limit is not None and tokenizer.vocab_size > limit:
+    raise ConfigError(f"config.data.tokenizer.vocab_size = {limit} is smaller than the "
+                      f"{name!r} tokenizer's vocabulary ({tokenizer.vocab_size})")
+  return tokenizer

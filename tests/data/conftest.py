@@ -1,0 +1,68 @@
+"""Fixtures for the data tests: small synthetic configs and a session-wide emoji cache."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import ml_collections
+import pytest
+
+from clip_jax.data import cache, emoji
+
+
+def make_config(cache_dir: Path, **data_overrides) -> ml_collections.ConfigDict:
+  """A whole run config with a small synthetic data section."""
+  config = ml_collections.ConfigDict()
+  config.seed = 3
+  config.batch_size = 16
+  config.data = ml_collections.ConfigDict(dict(
+      name="synthetic", cache_dir=str(cache_dir), image_size=16, max_len=12, num_examples=40,
+      num_eval_examples=24, augment=False,
+      tokenizer=ml_collections.ConfigDict(dict(name="bpe", vocab_size=320))))
+  for key, value in data_overrides.items():
+    config.data[key] = value
+  return config
+
+
+@pytest.fixture
+def synthetic_config(tmp_path) -> ml_collections.ConfigDict:
+  return make_config(tmp_path / "cache")
+
+
+@pytest.fixture(scope="session")
+def emoji_cache_dir(tmp_path_factory) -> Path:
+  """A fresh cache directory holding the emoji-datasource-google tarball.
+
+  The tarball is copied from the user's cache ($CLIP_JAX_CACHE or ~/.cache/clip_jax) when it is
+  there, else fetched with `npm pack` (network, ~2 s). Extraction, the decoded-image cache and the
+  tokenizer then run from scratch in this directory.
+  """
+  cache_dir = tmp_path_factory.mktemp("emoji_cache")
+  user_cache = Path(os.environ.get(cache.ENV_VAR) or cache.DEFAULT_DIR).expanduser()
+  have = cache.npm_tarball_path(emoji.PACKAGE, emoji.VERSION, user_cache)
+  if have.is_file():
+    shutil.copy(have, cache.npm_tarball_path(emoji.PACKAGE, emoji.VERSION, cache_dir))
+  elif shutil.which("npm") is None:
+    pytest.skip(f"emoji tests need npm (Node.js) or the tarball at {have}")
+  return cache_dir
+
+
+def demo_config() -> ml_collections.ConfigDict:
+  """configs/demo/emoji.py's get_config()."""
+  path = Path(__file__).resolve().parents[2] / "configs" / "demo" / "emoji.py"
+  spec = importlib.util.spec_from_file_location("demo_emoji_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.fixture(scope="session")
+def emoji_config(emoji_cache_dir) -> ml_collections.ConfigDict:
+  """The demo config (configs/demo/emoji.py) on the session emoji cache, global batch 64."""
+  config = demo_config()
+  config.data.cache_dir = str(emoji_cache_dir)
+  config.batch_size = 64
+  return config
