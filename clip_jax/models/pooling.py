@@ -1,0 +1,84 @@
+"""Pooling of token features [B, L, D] into one feature vector per example [B, D].
+
+Image towers: class token ("cls"), global average ("gap"), multihead attention pooling ("map",
+a learned probe attends over the tokens, as in SigLIP, Zhai et al. 2023, "Sigmoid Loss for Language
+Image Pre-Training", after Lee et al. 2019's set transformer pooling).
+Text towers: the last non-pad (EOS) token ("eos" / "last") or the mean over non-pad tokens ("mean").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from clip_jax.models import layers
+
+Array = jax.Array
+
+
+def class_token(x: Array) -> Array:
+  """The features of the first token (the class token): [B, L, D] -> [B, D]."""
+  return x[:, 0]
+
+
+def global_average(x: Array) -> Array:
+  """Mean over all tokens, accumulated in float32: [B, L, D] -> [B, D] (float32)."""
+  return jnp.mean(x.astype(jnp.float32), axis=1)
+
+
+def last_token_index(tokens: Array, pad_id: int = 0) -> Array:
+  """Index of the last non-pad token: sum(tokens != pad_id) - 1, clipped at 0. [B, L] -> [B].
+
+  Assumes the padding is at the end of each row (the EOS token is the last non-pad token).
+  """
+  return jnp.maximum(jnp.sum(tokens != pad_id, axis=1) - 1, 0)
+
+
+def last_token(x: Array, tokens: Array, pad_id: int = 0) -> Array:
+  """Features at the last non-pad token (the EOS token): x [B, L, D], tokens [B, L] -> [B, D]."""
+  index = last_token_index(tokens, pad_id)
+  # A masked sum rather than a gather: exact, and needs no sharding annotation when the batch
+  # dimension is sharded over explicit mesh axes.
+  select = jnp.arange(x.shape[1])[None, :] == index[:, None]  # [B, L]
+  return jnp.sum(jnp.where(select[..., None], x, jnp.zeros((), x.dtype)), axis=1)
+
+
+def masked_mean(x: Array, mask: Array) -> Array:
+  """Mean over the tokens where `mask` [B, L] is True: [B, L, D] -> [B, D] (float32).
+
+  A row with no True entry gives zeros.
+  """
+  weights = mask.astype(jnp.float32)[..., None]  # [B, L, 1]
+  total = jnp.sum(x.astype(jnp.float32) * weights, axis=1)
+  return total / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+
+
+class MAPHead(nn.Module):
+  """Multihead attention pooling: a learned probe [1, 1, D] attends over the tokens, then a
+  residual MLP. [B, L, D] -> [B, D].
+
+  Attributes:
+    num_heads: attention heads (must divide D).
+    mlp_ratio: hidden size of the MLP as a multiple of D.
+    dtype: compute dtype.
+  """
+
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    """x: [B, L, D]; mask: optional bool [B, L], True for tokens the probe may attend to."""
+    width = x.shape[-1]
+    probe = self.param("probe", layers.EMBED_INIT, (1, 1, width), jnp.float32)
+    # [B, 1, D]; broadcast by adding zeros shaped (and sharded) like the batch.
+    probe = probe.astype(self.dtype) + jnp.zeros_like(x[:, :1], dtype=self.dtype)
+    attn_mask = None if mask is None else mask[:, None, None, :]  # [B, 1, 1, L]
+    y = layers.MultiHeadAttention(self.num_heads, self.dtype, name="attn")(probe, x, attn_mask)
+    z = layers.layer_norm(self.dtype, "norm")(y)
+    y = y + layers.Mlp(int(round(width * self.mlp_ratio)), self.dtype, name="mlp")(z)
+    return y[:, 0]

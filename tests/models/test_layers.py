@@ -1,0 +1,98 @@
+"""Tests for clip_jax.models.layers and clip_jax.models.pooling."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from clip_jax.models import layers, pooling
+
+
+def _reference_attention(params, queries, keys_values, mask, num_heads):
+  """Per-example, per-head attention in float64 numpy, from the module's params."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  q = queries.astype(np.float64) @ p["query"]["kernel"] + p["query"]["bias"]
+  k = keys_values.astype(np.float64) @ p["key"]["kernel"] + p["key"]["bias"]
+  v = keys_values.astype(np.float64) @ p["value"]["kernel"] + p["value"]["bias"]
+  batch, length, width = q.shape
+  head_dim = width // num_heads
+  out = np.zeros_like(q)
+  for b in range(batch):
+    for h in range(num_heads):
+      cols = slice(h * head_dim, (h + 1) * head_dim)
+      logits = q[b, :, cols] @ k[b, :, cols].T / np.sqrt(head_dim)  # [L, S]
+      logits = np.where(mask[b], logits, -np.inf)
+      weights = np.exp(logits - logits.max(-1, keepdims=True))
+      weights /= weights.sum(-1, keepdims=True)
+      out[b, :, cols] = weights @ v[b, :, cols]
+  return out @ p["out"]["kernel"] + p["out"]["bias"]
+
+
+def test_attention_matches_reference_and_ignores_masked_keys():
+  rng = np.random.default_rng(0)
+  queries = rng.normal(size=(2, 3, 8)).astype(np.float32)
+  keys_values = rng.normal(size=(2, 5, 8)).astype(np.float32)
+  key_mask = np.array([[1, 1, 0, 1, 0], [1, 0, 0, 0, 0]], bool)
+  mask = np.broadcast_to(key_mask[:, None, :], (2, 3, 5))  # [B, L, S]
+  attn = layers.MultiHeadAttention(num_heads=2)
+  params = attn.init(jax.random.key(0), queries, keys_values)["params"]
+  apply = jax.jit(lambda kv: attn.apply({"params": params}, queries, kv, mask[:, None]))
+
+  out = np.asarray(apply(keys_values))
+  np.testing.assert_allclose(
+      out, _reference_attention(params, queries, keys_values, mask, 2), rtol=1e-4, atol=1e-5)
+
+  # Changing masked keys/values changes nothing; changing an attended one changes the output.
+  masked_changed = keys_values.copy()
+  masked_changed[~key_mask] += 10.0
+  np.testing.assert_array_equal(np.asarray(apply(masked_changed)), out)
+  attended_changed = keys_values.copy()
+  attended_changed[0, 1] += 1.0
+  assert not np.allclose(np.asarray(apply(attended_changed))[0], out[0], atol=1e-3)
+
+
+def test_attention_with_all_keys_masked_is_finite():
+  x = jnp.ones((1, 2, 8))
+  attn = layers.MultiHeadAttention(num_heads=2)
+  params = attn.init(jax.random.key(0), x, x)
+  out = attn.apply(params, x, x, jnp.zeros((1, 1, 2, 2), bool))
+  assert np.all(np.isfinite(np.asarray(out)))
+
+
+def test_last_token_and_masked_mean_match_numpy():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(4, 6, 3)).astype(np.float32)
+  lengths = np.array([6, 1, 3, 0])
+  tokens = np.zeros((4, 6), np.int32)
+  for row, n in enumerate(lengths):
+    tokens[row, :n] = rng.integers(1, 50, size=n)
+
+  expected_index = np.maximum(lengths - 1, 0)
+  np.testing.assert_array_equal(np.asarray(pooling.last_token_index(tokens)), expected_index)
+  np.testing.assert_array_equal(np.asarray(pooling.last_token(x, tokens)),
+                                x[np.arange(4), expected_index])
+
+  mean = np.asarray(pooling.masked_mean(x, tokens != 0))
+  for row, n in enumerate(lengths):
+    expected = x[row, :n].mean(0) if n else np.zeros(3, np.float32)
+    np.testing.assert_allclose(mean[row], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_map_head_pools_to_one_vector_and_respects_mask():
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(2, 5, 8)).astype(np.float32)
+  head = pooling.MAPHead(num_heads=2, mlp_ratio=2.0)
+  variables = head.init(jax.random.key(0), x)
+  assert variables["params"]["probe"].shape == (1, 1, 8)
+  assert float(jnp.std(variables["params"]["probe"])) > 0  # not zero-initialised
+  out = head.apply(variables, x)
+  assert out.shape == (2, 8) and out.dtype == jnp.float32
+
+  mask = np.array([[1, 1, 1, 0, 0]] * 2, bool)
+  masked_out = head.apply(variables, x, mask)
+  changed = x.copy()
+  changed[:, 3:] += 5.0
+  np.testing.assert_array_equal(np.asarray(head.apply(variables, changed, mask)),
+                                np.asarray(masked_out))
+  assert not np.allclose(np.asarray(head.apply(variables, changed)), np.asarray(out), atol=1e-3)

@@ -1,0 +1,236 @@
+"""Tests for clip_jax.models.model: make_model, MultiTower, config validation."""
+
+from __future__ import annotations
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jax.sharding import PartitionSpec as P
+
+from clip_jax.models import TOWERS, MultiTower, make_model
+from clip_jax.models.registry import ConfigError
+
+
+@TOWERS.register("_test_mean_tower")
+class _MeanTower(nn.Module):
+  """A minimal tower registered by this test only: mean over time, then Dense.
+
+  [B, T, F] -> [B, width].
+  """
+
+  width: int
+  dtype: object = jnp.float32
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    del train
+    return nn.Dense(self.width, dtype=self.dtype)(x.mean(axis=1)).astype(jnp.float32)
+
+
+def _assert_embeddings(out, modalities, batch_size, embed_dim):
+  assert set(out) == set(modalities)
+  for modality, emb in out.items():
+    assert emb.shape == (batch_size, embed_dim) and emb.dtype == jnp.float32, modality
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(emb), axis=-1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("image_pooling,text_pooling,causal",
+                         [("map", "eos", False), ("cls", "mean", True), ("gap", "last", True)])
+def test_outputs_and_params_layout(tiny, batch, image_pooling, text_pooling, causal):
+  config = tiny.model_config()
+  config.towers.image.pooling = image_pooling
+  config.towers.text.pooling = text_pooling
+  config.towers.text.causal = causal
+  model = make_model(config)
+  assert isinstance(model, MultiTower)
+  params = model.init(jax.random.key(0), batch)["params"]
+
+  assert set(params) == {"image", "text"}
+  for modality in ("image", "text"):
+    assert set(params[modality]) == {"encoder", "projection"}
+    assert set(params[modality]["projection"]) == {"kernel"}
+    assert params[modality]["projection"]["kernel"].shape == (tiny.width, tiny.embed_dim)
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
+  image_encoder = params["image"]["encoder"]
+  assert ("cls" in image_encoder) == (image_pooling == "cls")
+  assert ("map_head" in image_encoder) == (image_pooling == "map")
+  num_tokens = (tiny.image_size // 4) ** 2 + (image_pooling == "cls")
+  assert image_encoder["pos_embedding"].shape == (num_tokens, tiny.width)
+
+  out = model.apply({"params": params}, batch, train=True)  # "instance_id" is ignored
+  _assert_embeddings(out, ("image", "text"), tiny.batch, tiny.embed_dim)
+  for modality in ("image", "text"):
+    emb = model.apply({"params": params}, batch[modality], modality, method=MultiTower.embed)
+    np.testing.assert_allclose(np.asarray(emb), np.asarray(out[modality]), rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_compute_is_close_to_float32(tiny, batch):
+  model32 = make_model(tiny.model_config())
+  model16 = make_model(tiny.model_config(dtype="bfloat16"))
+  params = model16.init(jax.random.key(0), batch)["params"]
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
+  assert jax.tree.structure(params) == jax.tree.structure(
+      jax.eval_shape(model32.init, jax.random.key(0), batch)["params"])
+
+  jaxpr = str(jax.make_jaxpr(lambda p: model16.apply({"params": p}, batch))(params))
+  assert re.search(r"dot_general.*bf16|bf16.*dot_general", jaxpr), "no bfloat16 matmuls"
+  out16 = model16.apply({"params": params}, batch)
+  out32 = model32.apply({"params": params}, batch)
+  _assert_embeddings(out16, ("image", "text"), tiny.batch, tiny.embed_dim)
+  for modality in out32:
+    a, b = np.asarray(out16[modality]), np.asarray(out32[modality])
+    assert not np.array_equal(a, b)  # really computed in a different precision
+    np.testing.assert_allclose(a, b, atol=0.05)
+    assert np.min(np.sum(a * b, axis=-1)) > 0.995  # cosine similarity
+
+
+def test_remat_gives_same_outputs_and_gradients(tiny, batch):
+  config = tiny.model_config()
+  config.towers.image.depth = config.towers.text.depth = 1  # compile time; remat is per block
+  model = make_model(config)
+  config.remat = True
+  model_remat = make_model(config)
+  params = model.init(jax.random.key(0), batch)["params"]
+  assert jax.tree.structure(params) == jax.tree.structure(
+      jax.eval_shape(model_remat.init, jax.random.key(0), batch)["params"])
+
+  def loss(m, p):
+    out = m.apply({"params": p}, batch, train=True)
+    return jnp.sum(out["image"] @ out["text"].T * jnp.arange(tiny.batch)), out
+
+  assert re.search(r"remat|checkpoint", str(jax.make_jaxpr(lambda p: loss(model_remat, p))(params)))
+  (l1, out1), g1 = jax.jit(jax.value_and_grad(lambda p: loss(model, p), has_aux=True))(params)
+  (l2, out2), g2 = jax.jit(
+      jax.value_and_grad(lambda p: loss(model_remat, p), has_aux=True))(params)
+  np.testing.assert_allclose(l1, l2, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(out1), jax.tree.leaves(out2)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert jax.tree.structure(g1) == jax.tree.structure(g2)
+  for (path, a), b in zip(jax.tree.leaves_with_path(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+  # The gradient reaches every tower parameter.
+  assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(g1))
+
+
+def test_third_tower_by_config_only(tiny, batch):
+  config = tiny.model_config()
+  config.towers.audio = ml_collections.ConfigDict(dict(
+      name="vit", patch_size=4, width=24, depth=1, num_heads=2, pooling="gap"))
+  config.towers.sensor = ml_collections.ConfigDict(dict(name="_test_mean_tower", width=8))
+  rng = np.random.default_rng(3)
+  batch = dict(batch, audio=rng.normal(size=(tiny.batch, 8, 8, 3)).astype(np.float32),
+               sensor=rng.normal(size=(tiny.batch, 5, 3)).astype(np.float32))
+  model = make_model(config)
+  params = model.init(jax.random.key(0), batch)["params"]
+  assert set(params) == {"image", "text", "audio", "sensor"}
+  assert params["audio"]["projection"]["kernel"].shape == (24, tiny.embed_dim)
+  assert params["sensor"]["projection"]["kernel"].shape == (8, tiny.embed_dim)
+  out = model.apply({"params": params}, batch)
+  _assert_embeddings(out, ("image", "text", "audio", "sensor"), tiny.batch, tiny.embed_dim)
+
+  with pytest.raises(ConfigError, match=r"'audio'"):  # a configured modality missing from the batch
+    model.apply({"params": params}, {k: v for k, v in batch.items() if k != "audio"})
+
+
+def _set(path: str, value):
+  """Sets a field as a config file would (bypassing ConfigDict's type checks)."""
+  def edit(config):
+    *parents, leaf = path.split(".")
+    if not parents:
+      updated = config.to_dict()
+      updated[leaf] = value
+      return ml_collections.ConfigDict(updated)
+    node = config
+    for key in parents[:-1]:
+      node = node[key]
+    updated = node[parents[-1]].to_dict()
+    updated[leaf] = value
+    node[parents[-1]] = ml_collections.ConfigDict(updated)
+    return config
+  return edit
+
+
+def _remove(path: str):
+  def edit(config):
+    node = config
+    *parents, leaf = path.split(".")
+    for key in parents:
+      node = node[key]
+    del node[leaf]
+    return config
+  return edit
+
+
+def _typo(config):
+  config.towers.image.widht = config.towers.image.width
+  del config.towers.image["width"]
+  return config
+
+
+@pytest.mark.parametrize("edit,pattern", [
+    (_set("towers.image.name", "vitt"),
+     r"config\.model\.towers\.image\.name = 'vitt' .*text_transformer.*vit"),
+    (_set("towers.text.name", "gpt"), r"config\.model\.towers\.text\.name = 'gpt'"),
+    (_set("towers.image.pooling", "max"),
+     r"config\.model\.towers\.image\.pooling = 'max' .*'cls', 'gap', 'map'"),
+    (_set("towers.text.pooling", "cls"),
+     r"config\.model\.towers\.text\.pooling = 'cls' .*'eos', 'last', 'mean'"),
+    (_typo, r"config\.model\.towers\.image\.widht is not a parameter .*did you mean 'width'"),
+    (_set("towers.image.width", 30),
+     r"config\.model\.towers\.image\.width = 30 .*config\.model\.towers\.image\.num_heads = 4"),
+    (_set("towers.image.dtype", "float16"),
+     r"config\.model\.towers\.image\.dtype = 'float16' .*'float32', 'bfloat16'"),
+    (_set("dtype", "fp16"), r"config\.model\.dtype = 'fp16' .*'float32', 'bfloat16'"),
+    (_set("towers.text.causal", "yes"), r"config\.model\.towers\.text\.causal = 'yes'"),
+    (_set("towers.image.depth", 0), r"config\.model\.towers\.image\.depth = 0"),
+    (_remove("towers.image.depth"), r"missing .*config\.model\.towers\.image\.depth"),
+    (_remove("towers.image.name"), r"config\.model\.towers\.image\.name is missing"),
+    (_set("embed_dim", -1), r"config\.model\.embed_dim = -1"),
+])
+def test_config_errors_name_the_field(tiny, edit, pattern):
+  config = edit(tiny.model_config())
+  with pytest.raises(ConfigError, match=pattern):
+    make_model(config)
+
+
+def test_input_shape_errors_at_init_name_the_field(tiny, batch):
+  config = tiny.model_config()
+  config.towers.image.patch_size = 5
+  model = make_model(config)  # valid on its own: the image size is only known at init
+  with pytest.raises(ConfigError, match=r"config\.model\.towers\.image\.patch_size = 5"):
+    model.init(jax.random.key(0), batch)
+
+  config = tiny.model_config()
+  config.towers.text.context_length = 6
+  with pytest.raises(ConfigError,
+                     match=r"config\.data\.max_len .*config\.model\.towers\.text\.context_length"):
+    make_model(config).init(jax.random.key(0), batch)
+
+
+def test_batch_sharded_over_explicit_mesh_axes(tiny, batch):
+  """Under jit with the batch sharded over explicit ("data", "fsdp") axes and replicated params,
+  the model needs no extra annotations and matches the unsharded result."""
+  config = tiny.model_config()
+  config.towers.audio = ml_collections.ConfigDict(dict(
+      name="vit", patch_size=4, width=16, depth=1, num_heads=2, pooling="cls"))
+  batch = {"image": batch["image"], "text": batch["text"], "audio": batch["image"][:, :8, :8]}
+  model = make_model(config)
+  params = model.init(jax.random.key(0), batch)["params"]
+  expected = model.apply({"params": params}, batch)
+
+  mesh = jax.make_mesh((2, 2), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Explicit,) * 2,
+                       devices=jax.devices()[:4])
+  with jax.set_mesh(mesh):
+    sharded_batch = jax.device_put(batch, jax.sharding.NamedSharding(mesh, P(("data", "fsdp"))))
+    replicated = jax.device_put(params, jax.sharding.NamedSharding(mesh, P()))
+    out = jax.jit(lambda p, b: model.apply({"params": p}, b))(replicated, sharded_batch)
+  for modality, emb in expected.items():
+    assert out[modality].sharding.spec[0] == ("data", "fsdp"), modality
+    np.testing.assert_allclose(np.asarray(out[modality]), np.asarray(emb), rtol=1e-4, atol=1e-5)
