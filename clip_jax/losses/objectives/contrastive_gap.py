@@ -1,0 +1,139 @@
+"""CLIP loss plus uniformity and alignment terms, from Fahim, Murphy & Fyshe (2024), "It's Not a
+Modality Gap: Characterizing and Addressing the Contrastive Gap".
+
+The paper attributes the image-text gap of CLIP to low uniformity and closes it by adding the
+alignment and uniformity terms of Wang & Isola (2020) to the CLIP loss. For a global batch of N
+pairs (x_i, y_i) of L2-normalised embeddings and scale t:
+
+    L_CLIP     = (1/2) [ (1/N) sum_i CE(t x_i.y_., i) + (1/N) sum_i CE(t y_i.x_., i) ]
+    L_align    = (1/N) sum_i ||x_i - y_i||^2
+    U(z)       = log( 1/(N(N-1)) sum_{i != j} exp(-2 ||z_i - z_j||^2) )
+    L_uniform  = (1/2) (U(x) + U(y))
+    L_xuniform = log( 1/(N(N-1)) sum_{i != j} exp(-2 ||x_i - y_j||^2) )
+
+    L = L_CLIP + align_weight L_align + uniform_weight L_uniform + cross_uniform_weight L_xuniform
+
+The in-modal uniformity excludes i = j, as Wang & Isola's definition over distinct pairs does
+(their reference implementation uses pdist, i.e. the pairs i < j; the mean over i != j is the
+same number). The cross-modal uniformity excludes the positive pairs i = j, which are pulled
+together by L_align. The paper adds the terms unweighted: its L_CUAXU ("CLIP + uniformity +
+alignment + cross-uniformity") is the default, all weights 1; cross_uniform_weight = 0 gives its
+L_CUA. The paper trains with a fixed temperature tau = 0.01: init_scale = log(100) and
+learn_scale = False by default.
+
+Squared distances are computed as ||a||^2 + ||b||^2 - 2 a.b (exactly ||a - b||^2; no
+renormalisation is assumed).
+
+Sharding: each device computes its n local rows against the all-gathered x and y (`[n, N]`
+blocks); the per-term sums are reduced with psum.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from clip_jax.losses.objectives import _common as C
+from clip_jax.losses.registry import LOSSES, Objective
+
+Array = jax.Array
+
+CONTRASTIVE_GAP_DEFAULTS: dict[str, Any] = dict(
+    modalities=("image", "text"),
+    align_weight=1.0,
+    uniform_weight=1.0,
+    cross_uniform_weight=1.0,
+    uniformity_t=2.0,
+    init_scale=math.log(100.0),
+    learn_scale=False,
+)
+
+
+def _sq_dists(a: Array, b_all: Array) -> Array:
+  """||a_i - b_j||^2 for local `[n, d]` rows a and `[N, d]` columns b_all -> `[n, N]`."""
+  a2 = jnp.sum(a * a, axis=-1)[:, None]
+  b2 = jnp.sum(b_all * b_all, axis=-1)[None, :]
+  return jnp.maximum(a2 + b2 - 2.0 * C.dot_t(a, b_all), 0.0)
+
+
+def contrastive_gap_loss(x: Array, y: Array, t: Array, *, axis_name: C.AxisName = None,
+                         align_weight: float = 1.0, uniform_weight: float = 1.0,
+                         cross_uniform_weight: float = 1.0, uniformity_t: float = 2.0,
+                         ) -> tuple[Array, dict[str, Array]]:
+  """CLIP + alignment + uniformity (+ cross-uniformity) over the global batch.
+
+  Args:
+    x: `[n, d]` local shard of L2-normalised embeddings of the first modality.
+    y: `[n, d]` local shard of the second modality, paired row by row with x.
+    t: scalar CLIP scale (already exponentiated), replicated.
+    axis_name: batch axes of the enclosing shard_map, or None for whole-batch arrays.
+    align_weight, uniform_weight, cross_uniform_weight: weights of the extra terms.
+    uniformity_t: the Gaussian-kernel parameter of the uniformity terms (2 in the paper).
+
+  Returns:
+    (scalar loss, metrics) identical on every device; metrics: clip, align, uniform,
+    uniform_x, uniform_y, cross_uniform.
+  """
+  n = x.shape[0]
+  rows, total = C.global_rows(n, axis_name)
+  C.require_global_batch(total, 2, "contrastive_gap")
+  x_all, y_all = C.gather(x, axis_name), C.gather(y, axis_name)
+  off_diag = rows[:, None] != jnp.arange(total)[None, :]
+
+  # CLIP: both directions share the positive logits t x_i.y_i.
+  pos = t * jnp.sum(x * y, axis=-1)
+  lse_xy = C.logsumexp(t * C.dot_t(x, y_all), axis=1)
+  lse_yx = C.logsumexp(t * C.dot_t(y, x_all), axis=1)
+  clip = C.psum(jnp.sum(lse_xy + lse_yx - 2.0 * pos), axis_name) / (2 * total)
+
+  align = C.psum(jnp.sum(jnp.sum((x - y) ** 2, axis=-1)), axis_name) / total
+
+  pairs = total * (total - 1)
+
+  def uniformity(a, b_all):
+    kernel = jnp.where(off_diag, jnp.exp(-uniformity_t * _sq_dists(a, b_all)), 0.0)
+    return jnp.log(C.psum(jnp.sum(kernel), axis_name) / pairs)
+
+  uniform_x = uniformity(x, x_all)
+  uniform_y = uniformity(y, y_all)
+  uniform = 0.5 * (uniform_x + uniform_y)
+  cross_uniform = uniformity(x, y_all)
+  loss = (clip + align_weight * align + uniform_weight * uniform
+          + cross_uniform_weight * cross_uniform)
+  return loss, dict(clip=clip, align=align, uniform=uniform, uniform_x=uniform_x,
+                    uniform_y=uniform_y, cross_uniform=cross_uniform)
+
+
+@LOSSES.register("contrastive_gap")
+def contrastive_gap_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
+  """CLIP + uniformity + alignment (+ cross-modal uniformity) between two modalities.
+
+  Config fields (defaults in CONTRASTIVE_GAP_DEFAULTS): modalities (x, y); align_weight,
+  uniform_weight, cross_uniform_weight (>= 0); uniformity_t (> 0); init_scale (t'); learn_scale.
+
+  Params: {"scale": t'}. Metrics: loss, scale (t), clip, align, uniform, uniform_<x>,
+  uniform_<y>, cross_uniform.
+  """
+  f = C.Fields(loss_config, CONTRASTIVE_GAP_DEFAULTS)
+  modalities = f.modalities(count=2)
+  weights = {k: f.number(k, low=0.0)
+             for k in ("align_weight", "uniform_weight", "cross_uniform_weight")}
+  uniformity_t = f.number("uniformity_t", low=0.0, low_open=True)
+  init_scale = f.number("init_scale")
+  learn_scale = f.boolean("learn_scale")
+
+  def apply(outputs: Mapping[str, Array],
+            loss_params: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
+    x, y = C.get_embeddings(outputs, modalities)
+    t = C.temperature(loss_params["scale"], learn_scale)
+    loss, m = contrastive_gap_loss(x, y, t, axis_name=axis_name, uniformity_t=uniformity_t,
+                                   **weights)
+    metrics = {"loss": loss, "scale": t, "clip": m["clip"], "align": m["align"],
+               "uniform": m["uniform"], f"uniform_{modalities[0]}": m["uniform_x"],
+               f"uniform_{modalities[1]}": m["uniform_y"], "cross_uniform": m["cross_uniform"]}
+    return loss, metrics
+
+  return Objective(init_params={"scale": init_scale}, apply=apply, modalities=modalities)

@@ -1,0 +1,139 @@
+"""DCL: Decoupled Contrastive Learning (Yeh et al., ECCV 2022, "Decoupled Contrastive Learning").
+
+InfoNCE with the positive pair removed from the softmax denominator ("negative-positive
+decoupling"). For a global batch of N pairs (x_i, y_i) of L2-normalised embeddings and scale
+t = exp(t') = 1/tau:
+
+    L_i(x->y) = -w_i t x_i.y_i + log sum_{j != i} exp(t x_i.y_j)
+                                  [ + sum_{j != i} exp(t x_i.x_j)   if intra_modal_negatives ]
+    L_i(y->x) = -w_i t x_i.y_i + log sum_{j != i} exp(t y_i.x_j)
+                                  [ + sum_{j != i} exp(t y_i.y_j)   if intra_modal_negatives ]
+    L = (1 / 2N) sum_i (L_i(x->y) + L_i(y->x))
+
+i.e. the mean over the 2N anchors of both directions (the paper's sum over k in {1, 2} and i,
+normalised by 2N as SimCLR does). The paper's setting is SimCLR's two augmented views, where the
+negatives of z_i^(k) are all 2N - 2 other embeddings of both views; `intra_modal_negatives=True`
+reproduces that. The default (False) is the cross-modal (CLIP) form, where the negatives of an
+image are the N - 1 other texts and vice versa.
+
+Weighting ("weighting" field):
+  * "none": w_i = 1 (DCL).
+  * "dclw": DCLW, the paper's weighting by a negative von Mises-Fisher kernel,
+        w_i = 2 - exp(x_i.y_i / sigma) / ( (1/N) sum_k exp(x_k.y_k / sigma) )
+            = 2 - N softmax_i(x_.y_ / sigma),
+    where the normalising expectation runs over the N positive pairs of the (global) batch, so
+    the weights average to 1 and harder positives (lower similarity) weigh more. The same w_i
+    serves both directions (x_i.y_i is symmetric). Gradients flow through w_i (no
+    stop_gradient: w is part of the loss as written); sigma = 0.5 by default, as in the paper.
+
+Scale: the paper fixes tau = 0.1, so init_scale = log(1/0.1) = log(10) and learn_scale = False
+by default; set learn_scale = True to learn t like CLIP.
+
+Sharding: each device computes its n local anchors of both directions against the all-gathered
+other modality (and, with intra-modal negatives, its own modality): four `[n, N]` (or two)
+logit blocks per device, reduced with psum / 2N.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from clip_jax.losses.objectives import _common as C
+from clip_jax.losses.registry import LOSSES, Objective
+
+Array = jax.Array
+
+DCL_DEFAULTS: dict[str, Any] = dict(
+    modalities=("image", "text"),
+    weighting="none",
+    sigma=0.5,
+    intra_modal_negatives=False,
+    init_scale=math.log(1 / 0.1),
+    learn_scale=False,
+)
+
+
+def dcl_loss(x: Array, y: Array, t: Array, *, axis_name: C.AxisName = None,
+             weighting: str = "none", sigma: float = 0.5,
+             intra_modal_negatives: bool = False) -> tuple[Array, dict[str, Array]]:
+  """The symmetric DCL / DCLW loss over the global batch (formula in the module docstring).
+
+  Args:
+    x: `[n, d]` local shard of L2-normalised embeddings of the first modality.
+    y: `[n, d]` local shard of the second modality, paired row by row with x.
+    t: scalar scale 1/tau (already exponentiated), replicated.
+    axis_name: batch axes of the enclosing shard_map, or None for whole-batch arrays.
+    weighting: "none" (DCL) or "dclw".
+    sigma: vMF temperature of the DCLW weights.
+    intra_modal_negatives: also use the other rows of the anchor's own modality as negatives.
+
+  Returns:
+    (scalar loss, metrics) identical on every device; metrics: x_to_y, y_to_x, and with DCLW
+    weight_min / weight_max.
+  """
+  n = x.shape[0]
+  rows, total = C.global_rows(n, axis_name)
+  C.require_global_batch(total, 2, "dcl")
+  x_all, y_all = C.gather(x, axis_name), C.gather(y, axis_name)
+  pos = jnp.sum(x * y, axis=-1)  # [n] x_i . y_i
+  neg_mask = rows[:, None] != jnp.arange(total)[None, :]  # j != i
+
+  def negatives(anchor, other_all, own_all):
+    logits = t * C.dot_t(anchor, other_all)
+    if intra_modal_negatives:
+      logits = jnp.concatenate([logits, t * C.dot_t(anchor, own_all)], axis=1)
+      mask = jnp.concatenate([neg_mask, neg_mask], axis=1)
+    else:
+      mask = neg_mask
+    return C.masked_logsumexp(logits, mask, axis=1)  # [n]
+
+  metrics = {}
+  if weighting == "dclw":
+    pos_all = C.gather(pos, axis_name) / sigma  # [N]
+    w = 2.0 - total * jnp.exp(pos / sigma - C.logsumexp(pos_all, axis=0))
+    metrics.update(weight_min=C.pmin(jnp.min(w), axis_name),
+                   weight_max=C.pmax(jnp.max(w), axis_name))
+  elif weighting == "none":
+    w = 1.0
+  else:
+    raise ValueError(f"weighting must be 'none' or 'dclw'; got {weighting!r}")
+  positive = w * t * pos
+  x_to_y = C.psum(jnp.sum(negatives(x, y_all, x_all) - positive), axis_name) / total
+  y_to_x = C.psum(jnp.sum(negatives(y, x_all, y_all) - positive), axis_name) / total
+  loss = 0.5 * (x_to_y + y_to_x)
+  metrics.update(x_to_y=x_to_y, y_to_x=y_to_x)
+  return loss, metrics
+
+
+@LOSSES.register("dcl")
+def dcl_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
+  """Decoupled contrastive loss between two modalities.
+
+  Config fields (defaults in DCL_DEFAULTS): modalities (x, y); weighting ("none" | "dclw");
+  sigma (> 0, DCLW only); intra_modal_negatives (bool); init_scale (t' = log(1/tau));
+  learn_scale (bool).
+
+  Params: {"scale": t'}. Metrics: loss, x_to_y, y_to_x, scale (t), and with DCLW weight_min,
+  weight_max.
+  """
+  f = C.Fields(loss_config, DCL_DEFAULTS)
+  modalities = f.modalities(count=2)
+  weighting = f.choice("weighting", ("none", "dclw"))
+  sigma = f.number("sigma", low=0.0, low_open=True)
+  intra = f.boolean("intra_modal_negatives")
+  init_scale = f.number("init_scale")
+  learn_scale = f.boolean("learn_scale")
+
+  def apply(outputs: Mapping[str, Array],
+            loss_params: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
+    x, y = C.get_embeddings(outputs, modalities)
+    t = C.temperature(loss_params["scale"], learn_scale)
+    loss, metrics = dcl_loss(x, y, t, axis_name=axis_name, weighting=weighting, sigma=sigma,
+                             intra_modal_negatives=intra)
+    return loss, {"loss": loss, "scale": t, **metrics}
+
+  return Objective(init_params={"scale": init_scale}, apply=apply, modalities=modalities)

@@ -1,0 +1,195 @@
+"""GRAM: Gramian Multimodal Representation Learning and Alignment (Cicchetti, Grassucci, Sigillo &
+Comminiello, ICLR 2025).
+
+For k >= 2 modalities, one of them the anchor a (config `anchor`, default the first of
+`modalities`) and the others m_2..m_k, the alignment of a tuple of L2-normalised embeddings is
+measured by the volume of the k-dimensional parallelotope they span,
+
+    Vol(v_1, ..., v_k) = sqrt(det G),   G = A^T A,   A = [v_1 ... v_k]  (d x k),  G_rs = v_r.v_s
+
+(for k = 2 and unit vectors, Vol = |sin angle|). Small volume = aligned tuple. The contrastive
+loss uses -Vol as the logit, with V_ij = Vol(a_i, m2_j, ..., mk_j) (anchor of example i, the
+other modalities of example j) and t = 1/tau:
+
+    L_A2D = -(1/N) sum_i log( exp(-t V_ii) / sum_j exp(-t V_ij) )   (anchor i vs all data tuples)
+    L_D2A = -(1/N) sum_i log( exp(-t V_ii) / sum_j exp(-t V_ji) )   (data tuple i vs all anchors)
+    L = (L_A2D + L_D2A) / 2
+
+which is the paper's volume-based contrastive loss (its additional data-anchor matching loss
+needs a fusion head and is not part of this objective).
+
+Numerics: det G is expanded by minors (a polynomial in the dot products), so its gradient is
+finite even when G is singular (duplicated or collinear embeddings), where an LU-based det's
+gradient is not; the volume is sqrt(max(det G, eps)) with eps = 1e-12, keeping the gradient of
+the square root finite at zero volume (this moves a zero volume to 1e-6). The dot products use
+full float32 precision (`Precision.HIGHEST`), since det G cancels heavily for aligned tuples.
+The expansion has O(k 2^k) terms; k <= 8 modalities are supported.
+
+Scale: tau = 0.07 initially (init_scale = log(1/0.07)), learnable.
+
+Sharding: for its n local anchor rows and for its n local data rows, each device builds the k x k
+Gram entries against the all-gathered other side as broadcastable `[n, 1]`, `[1, N]` or `[n, N]`
+arrays (never an `[n, N, k, k]` tensor) and expands the determinants elementwise; reduced with
+psum / N.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from clip_jax.losses.objectives import _common as C
+from clip_jax.losses.registry import LOSSES, Objective
+from clip_jax.registry import ConfigError
+
+Array = jax.Array
+
+MAX_MODALITIES = 8
+VOLUME_EPS = 1e-12
+
+GRAM_DEFAULTS: dict[str, Any] = dict(
+    modalities=("image", "text", "audio"),
+    anchor="",  # "" = the first of `modalities`
+    init_scale=math.log(1 / 0.07),
+    learn_scale=True,
+)
+
+_HI = jax.lax.Precision.HIGHEST
+
+
+def det_by_minors(matrix: Sequence[Sequence[Array]]) -> Array:
+  """Determinant of a k x k matrix given as nested lists of broadcastable arrays (elementwise).
+
+  Laplace expansion along the rows, memoised over the column subsets of the trailing rows:
+  O(k 2^k) products. A polynomial in the entries, hence with finite gradients everywhere.
+  """
+  k = len(matrix)
+  memo: dict[tuple[int, ...], Array] = {}
+
+  def minor(cols: tuple[int, ...]) -> Array:
+    # Determinant of the trailing len(cols) rows restricted to the columns `cols`.
+    if len(cols) == 1:
+      return matrix[k - 1][cols[0]]
+    if cols not in memo:
+      row = k - len(cols)
+      total = 0.0
+      for idx, c in enumerate(cols):
+        term = matrix[row][c] * minor(cols[:idx] + cols[idx + 1:])
+        total = total + term if idx % 2 == 0 else total - term
+      memo[cols] = total
+    return memo[cols]
+
+  return minor(tuple(range(k)))
+
+
+def _volumes(anchor_self: Array, cross: list[Array], others_gram: list[list[Array]]) -> Array:
+  """`[rows, cols]` volumes Vol(a, o_2, ..., o_k) from the entries of their Gram matrices.
+
+  Args:
+    anchor_self: a.a, broadcastable to `[rows, cols]`.
+    cross: k - 1 arrays `[rows, cols]`, a.o_m.
+    others_gram: (k - 1) x (k - 1) nested list of o_m.o_m', broadcastable to `[rows, cols]`.
+  """
+  k = len(cross) + 1
+  matrix = [[anchor_self, *cross]]
+  for m in range(1, k):
+    matrix.append([cross[m - 1], *others_gram[m - 1]])
+  det = det_by_minors(matrix)
+  return jnp.sqrt(jnp.maximum(det, VOLUME_EPS))
+
+
+def _self_gram(vs: list[Array]) -> list[list[Array]]:
+  """Rowwise dot products vs[r]_i . vs[s]_i -> `[rows]` arrays (symmetric, computed once)."""
+  k = len(vs)
+  out = [[None] * k for _ in range(k)]
+  for r in range(k):
+    for s in range(r, k):
+      out[r][s] = out[s][r] = jnp.einsum("nd,nd->n", vs[r], vs[s], precision=_HI)
+  return out
+
+
+def gram_loss(anchor: Array, others: list[Array], t: Array, *,
+              axis_name: C.AxisName = None) -> tuple[Array, dict[str, Array]]:
+  """The symmetric GRAM volume contrastive loss over the global batch.
+
+  Args:
+    anchor: `[n, d]` local shard of the anchor modality's L2-normalised embeddings.
+    others: k - 1 >= 1 arrays `[n, d]`, the local shards of the other modalities (row i of every
+      array belongs to example i).
+    t: scalar scale (already exponentiated), replicated.
+    axis_name: batch axes of the enclosing shard_map, or None for whole-batch arrays.
+
+  Returns:
+    (scalar loss, metrics) identical on every device; metrics: anchor_to_data, data_to_anchor,
+    positive_volume (mean V_ii), negative_volume (mean V_ij over i != j).
+  """
+  k = len(others) + 1
+  if not 2 <= k <= MAX_MODALITIES:
+    raise ValueError(f"gram needs 2 to {MAX_MODALITIES} modalities; got {k}")
+  n = anchor.shape[0]
+  rows, total = C.global_rows(n, axis_name)
+  anchor_all = C.gather(anchor, axis_name)
+  others_all = [C.gather(o, axis_name) for o in others]
+  local_gram = _self_gram([anchor, *others])  # [n] entries of the local examples
+  global_gram = _self_gram([anchor_all, *others_all])  # [N] entries of all examples
+
+  # A2D: local anchors i (rows) against the data tuples j of the global batch (columns).
+  a2d = _volumes(local_gram[0][0][:, None],
+                 [C.dot_t(anchor, o_all, precision=_HI) for o_all in others_all],
+                 [[global_gram[r][s][None, :] for s in range(1, k)] for r in range(1, k)])
+  # D2A: local data tuples i (rows) against the anchors j of the global batch (columns).
+  d2a = _volumes(global_gram[0][0][None, :],
+                 [C.dot_t(o, anchor_all, precision=_HI) for o in others],
+                 [[local_gram[r][s][:, None] for s in range(1, k)] for r in range(1, k)])
+
+  diag = rows[:, None] == jnp.arange(total)[None, :]
+  pos_volume = jnp.sum(jnp.where(diag, a2d, 0.0), axis=1)  # V_ii, [n]
+
+  def direction(volumes):
+    return C.psum(jnp.sum(C.logsumexp(-t * volumes, axis=1) + t * pos_volume), axis_name) / total
+
+  anchor_to_data = direction(a2d)
+  data_to_anchor = direction(d2a)
+  loss = 0.5 * (anchor_to_data + data_to_anchor)
+  metrics = dict(
+      anchor_to_data=anchor_to_data, data_to_anchor=data_to_anchor,
+      positive_volume=C.psum(jnp.sum(pos_volume), axis_name) / total,
+      negative_volume=C.psum(jnp.sum(jnp.where(diag, 0.0, a2d)), axis_name)
+      / max(total * (total - 1), 1))
+  return loss, metrics
+
+
+@LOSSES.register("gram")
+def gram_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
+  """GRAM volume contrastive loss over `config.loss.modalities` (2 to 8), one of them the anchor.
+
+  Config fields (defaults in GRAM_DEFAULTS): modalities; anchor (a modality name, "" = the first
+  one); init_scale (t'); learn_scale.
+
+  Params: {"scale": t'}. Metrics: loss, scale (t), anchor_to_data, data_to_anchor,
+  positive_volume, negative_volume.
+  """
+  f = C.Fields(loss_config, GRAM_DEFAULTS)
+  modalities = f.modalities(at_least=2)
+  if len(modalities) > MAX_MODALITIES:
+    raise ConfigError(f"{f.field('modalities')} must have at most {MAX_MODALITIES} modalities "
+                      f"for gram; got {len(modalities)}")
+  anchor = f.raw("anchor") or modalities[0]
+  if anchor not in modalities:
+    raise ConfigError(f"{f.field('anchor')} must be one of {', '.join(map(repr, modalities))} "
+                      f"(or '' for the first); got {anchor!r}")
+  order = (anchor, *[m for m in modalities if m != anchor])
+  init_scale = f.number("init_scale")
+  learn_scale = f.boolean("learn_scale")
+
+  def apply(outputs: Mapping[str, Array],
+            loss_params: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
+    a, *others = C.get_embeddings(outputs, order)
+    t = C.temperature(loss_params["scale"], learn_scale)
+    loss, metrics = gram_loss(a, others, t, axis_name=axis_name)
+    return loss, {"loss": loss, "scale": t, **metrics}
+
+  return Objective(init_params={"scale": init_scale}, apply=apply, modalities=modalities)

@@ -1,0 +1,121 @@
+"""Multi-positive decoupled softmax, from Gupta et al. (ICLR 2024), "Dual-Encoders for Extreme
+Multi-Label Classification".
+
+A batch may hold several captions of one image (or several positives of one query). Rows with
+the same `outputs["instance_id"]` are positives of each other: P(i) = {j : id_j = id_i}, which
+contains i. Plain InfoNCE with several positives makes them compete in one softmax; the paper's
+DecoupledSoftmax removes the other positives from each positive's denominator. With logits
+s_ij = t x_i.y_j over the global batch of N rows:
+
+    l_ij = -log( exp(s_ij) / (exp(s_ij) + sum_{k not in P(i)} exp(s_ik)) )    for j in P(i)
+         = softplus( logsumexp_{k not in P(i)} s_ik - s_ij )
+
+    L_{x->y} = (1/|P|) sum_i sum_{j in P(i)} l_ij,     |P| = sum_i |P(i)|
+    L_{y->x} = the same with s_ij = t y_i.x_j
+    L = (L_{x->y} + L_{y->x}) / 2
+
+i.e. the mean over all (ordered) positive pairs of the global batch, both directions weighted
+equally. (The paper sums l_ij over the positives of each query and averages over queries; the
+mean over pairs differs from that by the batch-dependent factor N/|P|, and equals it when every
+row has the same number of positives.) A row whose id covers the whole batch has no negatives
+and contributes l_ij = 0. With all ids distinct this is the plain (symmetric) InfoNCE.
+
+Scale: CLIP's learnable temperature initialised at tau = 0.07 (init_scale = log(1/0.07)).
+
+Sharding: local rows against the all-gathered columns and ids (`[n, N]` blocks); psum over the
+devices of the pair losses and pair counts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from clip_jax.losses.objectives import _common as C
+from clip_jax.losses.registry import LOSSES, Objective
+from clip_jax.registry import ConfigError
+
+Array = jax.Array
+
+MULTI_POSITIVE_DEFAULTS: dict[str, Any] = dict(
+    modalities=("image", "text"),
+    id_key="instance_id",
+    init_scale=math.log(1 / 0.07),
+    learn_scale=True,
+)
+
+
+def multi_positive_loss(x: Array, y: Array, ids: Array, t: Array, *,
+                        axis_name: C.AxisName = None) -> tuple[Array, dict[str, Array]]:
+  """The symmetric multi-positive decoupled softmax over the global batch.
+
+  Args:
+    x: `[n, d]` local shard of L2-normalised embeddings of the first modality.
+    y: `[n, d]` local shard of the second modality (row i of x and y come from one example).
+    ids: `[n]` int instance ids of the local rows; equal ids are positives of each other.
+    t: scalar scale (already exponentiated), replicated.
+    axis_name: batch axes of the enclosing shard_map, or None for whole-batch arrays.
+
+  Returns:
+    (scalar loss, metrics) identical on every device; metrics: x_to_y, y_to_x,
+    positives_per_row (mean |P(i)|).
+  """
+  n = x.shape[0]
+  _, total = C.global_rows(n, axis_name)
+  x_all, y_all = C.gather(x, axis_name), C.gather(y, axis_name)
+  ids = jnp.asarray(ids).reshape(n)
+  ids_all = C.gather(ids, axis_name)
+  positive = ids[:, None] == ids_all[None, :]  # [n, N]
+  num_pairs = C.psum(jnp.sum(positive.astype(jnp.float32)), axis_name)
+
+  def direction(anchor, others_all):
+    logits = t * C.dot_t(anchor, others_all)
+    neg_lse = C.masked_logsumexp(logits, ~positive, axis=1)  # [n], -inf without negatives
+    # Only the positive entries are kept; the others enter softplus as -inf (value and
+    # gradient 0), so no masked entry can produce a NaN.
+    terms = jax.nn.softplus(jnp.where(positive, neg_lse[:, None] - logits, -jnp.inf))
+    return C.psum(jnp.sum(terms), axis_name) / num_pairs
+
+  x_to_y = direction(x, y_all)
+  y_to_x = direction(y, x_all)
+  loss = 0.5 * (x_to_y + y_to_x)
+  return loss, dict(x_to_y=x_to_y, y_to_x=y_to_x, positives_per_row=num_pairs / total)
+
+
+@LOSSES.register("multi_positive")
+def multi_positive_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
+  """Multi-positive decoupled softmax between two modalities, positives from instance ids.
+
+  Config fields (defaults in MULTI_POSITIVE_DEFAULTS): modalities (x, y); id_key (the outputs
+  entry with the `[n]` int ids, "instance_id"); init_scale (t'); learn_scale.
+
+  Params: {"scale": t'}. Metrics: loss, scale (t), x_to_y, y_to_x, positives_per_row.
+
+  The trainer must pass the batch's instance ids in `outputs[id_key]`, sharded like the
+  embeddings.
+  """
+  f = C.Fields(loss_config, MULTI_POSITIVE_DEFAULTS)
+  modalities = f.modalities(count=2)
+  id_key = f.raw("id_key")
+  if not isinstance(id_key, str) or not id_key or id_key in modalities:
+    raise ConfigError(f"{f.field('id_key')} must name an outputs entry other than the "
+                      f"modalities, e.g. 'instance_id'; got {id_key!r}")
+  init_scale = f.number("init_scale")
+  learn_scale = f.boolean("learn_scale")
+
+  def apply(outputs: Mapping[str, Array],
+            loss_params: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
+    x, y = C.get_embeddings(outputs, modalities)
+    if id_key not in outputs:
+      raise ValueError(
+          f"loss 'multi_positive' needs outputs[{id_key!r}] (`[n]` int instance ids, rows with "
+          f"equal ids are positives); the outputs only have: {', '.join(sorted(outputs))}")
+    t = C.temperature(loss_params["scale"], learn_scale)
+    loss, metrics = multi_positive_loss(x, y, outputs[id_key], t, axis_name=axis_name)
+    return loss, {"loss": loss, "scale": t, **metrics}
+
+  return Objective(init_params={"scale": init_scale}, apply=apply, modalities=modalities)
+

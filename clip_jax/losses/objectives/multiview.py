@@ -1,0 +1,164 @@
+"""MV-InfoNCE and MV-DHEL, from Koromilas, Georgiou, Bouritsas, Giannakopoulos, Nicolaou &
+Panagakis (2025), "A Principled Framework for Multi-View Contrastive Learning".
+
+K >= 2 views of each of N instances; here the views are modalities (config `modalities`), and
+U_{i,l} is the L2-normalised embedding of instance i in modality l. With t = 1/tau:
+
+MV-InfoNCE: one term per instance, all view pairs at once (the paper's Eq. for MV-InfoNCE),
+
+    L = -(1/N) sum_i log(   sum_{l} sum_{l' != l} exp(t U_il.U_il')
+                          / sum_{l} sum_{m != l} sum_{j} exp(t U_il.U_jm) )
+
+  The numerator holds every ordered pair of views of instance i; the denominator every
+  cross-view pair (i, l) -> (j, m), m != l, over all instances j (j = i included: the positives
+  are part of the denominator, as in InfoNCE). For K = 2 the two directions x->y and y->x share
+  one denominator. (The authors' reference code also adds same-view negatives (j != i, m = l) to
+  the denominator; we follow the paper's formula.)
+
+MV-DHEL: decoupled alignment and uniformity,
+
+    L = -(1/N) sum_i [ log sum_{l} sum_{l' != l} exp(t U_il.U_il')
+                       - sum_l log sum_{j in J(i)} exp(t U_il.U_jl) ]
+
+  The uniformity (energy) term of each view uses only that view's embeddings, so the positives
+  never enter a denominator. J(i) = {j != i} with exclude_self = True (default; the self term
+  exp(t U_il.U_il) = exp(t) carries no information, and the authors' code and the two-view DHEL
+  drop it), or all j with exclude_self = False (the formula as printed, sum over j in [M]).
+
+Scale: the paper trains with a fixed tau (0.1 on ImageNet): init_scale = log(10),
+learn_scale = False by default.
+
+Metrics: align = -(1/N) sum_i log(numerator_i) and uniform = (1/N) sum_i log(denominator_i)
+(for MV-DHEL the sum over views of the log energies), so loss = align + uniform.
+
+Sharding: local rows of every view against the all-gathered rows of the other views (MV-InfoNCE,
+K(K-1) `[n, N]` blocks) or of the same view (MV-DHEL, K blocks); reduced with psum / N.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from clip_jax.losses.objectives import _common as C
+from clip_jax.losses.registry import LOSSES, Objective
+
+Array = jax.Array
+
+MV_INFONCE_DEFAULTS: dict[str, Any] = dict(
+    modalities=("image", "text", "audio"),
+    init_scale=math.log(10.0),
+    learn_scale=False,
+)
+
+MV_DHEL_DEFAULTS: dict[str, Any] = dict(MV_INFONCE_DEFAULTS, exclude_self=True)
+
+
+def _positive_lse(views: list[Array], t: Array) -> Array:
+  """`[n]` log sum_{l != l'} exp(t U_il.U_il') over the ordered view pairs of each local row."""
+  k = len(views)
+  pos = [t * jnp.sum(views[l] * views[m], axis=-1) for l in range(k) for m in range(k) if m != l]
+  return C.logsumexp(jnp.stack(pos, axis=1), axis=1)
+
+
+def mv_infonce_loss(views: list[Array], t: Array, *,
+                    axis_name: C.AxisName = None) -> tuple[Array, dict[str, Array]]:
+  """MV-InfoNCE over the global batch.
+
+  Args:
+    views: K >= 2 arrays `[n, d]`, the local shards of the L2-normalised embeddings of each view
+      (row i of every view belongs to instance i).
+    t: scalar scale (already exponentiated), replicated.
+    axis_name: batch axes of the enclosing shard_map, or None for whole-batch arrays.
+
+  Returns:
+    (scalar loss, metrics {align, uniform}) identical on every device.
+  """
+  k = len(views)
+  if k < 2:
+    raise ValueError(f"mv_infonce needs at least 2 views; got {k}")
+  n = views[0].shape[0]
+  _, total = C.global_rows(n, axis_name)
+  gathered = [C.gather(v, axis_name) for v in views]
+  blocks = [t * C.dot_t(views[l], gathered[m]) for l in range(k) for m in range(k) if m != l]
+  denominator = C.logsumexp(jnp.concatenate(blocks, axis=1), axis=1)  # [n]
+  numerator = _positive_lse(views, t)
+  align = -C.psum(jnp.sum(numerator), axis_name) / total
+  uniform = C.psum(jnp.sum(denominator), axis_name) / total
+  return align + uniform, dict(align=align, uniform=uniform)
+
+
+def mv_dhel_loss(views: list[Array], t: Array, *, axis_name: C.AxisName = None,
+                 exclude_self: bool = True) -> tuple[Array, dict[str, Array]]:
+  """MV-DHEL over the global batch.
+
+  Args:
+    views: K >= 2 arrays `[n, d]`, the local shards of each view's L2-normalised embeddings.
+    t: scalar scale (already exponentiated), replicated.
+    axis_name: batch axes of the enclosing shard_map, or None for whole-batch arrays.
+    exclude_self: leave j = i out of each view's energy term.
+
+  Returns:
+    (scalar loss, metrics {align, uniform}) identical on every device.
+  """
+  k = len(views)
+  if k < 2:
+    raise ValueError(f"mv_dhel needs at least 2 views; got {k}")
+  n = views[0].shape[0]
+  rows, total = C.global_rows(n, axis_name)
+  if exclude_self:
+    C.require_global_batch(total, 2, "mv_dhel with exclude_self")
+  mask = rows[:, None] != jnp.arange(total)[None, :]
+  energy = 0.0
+  for v in views:
+    logits = t * C.dot_t(v, C.gather(v, axis_name))
+    energy = energy + (C.masked_logsumexp(logits, mask, axis=1) if exclude_self
+                       else C.logsumexp(logits, axis=1))
+  numerator = _positive_lse(views, t)
+  align = -C.psum(jnp.sum(numerator), axis_name) / total
+  uniform = C.psum(jnp.sum(energy), axis_name) / total
+  return align + uniform, dict(align=align, uniform=uniform)
+
+
+def _build(loss_config: Any, axis_name: C.AxisName, defaults: Mapping[str, Any],
+           dhel: bool) -> Objective:
+  f = C.Fields(loss_config, defaults)
+  modalities = f.modalities(at_least=2)
+  init_scale = f.number("init_scale")
+  learn_scale = f.boolean("learn_scale")
+  exclude_self = f.boolean("exclude_self") if dhel else False
+
+  def apply(outputs: Mapping[str, Array],
+            loss_params: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
+    views = C.get_embeddings(outputs, modalities)
+    t = C.temperature(loss_params["scale"], learn_scale)
+    if dhel:
+      loss, metrics = mv_dhel_loss(views, t, axis_name=axis_name, exclude_self=exclude_self)
+    else:
+      loss, metrics = mv_infonce_loss(views, t, axis_name=axis_name)
+    return loss, {"loss": loss, "scale": t, **metrics}
+
+  return Objective(init_params={"scale": init_scale}, apply=apply, modalities=modalities)
+
+
+@LOSSES.register("mv_infonce")
+def mv_infonce_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
+  """MV-InfoNCE over all the modalities of `config.loss.modalities` (>= 2).
+
+  Config fields (defaults in MV_INFONCE_DEFAULTS): modalities; init_scale (t'); learn_scale.
+  Params: {"scale": t'}. Metrics: loss, scale (t), align, uniform.
+  """
+  return _build(loss_config, axis_name, MV_INFONCE_DEFAULTS, dhel=False)
+
+
+@LOSSES.register("mv_dhel")
+def mv_dhel_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
+  """MV-DHEL over all the modalities of `config.loss.modalities` (>= 2).
+
+  Config fields (defaults in MV_DHEL_DEFAULTS): modalities; exclude_self (bool); init_scale (t');
+  learn_scale. Params: {"scale": t'}. Metrics: loss, scale (t), align, uniform.
+  """
+  return _build(loss_config, axis_name, MV_DHEL_DEFAULTS, dhel=True)
