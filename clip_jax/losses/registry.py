@@ -24,8 +24,9 @@ import dataclasses
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 
-from clip_jax.registry import Registry
+from clip_jax.registry import ConfigError, Registry
 
 Array = jax.Array
 AxisName = str | tuple[str, ...] | None
@@ -55,3 +56,105 @@ LOSSES: Registry[ObjectiveFactory] = Registry("loss", "config.loss.name")
 def make_objective(loss_config: Any, *, axis_name: AxisName) -> Objective:
   """Builds the objective named by `loss_config.name` (raises ConfigError for unknown names)."""
   return LOSSES.get(loss_config.name)(loss_config, axis_name=axis_name)
+
+
+def read_fields(loss_config: Any, defaults: Mapping[str, Any], *,
+                field: str = "config.loss") -> dict[str, Any]:
+  """Reads an objective's config fields: `defaults` overridden by the fields present.
+
+  Args:
+    loss_config: a ConfigDict (or mapping) with a `name` field and any of the fields in
+      `defaults`.
+    defaults: every field the objective understands, with its default value.
+    field: how the config is spelt in error messages.
+
+  Returns:
+    A plain dict with one entry per key of `defaults`.
+
+  Raises:
+    ConfigError: naming the first field the objective does not know, and the known fields.
+  """
+  present = dict(loss_config.items())
+  name = present.pop("name", None)
+  for key in present:
+    if key not in defaults:
+      raise ConfigError(
+          f"{field}.{key} is not a field of loss {name!r}; known fields: "
+          f"{', '.join(['name', *sorted(defaults)])}")
+  return {key: present.get(key, default) for key, default in defaults.items()}
+
+
+def check_choice(field: str, value: Any, choices: tuple[Any, ...]) -> None:
+  """Raises ConfigError unless `value` is one of `choices`."""
+  if value not in choices:
+    raise ConfigError(
+        f"{field} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def check_number(field: str, value: Any, *, low: float | None = None, high: float | None = None,
+                 high_open: bool = False, integer: bool = False) -> None:
+  """Raises ConfigError unless `value` is a number (an int if `integer`) in [low, high]."""
+  kinds = (int,) if integer else (int, float)
+  if isinstance(value, bool) or not isinstance(value, kinds):
+    raise ConfigError(f"{field} must be {'an int' if integer else 'a number'}; got {value!r}")
+  if low is not None and value < low:
+    raise ConfigError(f"{field} must be >= {low}; got {value!r}")
+  if high is not None and (value >= high if high_open else value > high):
+    raise ConfigError(f"{field} must be {'<' if high_open else '<='} {high}; got {value!r}")
+
+
+def check_bool(field: str, value: Any) -> None:
+  if not isinstance(value, bool):
+    raise ConfigError(f"{field} must be True or False; got {value!r}")
+
+
+def check_modalities(field: str, value: Any, count: int | None = 2) -> tuple[str, ...]:
+  """Returns `value` as a tuple of distinct modality names (exactly `count` of them if given)."""
+  if isinstance(value, str):
+    value = (value,)
+  try:
+    names = tuple(value)
+  except TypeError:
+    names = ()
+  if (not names or not all(isinstance(m, str) and m for m in names)
+      or len(set(names)) != len(names) or (count is not None and len(names) != count)):
+    what = f"{count} distinct modality names" if count else "distinct modality names"
+    raise ConfigError(f"{field} must be {what}, e.g. ('image', 'text'); got {value!r}")
+  return names
+
+
+def get_modalities(outputs: Mapping[str, Array], modalities: tuple[str, ...],
+                   field: str = "config.loss.modalities") -> list[Array]:
+  """The embeddings of `modalities` from the model outputs, with a clear error if one is absent."""
+  missing = [m for m in modalities if m not in outputs]
+  if missing:
+    raise ConfigError(
+        f"{field} = {modalities!r} asks for {', '.join(missing)}, but the model outputs only "
+        f"have: {', '.join(sorted(outputs))}")
+  return [outputs[m] for m in modalities]
+
+
+def check_contrastive_fields(fields: Mapping[str, Any], field: str = "config.loss") -> None:
+  """Validates the fields shared by the pairwise contrastive objectives (sigmoid, softmax)."""
+  check_modalities(f"{field}.modalities", fields["modalities"])
+  check_choice(f"{field}.impl", fields["impl"], ("ring", "all_gather"))
+  if fields["chunk_size"] is not None:
+    check_number(f"{field}.chunk_size", fields["chunk_size"], low=0, integer=True)
+  if fields["chunk_size"] and fields["impl"] != "ring":
+    raise ConfigError(f"{field}.chunk_size applies to {field}.impl = 'ring' only; "
+                      f"got impl {fields['impl']!r} with chunk_size {fields['chunk_size']}")
+  check_number(f"{field}.label_smoothing", fields["label_smoothing"], low=0.0, high=1.0,
+               high_open=True)
+  check_number(f"{field}.init_scale", fields["init_scale"])
+  check_bool(f"{field}.learn_scale", fields["learn_scale"])
+  check_number(f"{field}.max_scale", fields["max_scale"], low=0.0)
+
+
+def temperature(raw_scale: Array, *, learn_scale: bool = True, max_scale: float = 0.0) -> Array:
+  """t = exp(t'), frozen (stop_gradient) unless `learn_scale`, clamped to `max_scale` if > 0."""
+  t = jnp.exp(jnp.asarray(raw_scale, jnp.float32))
+  if not learn_scale:
+    t = jax.lax.stop_gradient(t)
+  if max_scale:
+    t = jnp.minimum(t, jnp.float32(max_scale))
+  return t

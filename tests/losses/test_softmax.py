@@ -1,0 +1,165 @@
+"""The softmax (CLIP) loss against the float64 numpy reference, on 1 to 8 devices."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import pathlib
+import re
+
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import clip_jax.losses as losses
+from clip_jax.losses import softmax_loss
+from clip_jax.registry import ConfigError
+
+
+def _load_reference():
+  path = pathlib.Path(__file__).with_name("reference.py")
+  spec = importlib.util.spec_from_file_location("clip_jax_tests_losses_reference", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+ref = _load_reference()
+
+N, DIM = 16, 8  # global batch: 2 rows per device on 8 devices
+T = 10.0
+
+
+def _assert_matches(got, x, y, t, eps=0.0, rtol=1e-5, atol=1e-5):
+  value, (dx, dy, dt) = got
+  want_dx, want_dy, want_dt = ref.softmax_grads(x, y, t, eps)
+  np.testing.assert_allclose(value, ref.softmax_loss(x, y, t, eps), rtol=rtol, atol=atol)
+  np.testing.assert_allclose(dx, want_dx, rtol=rtol, atol=atol)
+  np.testing.assert_allclose(dy, want_dy, rtol=rtol, atol=atol)
+  np.testing.assert_allclose(dt, want_dt, rtol=rtol, atol=atol)
+  assert all(np.isfinite(np.asarray(a)).all() for a in (value, dx, dy, dt))
+
+
+def _f32(*arrays):
+  return [jnp.asarray(a, jnp.float32) for a in arrays]
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(impl, mesh_shape, names=("data",), eps=0.0, chunk_size=None):
+  loss = functools.partial(softmax_loss, impl=impl, label_smoothing=eps, chunk_size=chunk_size)
+  return ref.sharded_value_and_grad(loss, mesh_shape, names, num_scalars=1)
+
+
+def test_references_match_finite_differences():
+  x, y = ref.random_pairs(0, 5, 3)
+  for eps in (0.0, 0.2):
+    args = [x, y, 4.0]
+    f = lambda *a: ref.softmax_loss(*a, eps=eps)
+    for i, want in enumerate(ref.softmax_grads(*args, eps=eps)):
+      np.testing.assert_allclose(ref.finite_difference(f, args, i), want, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("impl", ["ring", "all_gather"])
+@pytest.mark.parametrize("mesh_shape,names", [
+    (None, ("data",)),
+    ((1,), ("data",)),
+    ((2,), ("data",)),
+    ((4,), ("data",)),
+    ((8,), ("data",)),
+    ((4, 2), ("data", "fsdp")),
+])
+def test_sharded_matches_reference(impl, mesh_shape, names):
+  x, y = ref.random_pairs(1, N, DIM)
+  got = _compiled(impl, mesh_shape, names)(*_f32(x, y, T))
+  _assert_matches(got, x, y, T)
+
+
+@pytest.mark.parametrize("impl", ["ring", "all_gather"])
+def test_label_smoothing(impl):
+  x, y = ref.random_pairs(2, N, DIM)
+  got = _compiled(impl, (4,), eps=0.1)(*_f32(x, y, T))
+  _assert_matches(got, x, y, T, eps=0.1)
+  assert abs(float(got[0]) - ref.softmax_loss(x, y, T)) > 1e-3
+
+
+@hypothesis.settings(max_examples=8, deadline=None, derandomize=True)
+@hypothesis.given(
+    n_local=st.sampled_from([1, 3]),
+    dim=st.sampled_from([2, 5]),
+    duplicates=st.booleans(),
+    t=st.sampled_from([1.0, 100.0, 0.01, 30.0]),
+    chunk_size=st.sampled_from([None, 2]),
+    seed=st.integers(0, 2**16),
+)
+def test_property_ring_matches_reference(n_local, dim, duplicates, t, chunk_size, seed):
+  """Random shapes, duplicated embeddings and extreme t: finite and equal to the reference."""
+  x, y = ref.random_pairs(seed, 4 * n_local, dim)
+  if duplicates:  # ties in the logits, several equal rows in a softmax
+    x[1::2], y[1::2] = x[0::2], y[0::2]
+    x[-1] = x[0]
+  got = _compiled("ring", (4,), chunk_size=chunk_size)(*_f32(x, y, t))
+  # float32 inputs: logits up to 100 carry ~1e-5 relative rounding of the embeddings.
+  scale = max(1.0, abs(ref.softmax_loss(x, y, t)))
+  _assert_matches(got, x, y, t, rtol=2e-5, atol=2e-5 * scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# The registered objective and its options.
+
+
+def _objective(**fields):
+  config = ml_collections.ConfigDict(dict(name="softmax", **fields))
+  return losses.make_objective(config, axis_name=None)
+
+
+def _objective_grads(objective, x, y, loss_params):
+  def f(params):
+    return objective.apply({"image": x, "text": y}, params)
+
+  return jax.value_and_grad(f, has_aux=True)(loss_params)
+
+
+def test_objective_defaults_and_metrics():
+  objective = _objective()
+  assert objective.init_params == {"scale": pytest.approx(math.log(1 / 0.07))}
+  x, y = ref.random_pairs(3, 8, DIM)
+  (loss, metrics), grads = _objective_grads(objective, *_f32(x, y),
+                                            {"scale": jnp.float32(math.log(T))})
+  np.testing.assert_allclose(loss, ref.softmax_loss(x, y, T), rtol=1e-5)
+  assert set(metrics) == {"loss", "scale"}
+  np.testing.assert_allclose(metrics["scale"], T, rtol=1e-6)
+  _, _, dt = ref.softmax_grads(x, y, T)
+  np.testing.assert_allclose(grads["scale"], T * dt, rtol=1e-5, atol=1e-6)
+
+
+def test_objective_options():
+  x, y = ref.random_pairs(4, 8, DIM)
+  # CLIP's clamp: t = min(exp(t'), 100); no gradient through the clamp.
+  (loss, metrics), grads = _objective_grads(
+      _objective(max_scale=100.0, modalities=("text", "image")), *_f32(x, y),
+      {"scale": jnp.float32(math.log(150.0))})
+  np.testing.assert_allclose(metrics["scale"], 100.0)
+  np.testing.assert_allclose(loss, ref.softmax_loss(y, x, 100.0), rtol=1e-5)
+  assert float(grads["scale"]) == 0.0
+  (loss, _), grads = _objective_grads(_objective(learn_scale=False, label_smoothing=0.2),
+                                      *_f32(x, y), {"scale": jnp.float32(math.log(T))})
+  np.testing.assert_allclose(loss, ref.softmax_loss(x, y, T, eps=0.2), rtol=1e-5)
+  assert float(grads["scale"]) == 0.0
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(impl="ringg"), "config.loss.impl must be one of 'ring', 'all_gather'"),
+    (dict(label_smoothing=-0.1), "config.loss.label_smoothing"),
+    (dict(chunk_size=2.5), "config.loss.chunk_size"),
+    (dict(use_bias=True), "config.loss.use_bias is not a field"),
+    (dict(max_scale=-1.0), "config.loss.max_scale"),
+    (dict(learn_scale="yes"), "config.loss.learn_scale"),
+])
+def test_objective_config_errors(fields, message):
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    _objective(**fields)
