@@ -28,7 +28,8 @@ OPTIONAL_DEFAULTS: dict[str, Any] = {
     "max_bad_steps": 5,            # stop after this many consecutive non-finite steps
     "init_from": "",               # params-only initialisation from another checkpoint
     "init_from_rules": (),         # ((regex, "load"|"init"), ...) for init_from
-    "debug_nan_step": -1,          # test-only: make this step's loss NaN (fault injection)
+    "debug_nan_steps": (),         # test-only fault injection: these steps' losses are NaN
+    "debug_signal": "",            # test-only fault injection: "SIGTERM@17" or "SIGKILL@17"
     "distributed": None,           # multi-host settings (see launch/)
 }
 SECTIONS = ("mesh", "batch_axes", "sharding_rules", "data", "model", "loss", "optim", "evals")
@@ -52,11 +53,7 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
 
 def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy of `config` with every optional top-level field present."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  for key, value in OPTIONAL_DEFAULTS.items():
-    if key not in config:
-      config[key] = value
-  return config
+  return add_defaults(ml_collections.ConfigDict(config.to_dict()))
 
 
 def _unknown(section: ml_collections.ConfigDict, known: set[str], field: str) -> None:
@@ -147,7 +144,23 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
                 a[len("--config."):].split("=")[0].split(".")[-1] in str(e)), None)
     name = arg.split("=")[0] if arg else "--config"
     suggestion = re.search(r'Did you mean "([^"]+)"', str(e))
-    if isinstance(e, (AttributeError, KeyError)):
+    unknown_flag = re.search(r"Unknown command line flag '(config\.[^']+)'", str(e))
+    if unknown_flag:
+      import difflib
+
+      def dotted(node, prefix):
+        for key, value in node.items():
+          yield f"{prefix}.{key}"
+          if isinstance(value, ml_collections.ConfigDict):
+            yield from dotted(value, f"{prefix}.{key}")
+
+      config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+      known = list(dotted(config, "config")) if config is not None else []
+      close = difflib.get_close_matches(unknown_flag.group(1), known, n=1)
+      message = f"--{unknown_flag.group(1)} is not a known field" + (
+          f"; did you mean --{close[0]}?" if close
+          else "; see the config file for the known fields")
+    elif isinstance(e, (AttributeError, KeyError)):
       message = f"{name} is not a known field" + (
           f"; did you mean {name.rsplit('.', 1)[0]}.{suggestion.group(1)}?" if suggestion
           else "; see the config file for the known fields")
@@ -155,3 +168,36 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
       message = f"{name}: " + str(e).replace("\\n", " ").strip()
     print(f"Config error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def add_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Adds the missing optional top-level fields to `config` in place; returns it."""
+  with config.unlocked():
+    for key, value in OPTIONAL_DEFAULTS.items():
+      if key not in config:
+        config[key] = value
+  return config
+
+
+def define_config_flag(help_text: str) -> Any:
+  """Defines the absl `--config` flag: a get_config() file plus `--config.<field>=` overrides.
+
+  The file's config is completed with the optional defaults before the overrides apply, so every
+  documented field (e.g. `--config.init_from=...`) can be set even when the file does not.
+  """
+  from absl import flags
+  from ml_collections import config_flags
+
+  holder = config_flags.DEFINE_config_file("config", None, help_text, lock_config=True)
+  parser = flags.FLAGS["config"].parser
+  load = parser.parse
+
+  def parse(path):
+    file_path = path.split(":", 1)[0]
+    if not os.path.isfile(file_path):
+      raise ValueError(f"{file_path!r}: no such config file")
+    config = load(path)
+    return add_defaults(config) if isinstance(config, ml_collections.ConfigDict) else config
+
+  parser.parse = parse
+  return holder

@@ -13,13 +13,12 @@ import os
 import sys
 
 import ml_collections
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app, flags, logging
 
-from clip_jax.config import parse_flags_or_exit
+from clip_jax.config import define_config_flag, parse_flags_or_exit
 from clip_jax.registry import ConfigError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Optional get_config() file.")
+_CONFIG = define_config_flag("Optional get_config() file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's directory.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 
@@ -30,11 +29,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   from clip_jax.checkpoint import Checkpointer
   from clip_jax.data import make_tokenizer, make_train_iterator
   from clip_jax.evals import make_evaluators
-  from clip_jax.training.loop import Trainer, run_evals
+  from clip_jax.training.loop import Trainer, check_vocab, run_evals
 
   trainer = Trainer(config)
   config = trainer.config
   tokenizer = make_tokenizer(config.data)
+  check_vocab(config, tokenizer)
   trainer.build(next(make_train_iterator(config, tokenizer)))
   ckpt = Checkpointer(workdir, async_save=False)
   step = ckpt.latest_step() if step is None else step
@@ -48,6 +48,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
 
 
 def main(argv: list[str]) -> None:
+  logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing off the console
   del argv
   workdir = _WORKDIR.value
   try:

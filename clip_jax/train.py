@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app, flags, logging
 
-from clip_jax.config import parse_flags_or_exit
+from clip_jax.config import define_config_flag, parse_flags_or_exit
 from clip_jax.registry import ConfigError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.",
-                                          lock_config=True)
+_CONFIG = define_config_flag("Path to a get_config() file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "Initialise jax.distributed from the cluster environment "
@@ -29,6 +27,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --coordinator_addre
 
 
 def main(argv: list[str]) -> None:
+  logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing off the console
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from clip_jax import distributed
@@ -37,6 +36,10 @@ def main(argv: list[str]) -> None:
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          auto=_MULTIHOST.value)
 
+  if _CONFIG.value is None:
+    print("Config error: --config is required, e.g. --config configs/demo/emoji.py",
+          file=sys.stderr)
+    sys.exit(2)
   try:
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except ConfigError as e:
@@ -45,5 +48,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
+  flags.mark_flags_as_required(["workdir"])
   app.run(main, flags_parser=parse_flags_or_exit)

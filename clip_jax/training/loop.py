@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from clip_jax import config as config_lib
 from clip_jax import mesh as mesh_lib
-from clip_jax.checkpoint import Checkpointer
+from clip_jax.checkpoint import Checkpointer, load_params_from
 from clip_jax.data import make_tokenizer, make_train_iterator
 from clip_jax.evals import make_evaluators
 from clip_jax.losses.registry import make_objective
@@ -31,6 +32,7 @@ from clip_jax.models import make_model
 from clip_jax.optim import make_optimizer
 from clip_jax.registry import ConfigError
 from clip_jax.training import state as state_lib
+from clip_jax.training.preemption import PreemptionGuard
 from clip_jax.training.step import make_embed_fn, make_train_step
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ class Trainer:
     self.batch_keys = tuple(sample_batch.keys())
     self.train_step = make_train_step(
         self.model, self.objective, self.tx, self.schedule, self.mesh, self.batch_axes,
-        self.state_shardings, self.batch_keys, debug_nan_step=config.debug_nan_step)
+        self.state_shardings, self.batch_keys, debug_nan_steps=tuple(config.debug_nan_steps))
     self.embed = make_embed_fn(self.model, self.mesh, self.batch_axes,
                                config.eval_batch_size or config.batch_size)
 
@@ -82,6 +84,16 @@ class Trainer:
 
   def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     return mesh_lib.to_global_batch(local_batch, self.batch_sharding, self.config.batch_size)
+
+
+def check_vocab(config: ml_collections.ConfigDict, tokenizer) -> None:
+  """Every tower with a `vocab_size` must cover the tokenizer's ids."""
+  for modality, tower in config.model.towers.items():
+    if "vocab_size" in tower and tower.vocab_size < tokenizer.vocab_size:
+      raise ConfigError(
+          f"config.model.towers.{modality}.vocab_size = {tower.vocab_size} is smaller than the "
+          f"tokenizer's vocabulary ({tokenizer.vocab_size} ids from config.data.tokenizer); set "
+          f"it to at least {tokenizer.vocab_size}")
 
 
 def _check_workdir(workdir: str) -> None:
@@ -103,8 +115,31 @@ def run_evals(evaluators: dict[str, Any], embed, params) -> dict[str, float]:
   return metrics
 
 
+def _initial_state(trainer: Trainer, config: ml_collections.ConfigDict) -> state_lib.State:
+  state = trainer.init_state()
+  if config.init_from:
+    params = load_params_from(config.init_from, state["params"],
+                              trainer.state_shardings["params"], config.init_from_rules)
+    state = dict(state, params=params, opt_state=jax.jit(
+        trainer.tx.init, out_shardings=trainer.state_shardings["opt_state"])(params))
+    print(f"Initialised params from {config.init_from}.", flush=True)
+  return state
+
+
+def _inject_signal(spec: str, step: int) -> None:
+  """Test-only fault injection: `config.debug_signal = "SIGKILL@17"` signals this process."""
+  if spec:
+    name, at = spec.split("@")
+    if int(at) == step:
+      os.kill(os.getpid(), getattr(signal, name))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) the run in `workdir`; returns the final eval metrics."""
+  """Trains (or resumes) the run in `workdir`; returns the last eval metrics.
+
+  Stops early, with a checkpoint, on SIGTERM/SIGINT (see `preemption`), and with an error naming
+  the last good checkpoint after `max_bad_steps` consecutive non-finite steps.
+  """
   _check_workdir(workdir)
   trainer = Trainer(config)
   config = trainer.config
@@ -114,6 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       f.write(config.to_json_best_effort(indent=2))
 
   tokenizer = make_tokenizer(config.data)
+  check_vocab(config, tokenizer)
   data_iter = make_train_iterator(config, tokenizer, process_index=jax.process_index(),
                                   process_count=jax.process_count())
   first = next(data_iter)
@@ -122,17 +158,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   ckpt = Checkpointer(workdir, keep=config.ckpt_keep, keep_period=config.ckpt_keep_period,
                       async_save=config.ckpt_async)
-  start = ckpt.latest_step()
-  if start is not None:
-    state, data_state = ckpt.restore(start, trainer.abstract_state)
+  restored = ckpt.restore_latest(trainer.abstract_state)
+  if restored is not None:
+    start, state, data_state = restored
     data_iter.set_state(data_state)
+    pending = None
     print(f"Resumed from {ckpt.directory}/{start} (step {start} of {config.total_steps}).",
           flush=True)
-    pending = None
   else:
-    state = trainer.init_state()
-    start = 0
-    pending = first  # the first batch was drawn to learn the shapes; train on it
+    start, state = 0, _initial_state(trainer, config)
+    pending = first  # drawn to learn the shapes: it is the first training batch
     print(f"Model: {state_lib.param_count(state['params']):,} parameters on a mesh "
           f"{dict(trainer.mesh.shape)}; batch {config.batch_size}.", flush=True)
 
@@ -140,39 +175,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   bar = ProgressBar(config.total_steps, initial_step=start, enabled=is_main)
   final: dict[str, float] = {}
   last_time, last_step = time.time(), start
-  step = start
+  step, previous = start, None
+
+  def check_divergence(metrics, at_step):
+    bad = int(jax.device_get(metrics["bad_steps"]))
+    if bad >= config.max_bad_steps:
+      raise FloatingPointError(
+          f"{bad} consecutive non-finite losses or gradient norms up to step {at_step} "
+          f"(config.max_bad_steps = {config.max_bad_steps}); stopping. The last good checkpoint "
+          f"is step {ckpt.latest_step()} in {ckpt.directory}.")
+    return bad
+
   try:
-    while step < config.total_steps:
-      local = pending if pending is not None else next(data_iter)
-      pending = None
-      state, metrics = trainer.train_step(state, trainer.global_batch(local))
-      step += 1
-      if step % config.log_every_steps == 0 or step == config.total_steps:
-        values = _scalars(metrics)
-        now = time.time()
-        values["examples_per_sec"] = (step - last_step) * config.batch_size / max(now - last_time,
-                                                                                  1e-9)
-        last_time, last_step = now, step
-        writer.write(step, values)
-        bar.update(step, values)
-        if values["bad_steps"] >= config.max_bad_steps:
-          raise FloatingPointError(
-              f"{int(values['bad_steps'])} consecutive non-finite steps up to step {step}; "
-              f"stopping. Last good checkpoint: step {ckpt.latest_step()} in {ckpt.directory}")
-      else:
-        bar.update(step, None)
-      if step % config.eval_every_steps == 0 or step == config.total_steps:
-        final = run_evals(evaluators, trainer.embed, state["params"])
-        writer.write(step, final)
-        bar.write(" ".join(f"{k}={v:.4g}" for k, v in final.items()))
-      if step % config.ckpt_every_steps == 0 or step == config.total_steps:
-        ckpt.save(step, state, data_iter.get_state(), force=True)
+    with PreemptionGuard() as guard:
+      while step < config.total_steps:
+        local = pending if pending is not None else next(data_iter)
+        pending = None
+        state, metrics = trainer.train_step(state, trainer.global_batch(local))
+        step += 1
+        if previous is not None:  # one step behind: no stall of the dispatch pipeline
+          check_divergence(*previous)
+        previous = (metrics, step)
+        if step % config.log_every_steps == 0 or step == config.total_steps:
+          values = _scalars(metrics)
+          now = time.time()
+          values["examples_per_sec"] = ((step - last_step) * config.batch_size
+                                        / max(now - last_time, 1e-9))
+          last_time, last_step = now, step
+          writer.write(step, values)
+          bar.update(step, values)
+        else:
+          bar.update(step, None)
+        if step % config.eval_every_steps == 0 or step == config.total_steps:
+          final = run_evals(evaluators, trainer.embed, state["params"])
+          writer.write(step, final)
+          bar.write(" ".join(f"{k}={v:.4g}" for k, v in final.items() if "/num_" not in k))
+        _inject_signal(config.debug_signal, step)
+        stop = guard.should_stop()
+        if step % config.ckpt_every_steps == 0 or step == config.total_steps or stop:
+          # Never let a checkpoint of a diverging run rotate out the good ones.
+          if check_divergence(metrics, step) == 0:
+            ckpt.save(step, state, data_iter.get_state(), force=True, wait=stop)
+        if stop:
+          print(f"Stopped at step {step} of {config.total_steps}; checkpoint written to "
+                f"{ckpt.directory}/{step}. Start again with the same --workdir to resume.",
+                flush=True)
+          break
   finally:
     bar.close()
     ckpt.close()
     writer.close()
   if is_main:
     plot_metrics(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "metrics.png"))
-    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-      json.dump(final, f, indent=2)
+    if step >= config.total_steps:
+      with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+        json.dump(final, f, indent=2)
   return final

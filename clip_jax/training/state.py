@@ -6,6 +6,7 @@ The state is a plain dict pytree:
   opt_state the optax state for `params`
   rng       uint32 [2]            a raw PRNG key, folded with the step for stochastic layers
   bad_steps int32 []              consecutive non-finite steps (divergence guard)
+  skipped   int32 []              all updates skipped for a non-finite loss or gradient norm
 
 `create_state` follows eval_shape -> shardings from the regex rules -> jit(init, out_shardings),
 so no full copy of the parameters ever exists on one device.
@@ -52,7 +53,8 @@ def make_state_fn(init_params: Callable, tx: optax.GradientTransformation,
     init_rng, state_rng = jax.random.split(rng)
     params = init_params(init_rng)
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-            "rng": state_rng, "bad_steps": jnp.zeros((), jnp.int32)}
+            "rng": state_rng, "bad_steps": jnp.zeros((), jnp.int32),
+            "skipped": jnp.zeros((), jnp.int32)}
 
   return make_state
 
@@ -63,7 +65,7 @@ def state_shardings(make_state: Callable[[], State], rules, mesh: Mesh) -> tuple
   shardings = shardings_for(abstract, rules, mesh)
   # Counters and the key stay replicated whatever the rules say.
   rep = NamedSharding(mesh, jax.sharding.PartitionSpec())
-  shardings.update(step=rep, rng=rep, bad_steps=rep)
+  shardings.update(step=rep, rng=rep, bad_steps=rep, skipped=rep)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
   return abstract, shardings

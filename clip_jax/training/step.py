@@ -50,14 +50,14 @@ def make_loss_fn(model: nn.Module, objective: Objective, mesh: Mesh,
 def make_train_step(model: nn.Module, objective: Objective, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, mesh: Mesh, batch_axes: Sequence[str],
                     state_shardings: Any, batch_keys: Sequence[str],
-                    debug_nan_step: int = -1) -> Callable[[State, Mapping[str, jax.Array]],
+                    debug_nan_steps: Sequence[int] = ()) -> Callable[[State, Mapping[str, jax.Array]],
                                                           tuple[State, dict[str, jax.Array]]]:
   """Builds the jitted, donated train step with explicit in/out shardings.
 
   Args:
     batch_keys: the keys of the batch dict (all sharded over `batch_axes` on dimension 0).
-    debug_nan_step: test-only fault injection; the update that would make `step` equal to this
-      value sees a NaN loss.
+    debug_nan_steps: test-only fault injection; the updates that would make `step` equal to one
+      of these values see a NaN loss.
   """
   loss_fn = make_loss_fn(model, objective, mesh, batch_axes)
   batch_sharding = NamedSharding(mesh, P(tuple(batch_axes)))
@@ -65,8 +65,8 @@ def make_train_step(model: nn.Module, objective: Objective, tx: optax.GradientTr
 
   def train_step(state, batch):
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
-    if debug_nan_step >= 0:
-      loss = jnp.where(state["step"] + 1 == debug_nan_step, jnp.nan, loss)
+    if debug_nan_steps:
+      loss = jnp.where(jnp.isin(state["step"] + 1, jnp.asarray(debug_nan_steps)), jnp.nan, loss)
     grad_norm = optax.global_norm(grads)
     updates, new_opt_state = tx.update(grads, state["opt_state"], state["params"])
     new_params = optax.apply_updates(state["params"], updates)
@@ -78,10 +78,11 @@ def make_train_step(model: nn.Module, objective: Objective, tx: optax.GradientTr
         "opt_state": keep(new_opt_state, state["opt_state"]),
         "rng": state["rng"],
         "bad_steps": jnp.where(ok, 0, state["bad_steps"] + 1),
+        "skipped": state["skipped"] + (~ok).astype(jnp.int32),
     }
     metrics = dict(metrics)
     metrics.update(loss=loss, grad_norm=grad_norm, learning_rate=schedule(state["step"]),
-                   skipped=(~ok).astype(jnp.int32), bad_steps=new_state["bad_steps"])
+                   skipped=new_state["skipped"], bad_steps=new_state["bad_steps"])
     return new_state, metrics
 
   return jax.jit(train_step,

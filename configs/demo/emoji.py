@@ -15,11 +15,11 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.total_steps = 600
+  config.total_steps = 500
   config.batch_size = 256  # global
   config.log_every_steps = 20
-  config.eval_every_steps = 200
-  config.ckpt_every_steps = 200
+  config.eval_every_steps = 100
+  config.ckpt_every_steps = 100
 
   # Device mesh: (axis name, size); -1 takes the remaining devices. Batch axes shard the batch.
   config.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
@@ -37,14 +37,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.tokenizer = ml_collections.ConfigDict(dict(name="bpe", vocab_size=1024))
 
   config.model = ml_collections.ConfigDict()
-  config.model.embed_dim = 128
+  config.model.embed_dim = 96
   config.model.dtype = "float32"  # compute dtype; params stay float32
   config.model.remat = False
   config.model.towers = ml_collections.ConfigDict()
   config.model.towers.image = ml_collections.ConfigDict(dict(
-      name="vit", patch_size=4, width=128, depth=4, num_heads=4, mlp_ratio=4.0, pooling="map"))
+      name="vit", patch_size=8, width=96, depth=3, num_heads=4, mlp_ratio=4.0, pooling="map"))
   config.model.towers.text = ml_collections.ConfigDict(dict(
-      name="text_transformer", vocab_size=1024, context_length=16, width=128, depth=3,
+      name="text_transformer", vocab_size=1024, context_length=16, width=96, depth=2,
       num_heads=4, mlp_ratio=4.0, causal=False, pooling="eos"))
 
   config.loss = ml_collections.ConfigDict()

@@ -13,7 +13,8 @@ def _reference_attention(params, queries, keys_values, mask, num_heads):
   """Per-example, per-head attention in float64 numpy, from the module's params."""
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   q = queries.astype(np.float64) @ p["query"]["kernel"] + p["query"]["bias"]
-  k = keys_values.astype(np.float64) @ p["key"]["kernel"] + p["key"]["bias"]
+  k = keys_values.astype(np.float64) @ p["key"]["kernel"]  # the key projection has no bias
+  assert "bias" not in p["key"]
   v = keys_values.astype(np.float64) @ p["value"]["kernel"] + p["value"]["bias"]
   batch, length, width = q.shape
   head_dim = width // num_heads

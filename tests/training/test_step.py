@@ -1,0 +1,92 @@
+"""The sharded train step equals the single-device step; the divergence guard skips bad steps."""
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from clip_jax.training.loop import Trainer
+
+
+def tiny_config(loss="sigmoid", mesh=(("data", -1), ("fsdp", 1)), batch_size=16):
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 10
+  c.batch_size = batch_size
+  c.log_every_steps = 1
+  c.eval_every_steps = 100
+  c.ckpt_every_steps = 100
+  c.mesh = mesh
+  c.batch_axes = ("data", "fsdp")
+  c.sharding_rules = ((".*", "fsdp"),)
+  c.data = ml_collections.ConfigDict(dict(
+      name="synthetic", image_size=8, max_len=6, cache_dir="", heldout_fraction=0.2,
+      tokenizer=dict(name="bytes", vocab_size=300)))
+  c.model = ml_collections.ConfigDict(dict(embed_dim=16, dtype="float32", remat=False))
+  c.model.towers = ml_collections.ConfigDict()
+  c.model.towers.image = ml_collections.ConfigDict(dict(
+      name="vit", patch_size=4, width=16, depth=1, num_heads=2, mlp_ratio=2.0, pooling="gap"))
+  c.model.towers.text = ml_collections.ConfigDict(dict(
+      name="text_transformer", vocab_size=300, context_length=6, width=16, depth=1,
+      num_heads=2, mlp_ratio=2.0, causal=False, pooling="eos"))
+  c.loss = ml_collections.ConfigDict(dict(name=loss))
+  c.optim = ml_collections.ConfigDict(dict(
+      # eps=1e-6: attention key biases have an exactly-zero true gradient, and Adam with a tiny
+      # eps would blow their float noise (which differs between meshes) up to full-size steps.
+      learning_rate=1e-2, warmup_steps=0, end_lr_ratio=1.0, b1=0.9, b2=0.95, eps=1e-6,
+      weight_decay=1e-4, grad_clip_norm=1.0, no_decay=(r".*/bias$", r"^loss/"), freeze=()))
+  c.evals = ml_collections.ConfigDict()
+  return c
+
+
+def random_batch(batch_size, seed=0):
+  rng = np.random.default_rng(seed)
+  text = rng.integers(1, 300, size=(batch_size, 6)).astype(np.int32)
+  text[:, 4:] = 0  # padding after the EOS at position 3
+  return {"image": rng.uniform(-1, 1, size=(batch_size, 8, 8, 3)).astype(np.float32),
+          "text": text}
+
+
+def run_steps(config, devices, batches):
+  trainer = Trainer(config, devices=devices)
+  trainer.build(batches[0])
+  state = trainer.init_state()
+  losses = []
+  for batch in batches:
+    state, metrics = trainer.train_step(state, trainer.global_batch(batch))
+    losses.append(float(metrics["loss"]))
+  return losses, jax.device_get(state["params"]), state
+
+
+@pytest.mark.parametrize("loss", ["sigmoid", "softmax"])
+def test_sharded_step_equals_single_device(loss):
+  batches = [random_batch(16, seed=s) for s in range(3)]
+  one_losses, one_params, _ = run_steps(
+      tiny_config(loss, mesh=(("data", 1), ("fsdp", 1))), jax.devices()[:1], batches)
+  eight_losses, eight_params, state = run_steps(
+      tiny_config(loss, mesh=(("data", 4), ("fsdp", 2))), jax.devices(), batches)
+  # The state really is sharded over fsdp on 8 devices.
+  kernel = state["params"]["model"]["image"]["projection"]["kernel"]
+  assert "fsdp" in str(kernel.sharding.spec)
+  np.testing.assert_allclose(eight_losses, one_losses, rtol=2e-5)
+  # Adam divides by sqrt(v): a parameter with a tiny gradient moves by up to lr per step even
+  # when that gradient is mostly float noise, so params agree to a small fraction of lr = 1e-2.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+               eight_params, one_params)
+
+
+def test_nan_step_is_skipped_and_counted():
+  config = tiny_config(mesh=(("data", 8), ("fsdp", 1)))
+  config.debug_nan_steps = (2,)
+  batches = [random_batch(16, seed=s) for s in range(3)]
+  trainer = Trainer(config)
+  trainer.build(batches[0])
+  state = trainer.init_state()
+  state, m1 = trainer.train_step(state, trainer.global_batch(batches[0]))
+  before = jax.device_get(state["params"])
+  state, m2 = trainer.train_step(state, trainer.global_batch(batches[1]))
+  assert int(m2["skipped"]) == 1 and int(m2["bad_steps"]) == 1
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state["params"]), before)
+  state, m3 = trainer.train_step(state, trainer.global_batch(batches[2]))
+  assert int(m3["skipped"]) == 1 and int(m3["bad_steps"]) == 0  # skipped counts in total
+  assert int(state["step"]) == 3
