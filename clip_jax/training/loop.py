@@ -115,7 +115,7 @@ def run_evals(evaluators: dict[str, Any], embed, params) -> dict[str, float]:
   return metrics
 
 
-def _initial_state(trainer: Trainer, config: ml_collections.ConfigDict) -> state_lib.State:
+def initial_state(trainer: Trainer, config: ml_collections.ConfigDict) -> state_lib.State:
   state = trainer.init_state()
   if config.init_from:
     params = load_params_from(config.init_from, state["params"],
@@ -166,7 +166,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     print(f"Resumed from {ckpt.directory}/{start} (step {start} of {config.total_steps}).",
           flush=True)
   else:
-    start, state = 0, _initial_state(trainer, config)
+    start, state = 0, initial_state(trainer, config)
     pending = first  # drawn to learn the shapes: it is the first training batch
     print(f"Model: {state_lib.param_count(state['params']):,} parameters on a mesh "
           f"{dict(trainer.mesh.shape)}; batch {config.batch_size}.", flush=True)

@@ -67,7 +67,7 @@ def make_train_step(model: nn.Module, objective: Objective, tx: optax.GradientTr
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
     if debug_nan_steps:
       loss = jnp.where(jnp.isin(state["step"] + 1, jnp.asarray(debug_nan_steps)), jnp.nan, loss)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, new_opt_state = tx.update(grads, state["opt_state"], state["params"])
     new_params = optax.apply_updates(state["params"], updates)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
