@@ -49,8 +49,8 @@ def parse_mesh_shape(mesh_config: Sequence[Sequence[Any]], num_devices: int) -> 
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
     raise ConfigError(
-        f"config.mesh = {mesh_config!r} covers {math.prod(sizes)} devices but {num_devices} are "
-        f"available; make the sizes multiply to {num_devices} or set one size to -1")
+        f"config.mesh = {mesh_config!r} covers {math.prod(sizes)} devices but JAX has "
+        f"{num_devices}; make the sizes multiply to {num_devices} or set one size to -1")
   return names, tuple(sizes)
 
 

@@ -65,7 +65,7 @@ def test_config_mistakes_are_named(field, value, expected):
 def test_mesh_mismatch_names_device_count():
   config = _demo()
   config.mesh = (("data", 4), ("fsdp", 1))
-  with pytest.raises(ConfigError, match=r"covers 4 devices but 8 are available"):
+  with pytest.raises(ConfigError, match=r"covers 4 devices but JAX has 8"):
     validate_config(config, num_devices=8)
 
 

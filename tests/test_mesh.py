@@ -16,7 +16,7 @@ def test_mesh_fills_minus_one():
 
 
 @pytest.mark.parametrize("mesh_config, message", [
-    ((("data", 3), ("fsdp", 1)), "covers 3 devices but 8 are available"),
+    ((("data", 3), ("fsdp", 1)), "covers 3 devices but JAX has 8"),
     ((("data", -1), ("fsdp", 3)), "does not fit 8 devices"),
     ((("data", -1), ("fsdp", -1)), "at most one -1"),
     ((("data", 4), ("data", 2)), "repeats an axis name"),
