@@ -167,3 +167,11 @@ def test_single_nan_step_is_skipped_and_training_goes_on(tmp_path):
   assert np.isnan(lines[2]["loss"]) and lines[2]["skipped"] == 1
   assert np.isfinite(lines[-1]["loss"]) and lines[-1]["skipped"] == 1
   assert json.load(open(os.path.join(tmp_path, "final_metrics.json")))
+
+
+def test_keeps_last_k_plus_every_mth(tmp_path):
+  config = load_config_file(TINY)
+  config.ckpt_keep = 2
+  config.ckpt_keep_period = 8
+  train_and_evaluate(config, str(tmp_path))  # checkpoints every 4 steps up to 24
+  assert Checkpointer(tmp_path, async_save=False).all_steps() == [8, 16, 20, 24]
