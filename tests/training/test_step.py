@@ -1,40 +1,28 @@
 """The sharded train step equals the single-device step; the divergence guard skips bad steps."""
 
+import os
+
 import jax
 import ml_collections
 import numpy as np
 import pytest
 
+from clip_jax.config import load_config_file
 from clip_jax.training.loop import Trainer
 
 
-def tiny_config(loss="sigmoid", mesh=(("data", -1), ("fsdp", 1)), batch_size=16):
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.total_steps = 10
-  c.batch_size = batch_size
-  c.log_every_steps = 1
-  c.eval_every_steps = 100
-  c.ckpt_every_steps = 100
+TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                    "tiny.py")
+
+
+def tiny_config(loss="sigmoid", mesh=(("data", -1), ("fsdp", 1))):
+  c = load_config_file(TINY)
   c.mesh = mesh
-  c.batch_axes = ("data", "fsdp")
-  c.sharding_rules = ((".*", "fsdp"),)
-  c.data = ml_collections.ConfigDict(dict(
-      name="synthetic", image_size=8, max_len=6, cache_dir="", heldout_fraction=0.2,
-      tokenizer=dict(name="bytes", vocab_size=300)))
-  c.model = ml_collections.ConfigDict(dict(embed_dim=16, dtype="float32", remat=False))
-  c.model.towers = ml_collections.ConfigDict()
-  c.model.towers.image = ml_collections.ConfigDict(dict(
-      name="vit", patch_size=4, width=16, depth=1, num_heads=2, mlp_ratio=2.0, pooling="gap"))
-  c.model.towers.text = ml_collections.ConfigDict(dict(
-      name="text_transformer", vocab_size=300, context_length=6, width=16, depth=1,
-      num_heads=2, mlp_ratio=2.0, causal=False, pooling="eos"))
   c.loss = ml_collections.ConfigDict(dict(name=loss))
-  c.optim = ml_collections.ConfigDict(dict(
-      # eps=1e-6: attention key biases have an exactly-zero true gradient, and Adam with a tiny
-      # eps would blow their float noise (which differs between meshes) up to full-size steps.
-      learning_rate=1e-2, warmup_steps=0, end_lr_ratio=1.0, b1=0.9, b2=0.95, eps=1e-6,
-      weight_decay=1e-4, grad_clip_norm=1.0, no_decay=(r".*/bias$", r"^loss/"), freeze=()))
+  # No warmup or decay, and eps=1e-6: attention layers have parameters with tiny true gradients,
+  # and Adam with a tiny eps would blow their float noise (which differs between meshes) up to
+  # full-size steps.
+  c.optim.update(warmup_steps=0, end_lr_ratio=1.0, eps=1e-6)
   c.evals = ml_collections.ConfigDict()
   return c
 
