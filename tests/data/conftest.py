@@ -46,7 +46,8 @@ def emoji_cache_dir(tmp_path_factory) -> Path:
   if have.is_file():
     shutil.copy(have, cache.npm_tarball_path(emoji.PACKAGE, emoji.VERSION, cache_dir))
   elif shutil.which("npm") is None:
-    pytest.skip(f"emoji tests need npm (Node.js) or the tarball at {have}")
+    pytest.fail(f"emoji tests need npm (Node.js: apt-get install npm) or the tarball at {have}",
+                pytrace=False)
   return cache_dir
 
 
