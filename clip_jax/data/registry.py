@@ -8,7 +8,11 @@ A source is registered as a factory `fn(data_config) -> DataSource`:
 A `DataSource` serves a fixed, finite list of training units by index (a unit is one image-text
 example, or one object with several images and captions to draw from) plus named evaluation
 splits. The batching, shuffling, per-host slicing and resumable position live in
-`clip_jax.data.pipeline`, so a new source only implements the five members below.
+`clip_jax.data.pipeline`, so a new source only implements the five abstract members below.
+
+A source may also render extra image views of its training units (e.g. a sketch of the same
+object) for multi-view training: it lists them in `view_names` and renders them in `train_view`.
+The pipeline adds the views named in `config.data.extra_views` to every training batch.
 """
 
 from __future__ import annotations
@@ -110,6 +114,25 @@ class DataSource(abc.ABC):
   def eval_splits(self) -> tuple[str, ...]:
     """The names `eval_split` accepts."""
 
+  @property
+  def view_names(self) -> tuple[str, ...]:
+    """The extra image views `train_view` renders (none unless a source overrides this)."""
+    return ()
+
+  def train_view(self, view: str, units: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """Renders extra view `view` (one of `view_names`) of some training units.
+
+    Args:
+      view: the view's name.
+      units, draws: as for `train_examples` (the same values the pipeline passed there, so a
+        view can follow the image draw of a unit with several images).
+
+    Returns:
+      uint8 [n, image_size, image_size, 3] RGB images, row i a view of the object in row i of
+      `train_examples(units, draws)`.
+    """
+    raise NotImplementedError(f"data source {self.name!r} has no extra image views")
+
   def unknown_split(self, split: str) -> ConfigError:
     """The error for an evaluation split this source does not have."""
     return ConfigError(
@@ -168,7 +191,8 @@ def check_image_size(data_config: Any) -> int:
 
 _MEMO: dict[str, DataSource] = {}
 _MEMO_SIZE = 4
-_NOT_SOURCE_FIELDS = ("tokenizer", "max_len", "augment")  # used by the tokenizer and pipeline only
+# Fields used by the tokenizer and the pipeline only (they do not change the source).
+_NOT_SOURCE_FIELDS = ("tokenizer", "max_len", "augment", "extra_views", "captions_per_example")
 
 
 def _plain(value: Any) -> Any:

@@ -165,6 +165,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     pending = None
     print(f"Resumed from {ckpt.directory}/{start} (step {start} of {config.total_steps}).",
           flush=True)
+    if start >= config.total_steps:
+      print(f"The run in {workdir} is already complete; raise --config.total_steps to train "
+            "further, or use python -m clip_jax.evaluate to evaluate it.", flush=True)
   else:
     start, state = 0, initial_state(trainer, config)
     pending = first  # drawn to learn the shapes: it is the first training batch
@@ -207,19 +210,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         else:
           bar.update(step, None)
         if step % config.eval_every_steps == 0 or step == config.total_steps:
+          eval_start = time.time()
           final = run_evals(evaluators, trainer.embed, state["params"])
           writer.write(step, final)
           bar.write(" ".join(f"{k}={v:.4g}" for k, v in final.items() if "/num_" not in k))
+          last_time += time.time() - eval_start  # examples/s counts training time only
         _inject_signal(config.debug_signal, step)
         stop = guard.should_stop()
+        saved = False
         if step % config.ckpt_every_steps == 0 or step == config.total_steps or stop:
           # Never let a checkpoint of a diverging run rotate out the good ones.
           if check_divergence(metrics, step) == 0:
-            ckpt.save(step, state, data_iter.get_state(), force=True, wait=stop)
+            saved = ckpt.save(step, state, data_iter.get_state(), force=True, wait=stop)
         if stop:
-          print(f"Stopped at step {step} of {config.total_steps}; checkpoint written to "
-                f"{ckpt.directory}/{step}. Start again with the same --workdir to resume.",
-                flush=True)
+          where = (f"checkpoint written to {ckpt.directory}/{step}" if saved else
+                   f"no checkpoint written (non-finite steps); the latest is step "
+                   f"{ckpt.latest_step()}")
+          print(f"Stopped at step {step} of {config.total_steps}; {where}. Start again with the "
+                "same --workdir to resume.", flush=True)
           break
   finally:
     bar.close()
@@ -227,7 +235,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.close()
   if is_main:
     plot_metrics(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "metrics.png"))
-    if step >= config.total_steps:
+    if step >= config.total_steps and step > start:  # a rerun of a finished run keeps its file
       with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
         json.dump(final, f, indent=2)
   return final

@@ -180,3 +180,15 @@ def test_keeps_last_k_plus_every_mth(tmp_path):
   config.ckpt_keep_period = 8
   train_and_evaluate(config, str(tmp_path))  # checkpoints every 4 steps up to 24
   assert Checkpointer(tmp_path, async_save=False).all_steps() == [8, 16, 20, 24]
+
+
+def test_rerunning_a_finished_run_keeps_its_results(tmp_path):
+  config = load_config_file(TINY)
+  config.total_steps = 4
+  train_and_evaluate(config, str(tmp_path))
+  final = json.load(open(os.path.join(tmp_path, "final_metrics.json")))
+  assert final["heldout/num_images"] > 0
+  lines = read_metrics(os.path.join(tmp_path, "metrics.jsonl"))
+  train_and_evaluate(config, str(tmp_path))
+  assert json.load(open(os.path.join(tmp_path, "final_metrics.json"))) == final
+  assert read_metrics(os.path.join(tmp_path, "metrics.jsonl")) == lines
