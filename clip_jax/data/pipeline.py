@@ -12,14 +12,31 @@ Global batch k covers positions [k * B, (k + 1) * B). Process p of P builds only
 [k * B + p * b, k * B + (p + 1) * b), b = B / P: it never renders, decodes or tokenises another
 process's examples, and the P slices concatenated in process order are the global batch.
 
+Several captions per unit (`config.data.captions_per_example` = c > 1, for multi-positive
+objectives). Every position then contributes c consecutive rows to the global batch, so a batch
+of B rows covers U = B / c positions and everything above holds with B replaced by U (epochs,
+batch k covers positions [k * U, (k + 1) * U)). Row r of global batch k shows copy j = r % c of
+the unit at position k * U + r // c, and carries "instance_id" = that unit's index (int32), so the
+c rows of one unit share an id, and rows of different units never do. The c copies draw their
+image and caption with the stratified numbers (u + j / c) mod 1 from the position's draws u, so a
+unit with m >= c captions (or images) shows c different ones, and one with m < c shows each about
+c / m times. Process p builds rows [p * b, (p + 1) * b) of every global batch, which may cut a
+unit's rows across processes; every row depends only on (seed, position, copy), so the global
+batch is the same for any process count.
+
+Extra views (`config.data.extra_views`, e.g. ("sketch",)): every training row also carries each
+named view of its unit, rendered by the source's `train_view`, under the view's name, as float32
+[b, H, W, 3] like "image"; with `augment`, a row's views get the same shift as its image.
+
 All randomness comes from a SplitMix64 hash of (seed, epoch, stream, offset), not from a NumPy
 generator, so the stream does not change across NumPy versions. The iterator's state is the index
-k of the next global batch (plus fields that identify the stream, checked on restore).
+k of the next global batch (plus fields that identify the stream, checked on restore); it holds
+no process index, so a run can resume on another number of processes.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -30,6 +47,8 @@ from clip_jax.data.tokenizer import Tokenizer
 from clip_jax.registry import ConfigError
 
 STATE_FORMAT = "clip_jax.data.TrainIterator/v1"
+INSTANCE_ID_KEY = "instance_id"
+_RESERVED_KEYS = ("image", "text", INSTANCE_ID_KEY)
 
 _U64 = np.uint64
 _STREAM_PERMUTATION = 0
@@ -70,12 +89,25 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
   """Infinite iterator of this process's slices of the global training batches.
 
   Each item is {"image": float32 [b, H, W, 3] in [-1, 1], "text": int32 [b, max_len]} with
-  b = global_batch_size // process_count. See the module docstring for the order.
+  b = global_batch_size // process_count, plus float32 [b, H, W, 3] under the name of every extra
+  view, and "instance_id": int32 [b] when captions_per_example > 1. See the module docstring for
+  the order.
+
+  Args:
+    source: the data source.
+    tokenizer: encodes the captions.
+    global_batch_size: B, rows per global batch (config.batch_size).
+    seed: config.seed.
+    process_index, process_count: this process's place among the hosts.
+    augment: random whole-pixel shifts of the images (config.data.augment).
+    extra_views: names of the source's extra views to add (config.data.extra_views).
+    captions_per_example: c, the rows per unit (config.data.captions_per_example); B % c == 0.
   """
 
   def __init__(self, source: DataSource, tokenizer: Tokenizer, *, global_batch_size: int,
                seed: int, process_index: int = 0, process_count: int = 1,
-               augment: bool = False):
+               augment: bool = False, extra_views: Sequence[str] = (),
+               captions_per_example: int = 1):
     if process_count < 1 or not 0 <= process_index < process_count:
       raise ValueError(f"process_index = {process_index} must lie in [0, process_count = "
                        f"{process_count})")
@@ -84,23 +116,34 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
                         f"number of processes ({process_count})")
     if source.num_train < 1:
       raise ConfigError(f"data source {source.name!r} has no training examples with this config")
+    copies = data_registry.check_int(captions_per_example, "config.data.captions_per_example", 1)
+    if global_batch_size % copies:
+      raise ConfigError(f"config.batch_size = {global_batch_size} must be divisible by "
+                        f"config.data.captions_per_example = {copies} (each unit fills that many "
+                        "rows of a batch)")
+    if copies > 1 and source.num_train >= 2 ** 31:
+      raise ConfigError(f"config.data.captions_per_example = {copies} needs int32 instance ids, "
+                        f"but data source {source.name!r} has {source.num_train} units")
+    self.extra_views = _check_views(source, extra_views)
     self.source = source
     self.tokenizer = tokenizer
     self.global_batch_size = global_batch_size
+    self.captions_per_example = copies
+    self.units_per_batch = global_batch_size // copies
     self.seed = int(seed)
     self.process_index = process_index
     self.process_count = process_count
     self.batch_size = global_batch_size // process_count
     self.augment = augment
-    n = source.num_train
-    self.epoch_length = n if n < global_batch_size else (n // global_batch_size) * global_batch_size
+    n, u = source.num_train, self.units_per_batch
+    self.epoch_length = n if n < u else (n // u) * u
     self.step = 0
     self._perms: dict[int, np.ndarray] = {}
 
   @property
   def steps_per_epoch(self) -> float:
     """Global batches per epoch (a fraction when the batch is larger than the data)."""
-    return self.epoch_length / self.global_batch_size
+    return self.epoch_length / self.units_per_batch
 
   def _permutation(self, epoch: int) -> np.ndarray:
     if epoch not in self._perms:
@@ -109,10 +152,20 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
       self._perms[epoch] = epoch_permutation(self.seed, epoch, self.source.num_train)
     return self._perms[epoch]
 
+  def _rows(self, step: int) -> np.ndarray:
+    """int64 [b]: the row indices of this process's slice within global batch `step`."""
+    return self.process_index * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
+
   def positions(self, step: int) -> np.ndarray:
-    """int64 [b]: the stream positions of this process's slice of global batch `step`."""
-    start = step * self.global_batch_size + self.process_index * self.batch_size
-    return start + np.arange(self.batch_size, dtype=np.int64)
+    """int64 [b]: the stream position of the unit in each row of this process's slice of `step`.
+
+    With captions_per_example = c, c consecutive rows share a position.
+    """
+    return step * self.units_per_batch + self._rows(step) // self.captions_per_example
+
+  def copies(self, step: int) -> np.ndarray:
+    """int64 [b]: which of its unit's c rows each row of this slice of batch `step` is."""
+    return self._rows(step) % self.captions_per_example
 
   def units(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(units int64 [b], epochs int64 [b], offsets int64 [b]) of this slice of batch `step`."""
@@ -131,23 +184,42 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
       out[m] = stream_uniform(self.seed, e, stream, offsets[m])
     return out
 
+  def _check_images(self, images: np.ndarray, n: int, what: str) -> None:
+    size = self.source.image_size
+    if images.shape != (n, size, size, 3) or images.dtype != np.uint8:
+      raise ValueError(f"data source {self.source.name!r} returned {images.dtype} {what} of "
+                       f"shape {images.shape}; expected uint8 {(n, size, size, 3)}")
+
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's slice of global batch `step` (does not move the iterator)."""
     units, epochs, offsets = self.units(step)
+    c = self.captions_per_example
+    copies = self.copies(step)
+    # Copy j of a unit draws (u + j / c) mod 1: its c rows spread over the unit's images and
+    # captions. For c = 1 these are the position's draws u.
     draws = np.stack([self._uniform(_STREAM_IMAGE_DRAW, epochs, offsets),
                       self._uniform(_STREAM_CAPTION_DRAW, epochs, offsets)], axis=1)
+    draws = np.mod(draws + (copies / c)[:, None], 1.0)
     images, captions = self.source.train_examples(units, draws)
-    size = self.source.image_size
-    if images.shape != (len(units), size, size, 3) or images.dtype != np.uint8:
-      raise ValueError(f"data source {self.source.name!r} returned {images.dtype} images of shape "
-                       f"{images.shape}; expected uint8 {(len(units), size, size, 3)}")
+    self._check_images(images, len(units), "images")
+    views = {}
+    for view in self.extra_views:
+      views[view] = np.asarray(self.source.train_view(view, units, draws))
+      self._check_images(views[view], len(units), f"{view!r} view images")
     if self.augment:
-      m = transforms.max_augment_shift(size)
+      # Each row (position and copy) has its own shift; a row's views share its image's shift.
+      rows = offsets * c + copies
+      m = transforms.max_augment_shift(self.source.image_size)
       shifts = np.stack([
-          np.floor(self._uniform(s, epochs, offsets) * (2 * m + 1)).astype(np.int64) - m
+          np.floor(self._uniform(s, epochs, rows) * (2 * m + 1)).astype(np.int64) - m
           for s in (_STREAM_SHIFT_Y, _STREAM_SHIFT_X)], axis=1)
       images = transforms.random_shift(images, shifts)
-    return {"image": transforms.to_float(images), "text": self.tokenizer.encode(captions)}
+      views = {k: transforms.random_shift(v, shifts) for k, v in views.items()}
+    out = {"image": transforms.to_float(images), "text": self.tokenizer.encode(captions)}
+    out.update((k, transforms.to_float(v)) for k, v in views.items())
+    if c > 1:
+      out[INSTANCE_ID_KEY] = units.astype(np.int32)
+    return out
 
   def __iter__(self) -> TrainIterator:
     return self
@@ -164,34 +236,65 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
     The other fields identify the stream and are checked by `set_state`. The state holds no
     process index, so it can be restored on a different number of processes.
     """
-    start = self.step * self.global_batch_size
+    start = self.step * self.units_per_batch
     return {
         "format": STATE_FORMAT,
         "source": self.source.name,
         "num_train": int(self.source.num_train),
         "seed": self.seed,
         "global_batch_size": int(self.global_batch_size),
+        "captions_per_example": int(self.captions_per_example),
         "step": int(self.step),
         "epoch": int(start // self.epoch_length),
         "offset": int(start % self.epoch_length),
     }
 
   def set_state(self, state: dict[str, Any]) -> None:
-    """Moves to `state` (from `get_state`): the next batch is the one that followed it."""
+    """Moves to `state` (from `get_state`): the next batch is the one that followed it.
+
+    A state without "captions_per_example" (written before that option existed) means 1.
+    """
     if state.get("format") != STATE_FORMAT:
       raise ValueError(f"not a data iterator state of format {STATE_FORMAT!r}: {state!r}")
     expected = {"source": (self.source.name, "config.data.name"),
                 "num_train": (self.source.num_train, "config.data (the training set changed)"),
                 "seed": (self.seed, "config.seed"),
-                "global_batch_size": (self.global_batch_size, "config.batch_size")}
+                "global_batch_size": (self.global_batch_size, "config.batch_size"),
+                "captions_per_example": (self.captions_per_example,
+                                         "config.data.captions_per_example")}
+    defaults = {"captions_per_example": 1}
     for key, (value, field) in expected.items():
-      if state.get(key) != value:
+      saved = state.get(key, defaults.get(key))
+      if saved != value:
         raise ConfigError(f"cannot resume the data stream: the saved state has {key} = "
-                          f"{state.get(key)!r} but {field} gives {value!r}")
+                          f"{saved!r} but {field} gives {value!r}")
     step = state.get("step")
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
       raise ValueError(f"data iterator state has an invalid step {step!r}")
     self.step = int(step)
+
+
+def _check_views(source: DataSource, extra_views: Any) -> tuple[str, ...]:
+  """`config.data.extra_views` as a tuple of distinct view names that `source` renders."""
+  try:
+    views = tuple(extra_views)
+  except TypeError:
+    views = None
+  available = tuple(source.view_names)
+  choices = ", ".join(map(repr, available)) if available else "none"
+  if views is None or not all(isinstance(v, str) and v for v in views):
+    raise ConfigError(f"config.data.extra_views = {extra_views!r} must be a tuple of view names "
+                      f"of data source {source.name!r} (choices: {choices})")
+  for view in views:
+    if view in _RESERVED_KEYS:
+      raise ConfigError(f"config.data.extra_views cannot hold {view!r}: it is already a batch "
+                        f"key; choose from the views of data source {source.name!r}: {choices}")
+    if view not in available:
+      raise ConfigError(f"config.data.extra_views holds {view!r}, which data source "
+                        f"{source.name!r} does not render; choose from: {choices}")
+  if len(set(views)) != len(views):
+    raise ConfigError(f"config.data.extra_views = {views!r} names a view twice")
+  return views
 
 
 def make_train_iterator(config: Any, tokenizer: Tokenizer, process_index: int = 0,
@@ -204,9 +307,12 @@ def make_train_iterator(config: Any, tokenizer: Tokenizer, process_index: int = 
     process_index, process_count: this process's place among the hosts (jax.process_index(),
       jax.process_count()).
 
+  Config fields read: config.batch_size, config.seed, config.data.{augment (default False),
+  extra_views (default ()), captions_per_example (default 1), max_len} and the source's fields.
+
   Returns:
     A `TrainIterator` whose items are this process's slices ([config.batch_size // process_count]
-    examples) of the global batches, with `get_state()` / `set_state()`.
+    rows) of the global batches, with `get_state()` / `set_state()`.
   """
   batch_size = data_registry.check_int(
       data_registry.get_field(config, "batch_size", prefix="config"), "config.batch_size", 1)
@@ -219,10 +325,15 @@ def make_train_iterator(config: Any, tokenizer: Tokenizer, process_index: int = 
   if max_len != tokenizer.max_len:
     raise ConfigError(f"config.data.max_len = {max_len!r} but the tokenizer encodes rows of "
                       f"{tokenizer.max_len}; build it with make_tokenizer(config.data)")
+  extra_views = data_registry.get_field(data_config, "extra_views", ())
+  if isinstance(extra_views, str):  # e.g. --config.data.extra_views=sketch
+    extra_views = (extra_views,) if extra_views else ()
+  captions_per_example = data_registry.get_field(data_config, "captions_per_example", 1)
   source = data_registry.build_source(data_config)
   return TrainIterator(source, tokenizer, global_batch_size=batch_size, seed=seed,
                        process_index=process_index, process_count=process_count,
-                       augment=augment)
+                       augment=augment, extra_views=extra_views,
+                       captions_per_example=captions_per_example)
 
 
 def load_eval_split(data_config: Any, split: str = "heldout") -> EvalSet:

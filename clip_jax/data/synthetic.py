@@ -5,6 +5,10 @@ at a random position on a white background, captioned e.g. "a small red circle".
 come from a fixed seed (independent of `config.seed`); images are drawn on demand, 4x supersampled
 and box-filtered, so only the requested examples are ever rendered.
 
+Extra views (for multi-view training, `config.data.extra_views`; see `clip_jax.data.pipeline`):
+"sketch" draws the same shape at the same place as its black outline (no colour), "gray" fills it
+with the grey of its colour's luma. Evaluation splits have no extra views.
+
 Evaluation splits: "heldout" (`num_eval_examples` further examples from another fixed seed) and
 "train" (the training examples), each with one text per image and labels "shape", "color" and
 "size".
@@ -35,10 +39,24 @@ SHAPES = ("circle", "square", "triangle")
 SIZES = ("small", "large")
 _RADIUS = {"small": (0.14, 0.2), "large": (0.28, 0.38)}  # half-extent range, in image widths
 _SUPERSAMPLE = 4
+_OUTLINE_WIDTH = 0.06  # of the sketch view, in image widths (at least one pixel)
+_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 weights of the "gray" view
+VIEWS = ("sketch", "gray")  # extra views of the training shapes (config.data.extra_views)
 _TRAIN_SEED = 20240611
 _EVAL_SEED = 20240612
 DEFAULT_NUM_EXAMPLES = 512
 DEFAULT_NUM_EVAL_EXAMPLES = 128
+
+
+def _erode(mask: np.ndarray, width: int) -> np.ndarray:
+  """bool [n, h, w]: the cells of `mask` whose 4-neighbours up to `width` cells away are in it."""
+  out = mask.copy()
+  for k in range(1, width + 1):
+    out[:, k:, :] &= mask[:, :-k, :]
+    out[:, :-k, :] &= mask[:, k:, :]
+    out[:, :, k:] &= mask[:, :, :-k]
+    out[:, :, :-k] &= mask[:, :, k:]
+  return out
 
 
 class Shapes:
@@ -62,13 +80,35 @@ class Shapes:
     return (f"a {SIZES[self.size[i]]} {list(COLORS)[self.color[i]]} "
             f"{SHAPES[self.shape[i]]}")
 
-  def render(self, index: np.ndarray, image_size: int, chunk: int = 64) -> np.ndarray:
-    """uint8 [len(index), image_size, image_size, 3] images of the shapes at `index`."""
+  def render(self, index: np.ndarray, image_size: int, chunk: int = 64,
+             style: str = "fill") -> np.ndarray:
+    """uint8 [len(index), image_size, image_size, 3] images of the shapes at `index`.
+
+    `style` is "fill" (the training and evaluation images) or one of the extra views in
+    `VIEWS`: "sketch" (the shape's outline in black) or "gray" (the filled shape in the grey
+    of its colour's luma).
+    """
     index = np.asarray(index, dtype=np.int64)
     if len(index) > chunk:
-      return np.concatenate([self.render(index[i:i + chunk], image_size, chunk)
+      return np.concatenate([self.render(index[i:i + chunk], image_size, chunk, style)
                              for i in range(0, len(index), chunk)])
     fine = image_size * _SUPERSAMPLE
+    mask = self._mask(index, fine)  # [n, fine, fine]
+    if style == "sketch":
+      mask = mask & ~_erode(mask, max(_SUPERSAMPLE, round(_OUTLINE_WIDTH * fine)))
+    coverage = mask.reshape(len(index), image_size, _SUPERSAMPLE, image_size, _SUPERSAMPLE)
+    coverage = coverage.mean(axis=(2, 4))[..., None]  # [n, S, S, 1] fraction inside the shape
+    color = np.array(list(COLORS.values()), np.float64)[self.color[index]][:, None, None, :]
+    if style == "sketch":
+      color = np.zeros_like(color)
+    elif style == "gray":
+      color = np.repeat(color @ _LUMA[:, None], 3, axis=-1)
+    elif style != "fill":
+      raise ValueError(f"unknown style {style!r}; choose 'fill' or one of {VIEWS}")
+    return np.round(255.0 + coverage * (color - 255.0)).astype(np.uint8)
+
+  def _mask(self, index: np.ndarray, fine: int) -> np.ndarray:
+    """bool [n, fine, fine]: which cells of a fine x fine grid lie inside each shape."""
     grid = (np.arange(fine) + 0.5) / fine
     y, x = grid[None, :, None], grid[None, None, :]
     cx, cy, r = (v[index][:, None, None] for v in (self.cx, self.cy, self.r))
@@ -77,11 +117,7 @@ class Shapes:
     half = 0.85 * r  # a square of about the circle's area
     square = (np.abs(x - cx) <= half) & (np.abs(y - cy) <= half)
     triangle = (y <= cy + r) & (np.abs(x - cx) <= (y - (cy - r)) / 2)  # apex up, base width 2r
-    mask = np.select([shape == 0, shape == 1], [circle, square], triangle)  # [n, fine, fine]
-    coverage = mask.reshape(len(index), image_size, _SUPERSAMPLE, image_size, _SUPERSAMPLE)
-    coverage = coverage.mean(axis=(2, 4))[..., None]  # [n, S, S, 1] fraction inside the shape
-    color = np.array(list(COLORS.values()), np.float64)[self.color[index]][:, None, None, :]
-    return np.round(255.0 + coverage * (color - 255.0)).astype(np.uint8)
+    return np.select([shape == 0, shape == 1], [circle, square], triangle)
 
   def labels(self) -> dict[str, tuple[np.ndarray, list[str]]]:
     return {"shape": (self.shape.astype(np.int32), list(SHAPES)),
@@ -112,6 +148,16 @@ class SyntheticSource(DataSource):
     del draws  # one image and one caption per unit
     units = np.asarray(units, dtype=np.int64)
     return self.train.render(units, self.image_size), [self.captions[u] for u in units.tolist()]
+
+  @property
+  def view_names(self) -> tuple[str, ...]:
+    return VIEWS
+
+  def train_view(self, view: str, units: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    del draws  # one image per unit
+    if view not in VIEWS:
+      raise ValueError(f"unknown view {view!r} of data source 'synthetic'; choose one of {VIEWS}")
+    return self.train.render(np.asarray(units, dtype=np.int64), self.image_size, style=view)
 
   @property
   def eval_splits(self) -> tuple[str, ...]:

@@ -1,0 +1,280 @@
+"""Training-step throughput of the real trainer, for several variants of one config, side by side.
+
+Builds `clip_jax.training.loop.Trainer` from a config (default configs/demo/emoji.py) for every
+variant: loss implementation (ring vs all_gather, overriding config.loss.impl), compute dtype
+(float32 vs bfloat16) and remat (off vs on). Each variant's train step is compiled ahead of time
+(`train_step.lower(state, batch).compile()`, timed as "compile s") and then run on a few random
+global batches of the config's shapes built beforehand (no data loading in the timed loop):
+`--warmup` steps, then `--steps` steps each timed to completion. The table gives the median
+ms/step, examples/s, and examples/s relative to the first variant.
+
+FLOPs come from XLA (`compiled.cost_analysis()["flops"]`, which counts one device's program;
+times the devices, divided by the batch). XLA counts a while loop's body once, so a program with
+loops (the ring loss) is undercounted (marked †). The model FLOPs per example used for MFU are
+therefore taken from the all_gather variant without remat (compiled for that purpose if it is not
+among the variants): forward, backward and optimizer update, summed over devices. With
+`--peak_tflops` (the peak of ONE device; no default), MFU = model FLOP/s / (peak x devices).
+
+  python benchmarks/train_throughput.py --steps 20
+  python benchmarks/train_throughput.py --devices 8 --steps 20 --dtypes float32,bfloat16
+  python benchmarks/train_throughput.py --config configs/demo/emoji_softmax.py \
+      --config.batch_size=512 --remat off,on --peak_tflops 989
+
+`--devices N` uses the first N devices; on the CPU backend it first makes N simulated devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=N, set before jax is imported). The CPU's
+simulated devices share its cores, so their numbers show program costs, not scaling.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import sys
+import time
+from typing import Any
+
+from absl import app, flags, logging
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from clip_jax.config import define_config_flag, parse_flags_or_exit  # noqa: E402
+from clip_jax.registry import ConfigError  # noqa: E402
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "demo", "emoji.py")
+
+_CONFIG = define_config_flag(f"Path to a get_config() file (default {DEFAULT_CONFIG}).")
+_DEVICES = flags.DEFINE_integer("devices", 0, "Number of devices (0: all). On CPU, simulated.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per variant (median reported).")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps per variant after compiling.")
+_BATCHES = flags.DEFINE_integer("batches", 2, "Random global batches built up front, cycled.")
+_IMPLS = flags.DEFINE_list("impls", ["ring", "all_gather"],
+                           "Loss implementations (config.loss.impl); 'config' keeps the file's.")
+_DTYPES = flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes: float32, bfloat16.")
+_REMAT = flags.DEFINE_list("remat", ["off"], "Remat settings: off, on.")
+_PEAK = flags.DEFINE_float("peak_tflops", None,
+                           "Peak TFLOP/s of one device, for MFU (no default: MFU is n/a).")
+_INSTANCE_IDS = flags.DEFINE_bool("instance_ids", False,
+                                  "Add batch['instance_id'] (for multi_positive losses).")
+
+IMPLS = ("ring", "all_gather", "config")
+LOOP = re.compile(r"\bwhile\(")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """The CLI parser, with configs/demo/emoji.py as the --config when none is given."""
+  if not any(a in ("--config", "-config") or a.startswith(("--config=", "-config="))
+             for a in argv[1:]):
+    argv = [argv[0], f"--config={DEFAULT_CONFIG}", *argv[1:]]
+  return parse_flags_or_exit(argv)
+
+
+def _choices(flag: str, values: list[str], allowed: tuple[str, ...]) -> list[str]:
+  bad = [v for v in values if v not in allowed]
+  if not values or bad:
+    raise ConfigError(f"--{flag}={','.join(values)}: choose from {', '.join(allowed)}")
+  return values
+
+
+def _set_impl(loss_config: Any, impl: str) -> int:
+  """Sets `impl` on every sigmoid/softmax objective in `loss_config`; returns how many.
+
+  Switching to all_gather also clears `chunk_size` (it applies to the ring only).
+  """
+  if loss_config.get("name") in ("sigmoid", "softmax"):
+    loss_config.impl = impl
+    if impl == "all_gather" and loss_config.get("chunk_size"):
+      loss_config.chunk_size = 0
+    return 1
+  count = 0
+  for term in (loss_config.get("terms") or {}).values():  # composite
+    count += _set_impl(term, impl)
+  if loss_config.get("pair_loss") is not None:  # pairwise
+    count += _set_impl(loss_config.pair_loss, impl)
+  return count
+
+
+def variant_config(base, impl: str, dtype: str, remat: bool):
+  import ml_collections
+
+  config = ml_collections.ConfigDict(base.to_dict())
+  if impl != "config" and not _set_impl(config.loss, impl):
+    raise ConfigError(f"config.loss.name = {config.loss.name!r} has no sigmoid or softmax "
+                      "objective whose impl could be set; use --impls=config")
+  config.model.dtype = dtype
+  config.model.remat = remat
+  return config
+
+
+def random_batch(config, rng, with_ids: bool) -> dict[str, Any]:
+  """A host batch of `config.batch_size` random examples with the model's input shapes."""
+  import numpy as np
+
+  n = config.batch_size
+  batch = {}
+  for modality, tower in config.model.towers.items():
+    if tower.name == "vit":
+      size = config.data.image_size
+      batch[modality] = rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32)
+    elif tower.name == "text_transformer":
+      length = tower.context_length
+      tokens = rng.integers(1, tower.vocab_size, (n, length)).astype(np.int32)
+      lengths = rng.integers(2, length + 1, n)
+      tokens[np.arange(length)[None, :] >= lengths[:, None]] = 0  # pad after each text
+      batch[modality] = tokens
+    else:
+      raise ConfigError(f"config.model.towers.{modality}.name = {tower.name!r}: this benchmark "
+                        "makes random inputs for 'vit' and 'text_transformer' towers only")
+  if with_ids:
+    batch["instance_id"] = np.arange(n, dtype=np.int32)
+  return batch
+
+
+def _flops(compiled) -> float | None:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else None
+  flops = (analysis or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
+def build(config, devices, with_ids: bool, seed: int = 0) -> dict[str, Any]:
+  """Trainer, state, pre-built global batches and the compiled step of one variant."""
+  import jax
+  import numpy as np
+
+  from clip_jax.training.loop import Trainer
+
+  trainer = Trainer(config, devices=devices)
+  rng = np.random.default_rng(seed)
+  local = [random_batch(trainer.config, rng, with_ids) for _ in range(max(1, _BATCHES.value))]
+  trainer.build(local[0])
+  state = trainer.init_state()
+  batches = [trainer.global_batch(b) for b in local]
+  start = time.perf_counter()
+  compiled = trainer.train_step.lower(state, batches[0]).compile()
+  compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  return dict(trainer=trainer, state=state, batches=batches, compiled=compiled,
+              compile_s=compile_s, flops=_flops(compiled),
+              loops=bool(LOOP.search(compiled.as_text())),
+              temp_bytes=getattr(memory, "temp_size_in_bytes", None), devices=len(devices),
+              batch_size=trainer.config.batch_size)
+
+
+def time_steps(built: dict[str, Any], warmup: int, steps: int) -> dict[str, Any]:
+  """Runs warm-up then timed steps; returns per-step seconds and the last metrics."""
+  import jax
+
+  compiled, batches, state = built["compiled"], built["batches"], built.pop("state")
+  times, metrics = [], None
+  for i in range(warmup + steps):
+    start = time.perf_counter()
+    state, metrics = compiled(state, batches[i % len(batches)])
+    jax.block_until_ready((state, metrics))
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
+  metrics = jax.device_get(metrics)
+  return dict(times=times, loss=float(metrics["loss"]), skipped=int(metrics["skipped"]))
+
+
+def _si(value: float) -> str:
+  for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    if abs(value) >= scale:
+      return f"{value / scale:.3g} {unit}"
+  return f"{value:.3g} "
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing off the console
+  try:
+    impls = _choices("impls", _IMPLS.value, IMPLS)
+    dtypes = _choices("dtypes", _DTYPES.value, ("float32", "bfloat16"))
+    remats = [v == "on" for v in _choices("remat", _REMAT.value, ("off", "on"))]
+    if _STEPS.value < 1 or _WARMUP.value < 0:
+      raise ConfigError("--steps must be >= 1 and --warmup >= 0")
+    run(impls, dtypes, remats)
+  except ConfigError as e:
+    print(f"Config error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run(impls: list[str], dtypes: list[str], remats: list[bool]) -> None:
+  if _DEVICES.value:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={_DEVICES.value}").strip()
+  if "jax" in sys.modules:
+    raise RuntimeError("jax was imported before XLA_FLAGS was set")
+  import jax
+
+  available = jax.devices()
+  if _DEVICES.value > len(available):
+    raise ConfigError(f"--devices={_DEVICES.value}, but {jax.default_backend()} has "
+                      f"{len(available)} devices")
+  devices = available[:_DEVICES.value or len(available)]
+  base = _CONFIG.value
+  variants = [(impl, dtype, remat) for impl in impls for dtype in dtypes for remat in remats]
+
+  rows = []
+  for impl, dtype, remat in variants:
+    print(f"[{impl} {dtype} remat={'on' if remat else 'off'}] compiling ...", file=sys.stderr,
+          flush=True)
+    built = build(variant_config(base, impl, dtype, remat), devices, _INSTANCE_IDS.value)
+    timing = time_steps(built, _WARMUP.value, _STEPS.value)
+    median = statistics.median(timing["times"])
+    print(f"[{impl} {dtype} remat={'on' if remat else 'off'}] compile "
+          f"{built['compile_s']:.1f} s, median {median * 1e3:.1f} ms/step, last loss "
+          f"{timing['loss']:.4f}, skipped {timing['skipped']}", file=sys.stderr, flush=True)
+    rows.append(dict(impl=impl, dtype=dtype, remat=remat, median=median, **timing,
+                     **{k: built[k] for k in ("compile_s", "flops", "loops", "temp_bytes",
+                                              "devices", "batch_size")}))
+    del built
+
+  # Model FLOPs: a loop-free program (all_gather loss) without remat's recomputation.
+  reference = next((r for r in rows if r["impl"] == "all_gather" and not r["remat"]
+                    and not r["loops"]), None)
+  if reference is None and rows[0]["impl"] != "all_gather":
+    print("compiling the all_gather float32 variant for the model FLOPs ...", file=sys.stderr,
+          flush=True)
+    built = build(variant_config(base, "all_gather", "float32", False), devices,
+                  _INSTANCE_IDS.value)
+    reference = dict(flops=built["flops"], loops=built["loops"])
+    del built
+  model_flops = None
+  if reference is not None and reference["flops"] and not reference["loops"]:
+    model_flops = reference["flops"] * len(devices) / rows[0]["batch_size"]
+
+  from ml_collections import config_flags
+
+  path = config_flags.get_config_filename(flags.FLAGS["config"])
+  batch_size = rows[0]["batch_size"]
+  base_speed = batch_size / rows[0]["median"]
+  print(f"\n### Training-step throughput: {os.path.relpath(path)}\n")
+  print(f"backend {jax.default_backend()}, {len(devices)} device(s) "
+        f"({devices[0].device_kind}), global batch {batch_size}, median of "
+        f"{_STEPS.value} steps after {_WARMUP.value} warm-up, {len(rows[0]['times'])} timed; "
+        f"model FLOPs per example (XLA, all_gather, fwd + bwd + optimizer, all devices): "
+        f"{_si(model_flops) + 'FLOP' if model_flops else 'n/a'}; peak "
+        f"{f'{_PEAK.value:g} TFLOP/s per device' if _PEAK.value else 'n/a'}\n")
+  print("| loss impl | dtype | remat | compile s | ms/step | examples/s | vs first | "
+        "temp MiB/device | XLA FLOP/example | MFU |")
+  print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+  for r in rows:
+    speed = r["batch_size"] / r["median"]
+    flops = (f"{_si(r['flops'] * r['devices'] / r['batch_size'])}{' †' if r['loops'] else ''}"
+             if r["flops"] else "n/a")
+    mfu = (f"{100 * model_flops * speed / (_PEAK.value * 1e12 * r['devices']):.2f}%"
+           if model_flops and _PEAK.value else "n/a")
+    temp = f"{r['temp_bytes'] / 2**20:.1f}" if r["temp_bytes"] is not None else "n/a"
+    print(f"| {r['impl']} | {r['dtype']} | {'on' if r['remat'] else 'off'} | "
+          f"{r['compile_s']:.1f} | {r['median'] * 1e3:.1f} | {speed:,.0f} | "
+          f"{speed / base_speed:.2f}x | {temp} | {flops} | {mfu} |")
+  if any(r["loops"] for r in rows):
+    print("\n† the program has while loops (the ring loss); XLA counts a loop body once, so its "
+          "FLOP count is too low. MFU uses the model FLOPs above for every variant.")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse_flags)
