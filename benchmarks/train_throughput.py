@@ -34,8 +34,11 @@ import sys
 import time
 from typing import Any
 
+import ml_collections
+import numpy as np
 from absl import app, flags, logging
 
+# jax is imported in run(), after --devices has set XLA_FLAGS.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from clip_jax.config import define_config_flag, parse_flags_or_exit  # noqa: E402
 from clip_jax.registry import ConfigError  # noqa: E402
@@ -54,6 +57,10 @@ _DTYPES = flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes: float32, bfl
 _REMAT = flags.DEFINE_list("remat", ["off"], "Remat settings: off, on.")
 _PEAK = flags.DEFINE_float("peak_tflops", None,
                            "Peak TFLOP/s of one device, for MFU (no default: MFU is n/a).")
+_INTERLEAVE = flags.DEFINE_bool(
+    "interleave", True, "Time the variants in turns, one step each, so that background load "
+    "hits all alike (holds every variant's state at once); --nointerleave runs them one after "
+    "another.")
 _INSTANCE_IDS = flags.DEFINE_bool("instance_ids", False,
                                   "Add batch['instance_id'] (for multi_positive losses).")
 
@@ -94,9 +101,9 @@ def _set_impl(loss_config: Any, impl: str) -> int:
   return count
 
 
-def variant_config(base, impl: str, dtype: str, remat: bool):
-  import ml_collections
-
+def variant_config(base: ml_collections.ConfigDict, impl: str, dtype: str,
+                   remat: bool) -> ml_collections.ConfigDict:
+  """A copy of `base` with the loss impl ("config": unchanged), compute dtype and remat set."""
   config = ml_collections.ConfigDict(base.to_dict())
   if impl != "config" and not _set_impl(config.loss, impl):
     raise ConfigError(f"config.loss.name = {config.loss.name!r} has no sigmoid or softmax "
@@ -106,10 +113,13 @@ def variant_config(base, impl: str, dtype: str, remat: bool):
   return config
 
 
-def random_batch(config, rng, with_ids: bool) -> dict[str, Any]:
-  """A host batch of `config.batch_size` random examples with the model's input shapes."""
-  import numpy as np
+def random_batch(config: ml_collections.ConfigDict, rng: np.random.Generator,
+                 with_ids: bool) -> dict[str, np.ndarray]:
+  """A host batch of `config.batch_size` random examples with the model's input shapes.
 
+  "vit" towers get float32 `[B, S, S, 3]` in [-1, 1] (S = config.data.image_size);
+  "text_transformer" towers int32 `[B, context_length]` ids, padded with 0 after 2 to L tokens.
+  """
   n = config.batch_size
   batch = {}
   for modality, tower in config.model.towers.items():
@@ -138,44 +148,79 @@ def _flops(compiled) -> float | None:
   return float(flops) if flops and flops > 0 else None
 
 
-def build(config, devices, with_ids: bool, seed: int = 0) -> dict[str, Any]:
-  """Trainer, state, pre-built global batches and the compiled step of one variant."""
-  import jax
-  import numpy as np
+class Variant:
+  """One variant's trainer, state, pre-built global batches and compiled step."""
 
-  from clip_jax.training.loop import Trainer
+  def __init__(self, label: str, config: ml_collections.ConfigDict, devices: list[Any],
+               with_ids: bool, seed: int = 0):
+    from clip_jax.training.loop import Trainer
 
-  trainer = Trainer(config, devices=devices)
-  rng = np.random.default_rng(seed)
-  local = [random_batch(trainer.config, rng, with_ids) for _ in range(max(1, _BATCHES.value))]
-  trainer.build(local[0])
-  state = trainer.init_state()
-  batches = [trainer.global_batch(b) for b in local]
-  start = time.perf_counter()
-  compiled = trainer.train_step.lower(state, batches[0]).compile()
-  compile_s = time.perf_counter() - start
-  memory = compiled.memory_analysis()
-  return dict(trainer=trainer, state=state, batches=batches, compiled=compiled,
-              compile_s=compile_s, flops=_flops(compiled),
-              loops=bool(LOOP.search(compiled.as_text())),
-              temp_bytes=getattr(memory, "temp_size_in_bytes", None), devices=len(devices),
-              batch_size=trainer.config.batch_size)
-
-
-def time_steps(built: dict[str, Any], warmup: int, steps: int) -> dict[str, Any]:
-  """Runs warm-up then timed steps; returns per-step seconds and the last metrics."""
-  import jax
-
-  compiled, batches, state = built["compiled"], built["batches"], built.pop("state")
-  times, metrics = [], None
-  for i in range(warmup + steps):
+    self.label = label
+    trainer = Trainer(config, devices=devices)
+    rng = np.random.default_rng(seed)
+    local = [random_batch(trainer.config, rng, with_ids) for _ in range(max(1, _BATCHES.value))]
+    trainer.build(local[0])
+    self.state = trainer.init_state()
+    self.batches = [trainer.global_batch(b) for b in local]
     start = time.perf_counter()
-    state, metrics = compiled(state, batches[i % len(batches)])
-    jax.block_until_ready((state, metrics))
-    if i >= warmup:
-      times.append(time.perf_counter() - start)
-  metrics = jax.device_get(metrics)
-  return dict(times=times, loss=float(metrics["loss"]), skipped=int(metrics["skipped"]))
+    self.compiled = trainer.train_step.lower(self.state, self.batches[0]).compile()
+    self.compile_s = time.perf_counter() - start
+    self.flops = _flops(self.compiled)  # one device's program
+    self.loops = bool(LOOP.search(self.compiled.as_text()))
+    self.temp_bytes = getattr(self.compiled.memory_analysis(), "temp_size_in_bytes", None)
+    self.devices, self.batch_size = len(devices), trainer.config.batch_size
+    self.times: list[float] = []
+    self.metrics = None
+    self.steps_run = 0
+
+  def step(self, timed: bool) -> None:
+    """Runs one training step to completion; records its wall time if `timed`."""
+    import jax
+
+    start = time.perf_counter()
+    self.state, self.metrics = self.compiled(self.state,
+                                             self.batches[self.steps_run % len(self.batches)])
+    jax.block_until_ready((self.state, self.metrics))
+    self.steps_run += 1
+    if timed:
+      self.times.append(time.perf_counter() - start)
+
+  def finish(self) -> None:
+    """Frees the state and batches; keeps the measurements."""
+    import jax
+
+    metrics = jax.device_get(self.metrics)
+    self.loss, self.skipped = float(metrics["loss"]), int(metrics["skipped"])
+    self.median = statistics.median(self.times)
+    del self.state, self.batches, self.compiled
+    print(f"[{self.label}] compile {self.compile_s:.1f} s, median {self.median * 1e3:.1f} "
+          f"ms/step, last loss {self.loss:.4f}, skipped steps {self.skipped}", file=sys.stderr,
+          flush=True)
+
+
+def measure(variants: list[tuple[str, ml_collections.ConfigDict]], devices: list[Any],
+            with_ids: bool, warmup: int, steps: int, interleave: bool) -> list[Variant]:
+  """Builds and times the (label, config) variants, in turns or one after another."""
+  def make(label, config):
+    print(f"[{label}] compiling ...", file=sys.stderr, flush=True)
+    return Variant(label, config, devices, with_ids)
+
+  if not interleave:
+    done = []
+    for label, config in variants:
+      v = make(label, config)
+      for i in range(warmup + steps):
+        v.step(timed=i >= warmup)
+      v.finish()
+      done.append(v)
+    return done
+  built = [make(label, config) for label, config in variants]
+  for i in range(warmup + steps):
+    for v in built:
+      v.step(timed=i >= warmup)
+  for v in built:
+    v.finish()
+  return built
 
 
 def _si(value: float) -> str:
@@ -202,12 +247,14 @@ def main(argv: list[str]) -> None:
 
 
 def run(impls: list[str], dtypes: list[str], remats: list[bool]) -> None:
+  """Measures every (impl, dtype, remat) variant and prints the markdown table."""
   if _DEVICES.value:
+    if "jax" in sys.modules:
+      raise RuntimeError("jax was imported before --devices could set XLA_FLAGS")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={_DEVICES.value}").strip()
-  if "jax" in sys.modules:
-    raise RuntimeError("jax was imported before XLA_FLAGS was set")
   import jax
+  from ml_collections import config_flags
 
   available = jax.devices()
   if _DEVICES.value > len(available):
@@ -215,66 +262,51 @@ def run(impls: list[str], dtypes: list[str], remats: list[bool]) -> None:
                       f"{len(available)} devices")
   devices = available[:_DEVICES.value or len(available)]
   base = _CONFIG.value
-  variants = [(impl, dtype, remat) for impl in impls for dtype in dtypes for remat in remats]
+  specs = [(impl, dtype, remat) for impl in impls for dtype in dtypes for remat in remats]
+  label = lambda impl, dtype, remat: f"{impl} {dtype} remat={'on' if remat else 'off'}"
+  rows = measure([(label(*spec), variant_config(base, *spec)) for spec in specs], devices,
+                 _INSTANCE_IDS.value, _WARMUP.value, _STEPS.value, _INTERLEAVE.value)
 
-  rows = []
-  for impl, dtype, remat in variants:
-    print(f"[{impl} {dtype} remat={'on' if remat else 'off'}] compiling ...", file=sys.stderr,
-          flush=True)
-    built = build(variant_config(base, impl, dtype, remat), devices, _INSTANCE_IDS.value)
-    timing = time_steps(built, _WARMUP.value, _STEPS.value)
-    median = statistics.median(timing["times"])
-    print(f"[{impl} {dtype} remat={'on' if remat else 'off'}] compile "
-          f"{built['compile_s']:.1f} s, median {median * 1e3:.1f} ms/step, last loss "
-          f"{timing['loss']:.4f}, skipped {timing['skipped']}", file=sys.stderr, flush=True)
-    rows.append(dict(impl=impl, dtype=dtype, remat=remat, median=median, **timing,
-                     **{k: built[k] for k in ("compile_s", "flops", "loops", "temp_bytes",
-                                              "devices", "batch_size")}))
-    del built
-
-  # Model FLOPs: a loop-free program (all_gather loss) without remat's recomputation.
-  reference = next((r for r in rows if r["impl"] == "all_gather" and not r["remat"]
-                    and not r["loops"]), None)
-  if reference is None and rows[0]["impl"] != "all_gather":
+  # Model FLOPs: from a loop-free program (all_gather loss) without remat's recomputation.
+  reference = next((r for r, (impl, _, remat) in zip(rows, specs)
+                    if impl == "all_gather" and not remat and not r.loops), None)
+  if reference is None:
     print("compiling the all_gather float32 variant for the model FLOPs ...", file=sys.stderr,
           flush=True)
-    built = build(variant_config(base, "all_gather", "float32", False), devices,
-                  _INSTANCE_IDS.value)
-    reference = dict(flops=built["flops"], loops=built["loops"])
-    del built
+    reference = Variant("model FLOPs", variant_config(base, "all_gather", "float32", False),
+                        devices, _INSTANCE_IDS.value)
   model_flops = None
-  if reference is not None and reference["flops"] and not reference["loops"]:
-    model_flops = reference["flops"] * len(devices) / rows[0]["batch_size"]
-
-  from ml_collections import config_flags
+  if reference.flops and not reference.loops:
+    model_flops = reference.flops * len(devices) / reference.batch_size
+  del reference
 
   path = config_flags.get_config_filename(flags.FLAGS["config"])
-  batch_size = rows[0]["batch_size"]
-  base_speed = batch_size / rows[0]["median"]
+  batch_size = rows[0].batch_size
+  base_speed = batch_size / rows[0].median
   print(f"\n### Training-step throughput: {os.path.relpath(path)}\n")
   print(f"backend {jax.default_backend()}, {len(devices)} device(s) "
-        f"({devices[0].device_kind}), global batch {batch_size}, median of "
-        f"{_STEPS.value} steps after {_WARMUP.value} warm-up, {len(rows[0]['times'])} timed; "
-        f"model FLOPs per example (XLA, all_gather, fwd + bwd + optimizer, all devices): "
+        f"({devices[0].device_kind}), global batch {batch_size}; median of {_STEPS.value} "
+        f"steps after {_WARMUP.value} warm-up, variants "
+        f"{'in turns' if _INTERLEAVE.value else 'one after another'}; model FLOPs per example "
+        f"(XLA, all_gather, fwd + bwd + optimizer, all devices): "
         f"{_si(model_flops) + 'FLOP' if model_flops else 'n/a'}; peak "
         f"{f'{_PEAK.value:g} TFLOP/s per device' if _PEAK.value else 'n/a'}\n")
   print("| loss impl | dtype | remat | compile s | ms/step | examples/s | vs first | "
         "temp MiB/device | XLA FLOP/example | MFU |")
   print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
-  for r in rows:
-    speed = r["batch_size"] / r["median"]
-    flops = (f"{_si(r['flops'] * r['devices'] / r['batch_size'])}{' †' if r['loops'] else ''}"
-             if r["flops"] else "n/a")
-    mfu = (f"{100 * model_flops * speed / (_PEAK.value * 1e12 * r['devices']):.2f}%"
+  for r, (impl, dtype, remat) in zip(rows, specs):
+    speed = r.batch_size / r.median
+    flops = (f"{_si(r.flops * r.devices / r.batch_size)}{' †' if r.loops else ''}"
+             if r.flops else "n/a")
+    mfu = (f"{100 * model_flops * speed / (_PEAK.value * 1e12 * r.devices):.2f}%"
            if model_flops and _PEAK.value else "n/a")
-    temp = f"{r['temp_bytes'] / 2**20:.1f}" if r["temp_bytes"] is not None else "n/a"
-    print(f"| {r['impl']} | {r['dtype']} | {'on' if r['remat'] else 'off'} | "
-          f"{r['compile_s']:.1f} | {r['median'] * 1e3:.1f} | {speed:,.0f} | "
-          f"{speed / base_speed:.2f}x | {temp} | {flops} | {mfu} |")
-  if any(r["loops"] for r in rows):
-    print("\n† the program has while loops (the ring loss); XLA counts a loop body once, so its "
-          "FLOP count is too low. MFU uses the model FLOPs above for every variant.")
-
+    temp = f"{r.temp_bytes / 2**20:.1f}" if r.temp_bytes is not None else "n/a"
+    print(f"| {impl} | {dtype} | {'on' if remat else 'off'} | {r.compile_s:.1f} | "
+          f"{r.median * 1e3:.1f} | {speed:,.0f} | {speed / base_speed:.2f}x | {temp} | {flops} | "
+          f"{mfu} |")
+  if any(r.loops for r in rows):
+    print("\n† the program has while loops (the ring loss); XLA counts a loop body once, so this "
+          "count is too low. MFU uses the model FLOPs above for every variant.")
 
 if __name__ == "__main__":
   app.run(main, flags_parser=_parse_flags)

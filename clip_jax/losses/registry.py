@@ -134,6 +134,18 @@ def get_modalities(outputs: Mapping[str, Array], modalities: tuple[str, ...],
   return [outputs[m] for m in modalities]
 
 
+# The fields shared by the pairwise contrastive objectives (sigmoid, softmax), with their defaults;
+# each objective adds its own `init_scale` and any fields of its own.
+CONTRASTIVE_DEFAULTS: dict[str, Any] = dict(
+    modalities=("image", "text"),
+    impl="ring",
+    chunk_size=0,
+    label_smoothing=0.0,
+    learn_scale=True,
+    max_scale=0.0,
+)
+
+
 def check_contrastive_fields(fields: Mapping[str, Any], field: str = "config.loss") -> None:
   """Validates the fields shared by the pairwise contrastive objectives (sigmoid, softmax)."""
   check_modalities(f"{field}.modalities", fields["modalities"])

@@ -260,6 +260,11 @@ def dot_t(a: Array, b: Array) -> Array:
   return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
 
 
-def check_impl(impl: str) -> None:
+def check_args(x: Array, y: Array, impl: str, label_smoothing: float) -> None:
+  """The argument checks shared by the pairwise losses: impl, label smoothing, [n, d] shapes."""
   if impl not in IMPLS:
     raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}; got {impl!r}")
+  if not 0.0 <= label_smoothing < 1.0:
+    raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+  if x.shape != y.shape or x.ndim != 2:
+    raise ValueError(f"x and y must both be [n, d]; got {x.shape} and {y.shape}")

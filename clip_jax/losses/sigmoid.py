@@ -67,11 +67,7 @@ def sigmoid_loss(x: Array, y: Array, scale: Array | float, bias: Array | float, 
     those of the single-device loss on the global batch, also when scale and bias enter the
     enclosing `shard_map` replicated (in_specs `P()`).
   """
-  R.check_impl(impl)
-  if not 0.0 <= label_smoothing < 1.0:
-    raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-  if x.shape != y.shape or x.ndim != 2:
-    raise ValueError(f"x and y must both be [n, d]; got {x.shape} and {y.shape}")
+  R.check_args(x, y, impl, label_smoothing)
   axes = R.normalize_axes(axis_name)
   t = jnp.asarray(scale, jnp.float32)
   b = jnp.asarray(bias, jnp.float32)
@@ -174,14 +170,9 @@ _ring_sum.defvjp(_ring_fwd, _ring_bwd)
 
 
 SIGMOID_DEFAULTS: dict[str, Any] = dict(
-    modalities=("image", "text"),
-    impl="ring",
-    chunk_size=0,
-    label_smoothing=0.0,
+    reg.CONTRASTIVE_DEFAULTS,  # modalities, impl, chunk_size, label_smoothing, learn_scale, ...
     init_scale=math.log(10.0),
     init_bias=-10.0,
-    learn_scale=True,
-    max_scale=0.0,
     use_bias=True,
 )
 

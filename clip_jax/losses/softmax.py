@@ -66,11 +66,7 @@ def softmax_loss(x: Array, y: Array, scale: Array | float, *, axis_name: R.AxisN
     of the single-device loss on the global batch, also when the scale enters the enclosing
     `shard_map` replicated (in_specs `P()`).
   """
-  R.check_impl(impl)
-  if not 0.0 <= label_smoothing < 1.0:
-    raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-  if x.shape != y.shape or x.ndim != 2:
-    raise ValueError(f"x and y must both be [n, d]; got {x.shape} and {y.shape}")
+  R.check_args(x, y, impl, label_smoothing)
   axes = R.normalize_axes(axis_name)
   t = jnp.asarray(scale, jnp.float32)
   eps = float(label_smoothing)
@@ -187,13 +183,8 @@ _ring_lse.defvjp(_ring_fwd, _ring_bwd)
 
 
 SOFTMAX_DEFAULTS: dict[str, Any] = dict(
-    modalities=("image", "text"),
-    impl="ring",
-    chunk_size=0,
-    label_smoothing=0.0,
+    reg.CONTRASTIVE_DEFAULTS,  # modalities, impl, chunk_size, label_smoothing, learn_scale, ...
     init_scale=math.log(1 / 0.07),
-    learn_scale=True,
-    max_scale=0.0,
 )
 
 

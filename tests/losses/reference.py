@@ -2,11 +2,13 @@
 
 Nothing here imports clip_jax. Values follow the papers' definitions directly (full N x N logit
 matrices, explicit targets); gradients are hand-derived and are themselves checked against
-central finite differences in `test_references_match_finite_differences` (test_softmax.py /
-test_sigmoid.py).
+central finite differences (`check_grads_by_finite_differences`, called by
+`test_references_match_finite_differences` in test_softmax.py / test_sigmoid.py).
 
 Below the references, a small JAX harness (also independent of clip_jax) runs a loss function
 inside `jax.shard_map` and differentiates through it, the way a trainer would.
+
+The tests import this file as `losses_reference` (registered by tests/losses/conftest.py).
 """
 
 from __future__ import annotations
@@ -112,8 +114,36 @@ def finite_difference(f: Callable[..., float], args: list, index: int, h: float 
   return grad
 
 
+def check_grads_by_finite_differences(loss: Callable[..., float], grads: Callable[..., tuple],
+                                      scalars: tuple[float, ...]) -> None:
+  """Asserts that the hand-derived `grads(x, y, *scalars, eps)` are the central differences of
+  `loss(x, y, *scalars, eps)`, for 5 x 3 embeddings and label smoothing eps = 0 and 0.2."""
+  x, y = random_pairs(0, 5, 3)
+  for eps in (0.0, 0.2):
+    args = [x, y, *scalars]
+    f = lambda *a: loss(*a, eps=eps)
+    for i, want in enumerate(grads(*args, eps=eps)):
+      np.testing.assert_allclose(finite_difference(f, args, i), want, rtol=1e-6, atol=1e-8)
+
+
 # ----------------------------------------------------------------------------------------------
 # JAX harness (not a reference): the loss under shard_map, differentiated from outside.
+
+# (mesh shape, axis names) of the sharded variants the losses are tested on; None: no shard_map.
+SHARDINGS = [
+    (None, ("data",)),
+    ((1,), ("data",)),
+    ((2,), ("data",)),
+    ((4,), ("data",)),
+    ((8,), ("data",)),
+    ((4, 2), ("data", "fsdp")),
+]
+
+
+def f32(*arrays) -> list:
+  """The arguments as float32 JAX arrays."""
+  import jax.numpy as jnp
+  return [jnp.asarray(a, jnp.float32) for a in arrays]
 
 
 @functools.lru_cache(maxsize=None)
@@ -143,3 +173,18 @@ def sharded_value_and_grad(loss_fn: Callable, mesh_shape: tuple[int, ...] | None
     f = jax.shard_map(lambda *args: loss_fn(*args, axis_name=axis), mesh=mesh(mesh_shape, names),
                       in_specs=(P(names), P(names)) + (P(),) * num_scalars, out_specs=P())
   return jax.jit(jax.value_and_grad(f, argnums=tuple(range(2 + num_scalars))))
+
+
+def objective_grads(objective, x, y, loss_params):
+  """((loss, metrics), d loss / d loss_params) of a registered objective, whole batch.
+
+  x, y: `[n, d]` image and text embeddings (cast to float32); loss_params: the raw parameters.
+  """
+  import jax
+
+  x, y = f32(x, y)
+
+  def f(params):
+    return objective.apply({"image": x, "text": y}, params)
+
+  return jax.value_and_grad(f, has_aux=True)(loss_params)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import pathlib
 import re
 
 import jax
@@ -15,18 +13,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import clip_jax.losses as losses
+import losses_reference as ref  # tests/losses/reference.py, registered by conftest.py
 from clip_jax.registry import ConfigError
-
-
-def _load_reference():
-  path = pathlib.Path(__file__).with_name("reference.py")
-  spec = importlib.util.spec_from_file_location("clip_jax_tests_losses_reference", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-ref = _load_reference()
 
 
 def _config(**terms):

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import losses_reference as ref  # tests/losses/reference.py, registered by conftest.py
 from clip_jax.losses import sigmoid_loss, softmax_loss
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -38,16 +39,6 @@ def _missing(what: str):
     pytest.fail(message)
   pytest.skip(message)
 
-
-def _load_reference():
-  path = pathlib.Path(__file__).with_name("reference.py")
-  spec = importlib.util.spec_from_file_location("clip_jax_tests_losses_reference", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-ref = _load_reference()
 
 
 @pytest.fixture(scope="module")

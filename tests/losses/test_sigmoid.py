@@ -3,33 +3,21 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
-import pathlib
 import re
 
 import hypothesis
 import hypothesis.strategies as st
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
 import clip_jax.losses as losses
+import losses_reference as ref  # tests/losses/reference.py, registered by conftest.py
 from clip_jax.losses import sigmoid_loss
 from clip_jax.registry import ConfigError
 
-
-def _load_reference():
-  path = pathlib.Path(__file__).with_name("reference.py")
-  spec = importlib.util.spec_from_file_location("clip_jax_tests_losses_reference", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-ref = _load_reference()
 
 N, DIM = 16, 8  # global batch: 2 rows per device on 8 devices
 T, B = 10.0, -3.0
@@ -46,10 +34,6 @@ def _assert_matches(got, x, y, t, b, eps=0.0, rtol=1e-5, atol=1e-5):
   assert all(np.isfinite(np.asarray(a)).all() for a in (value, dx, dy, dt, db))
 
 
-def _f32(*arrays):
-  return [jnp.asarray(a, jnp.float32) for a in arrays]
-
-
 @functools.lru_cache(maxsize=None)
 def _compiled(impl, mesh_shape, names=("data",), eps=0.0, chunk_size=None):
   loss = functools.partial(sigmoid_loss, impl=impl, label_smoothing=eps, chunk_size=chunk_size)
@@ -57,33 +41,21 @@ def _compiled(impl, mesh_shape, names=("data",), eps=0.0, chunk_size=None):
 
 
 def test_references_match_finite_differences():
-  x, y = ref.random_pairs(0, 5, 3)
-  for eps in (0.0, 0.2):
-    args = [x, y, 4.0, -1.5]
-    f = lambda *a: ref.sigmoid_loss(*a, eps=eps)
-    for i, want in enumerate(ref.sigmoid_grads(*args, eps=eps)):
-      np.testing.assert_allclose(ref.finite_difference(f, args, i), want, rtol=1e-6, atol=1e-8)
+  ref.check_grads_by_finite_differences(ref.sigmoid_loss, ref.sigmoid_grads, (4.0, -1.5))
 
 
 @pytest.mark.parametrize("impl", ["ring", "all_gather"])
-@pytest.mark.parametrize("mesh_shape,names", [
-    (None, ("data",)),
-    ((1,), ("data",)),
-    ((2,), ("data",)),
-    ((4,), ("data",)),
-    ((8,), ("data",)),
-    ((4, 2), ("data", "fsdp")),
-])
+@pytest.mark.parametrize("mesh_shape,names", ref.SHARDINGS)
 def test_sharded_matches_reference(impl, mesh_shape, names):
   x, y = ref.random_pairs(1, N, DIM)
-  got = _compiled(impl, mesh_shape, names)(*_f32(x, y, T, B))
+  got = _compiled(impl, mesh_shape, names)(*ref.f32(x, y, T, B))
   _assert_matches(got, x, y, T, B)
 
 
 @pytest.mark.parametrize("impl", ["ring", "all_gather"])
 def test_label_smoothing(impl):
   x, y = ref.random_pairs(2, N, DIM)
-  got = _compiled(impl, (4,), eps=0.1)(*_f32(x, y, T, B))
+  got = _compiled(impl, (4,), eps=0.1)(*ref.f32(x, y, T, B))
   _assert_matches(got, x, y, T, B, eps=0.1)
   # Smoothing changes the loss (the targets really moved).
   assert abs(float(got[0]) - ref.sigmoid_loss(x, y, T, B)) > 1e-3
@@ -105,7 +77,7 @@ def test_property_ring_matches_reference(n_local, dim, duplicates, scales, chunk
   if duplicates:  # every row and column appears twice: ties in logits, equal positives
     x[1::2], y[1::2] = x[0::2], y[0::2]
     x[-1] = x[0]
-  got = _compiled("ring", (4,), chunk_size=chunk_size)(*_f32(x, y, t, b))
+  got = _compiled("ring", (4,), chunk_size=chunk_size)(*ref.f32(x, y, t, b))
   # float32 inputs: logits up to 100 carry ~1e-5 relative rounding of the embeddings.
   scale = max(1.0, abs(ref.sigmoid_loss(x, y, t, b)))
   _assert_matches(got, x, y, t, b, rtol=2e-5, atol=2e-5 * scale)
@@ -120,20 +92,13 @@ def _objective(**fields):
   return losses.make_objective(config, axis_name=None)
 
 
-def _objective_grads(objective, x, y, loss_params):
-  def f(params):
-    return objective.apply({"image": x, "text": y}, params)
-
-  return jax.value_and_grad(f, has_aux=True)(loss_params)
-
-
 def test_objective_defaults_and_metrics():
   objective = _objective()
   assert objective.init_params == {"scale": pytest.approx(math.log(10.0)), "bias": -10.0}
   assert objective.modalities == ("image", "text")
   x, y = ref.random_pairs(3, 8, DIM)
   params = {"scale": jnp.float32(math.log(T)), "bias": jnp.float32(B)}
-  (loss, metrics), grads = _objective_grads(objective, *_f32(x, y), params)
+  (loss, metrics), grads = ref.objective_grads(objective, x, y, params)
   np.testing.assert_allclose(loss, ref.sigmoid_loss(x, y, T, B), rtol=1e-5)
   assert set(metrics) == {"loss", "scale", "bias"}
   np.testing.assert_allclose(metrics["scale"], T, rtol=1e-6)
@@ -147,19 +112,19 @@ def test_objective_options():
   x, y = ref.random_pairs(4, 8, DIM)
   params = {"scale": jnp.float32(math.log(200.0)), "bias": jnp.float32(B)}
   # max_scale clamps t = exp(t') = 200 to 100; the clamp has no gradient above it.
-  (loss, metrics), grads = _objective_grads(_objective(max_scale=100.0), *_f32(x, y), params)
+  (loss, metrics), grads = ref.objective_grads(_objective(max_scale=100.0), x, y, params)
   np.testing.assert_allclose(metrics["scale"], 100.0)
   np.testing.assert_allclose(loss, ref.sigmoid_loss(x, y, 100.0, B), rtol=1e-5)
   assert float(grads["scale"]) == 0.0 and float(grads["bias"]) != 0.0
   # learn_scale=False: the scale is used but gets no gradient.
   params = {"scale": jnp.float32(math.log(T)), "bias": jnp.float32(B)}
-  (loss, _), grads = _objective_grads(_objective(learn_scale=False), *_f32(x, y), params)
+  (loss, _), grads = ref.objective_grads(_objective(learn_scale=False), x, y, params)
   np.testing.assert_allclose(loss, ref.sigmoid_loss(x, y, T, B), rtol=1e-5)
   assert float(grads["scale"]) == 0.0 and float(grads["bias"]) != 0.0
   # use_bias=False: no bias parameter, b = 0.
   objective = _objective(use_bias=False, label_smoothing=0.1, impl="all_gather")
   assert set(objective.init_params) == {"scale"}
-  (loss, metrics), _ = _objective_grads(objective, *_f32(x, y), {"scale": params["scale"]})
+  (loss, metrics), _ = ref.objective_grads(objective, x, y, {"scale": params["scale"]})
   np.testing.assert_allclose(loss, ref.sigmoid_loss(x, y, T, 0.0, eps=0.1), rtol=1e-5)
   assert "bias" not in metrics
 
@@ -179,6 +144,6 @@ def test_objective_config_errors(fields, message):
 
 def test_objective_missing_modality():
   objective = _objective(modalities=("image", "audio"))
-  x, y = _f32(*ref.random_pairs(5, 4, DIM))
+  x, y = ref.f32(*ref.random_pairs(5, 4, DIM))
   with pytest.raises(ConfigError, match="audio"):
     objective.apply({"image": x, "text": y}, objective.init_params)

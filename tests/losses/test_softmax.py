@@ -3,33 +3,21 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
-import pathlib
 import re
 
 import hypothesis
 import hypothesis.strategies as st
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
 import clip_jax.losses as losses
+import losses_reference as ref  # tests/losses/reference.py, registered by conftest.py
 from clip_jax.losses import softmax_loss
 from clip_jax.registry import ConfigError
 
-
-def _load_reference():
-  path = pathlib.Path(__file__).with_name("reference.py")
-  spec = importlib.util.spec_from_file_location("clip_jax_tests_losses_reference", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-ref = _load_reference()
 
 N, DIM = 16, 8  # global batch: 2 rows per device on 8 devices
 T = 10.0
@@ -45,10 +33,6 @@ def _assert_matches(got, x, y, t, eps=0.0, rtol=1e-5, atol=1e-5):
   assert all(np.isfinite(np.asarray(a)).all() for a in (value, dx, dy, dt))
 
 
-def _f32(*arrays):
-  return [jnp.asarray(a, jnp.float32) for a in arrays]
-
-
 @functools.lru_cache(maxsize=None)
 def _compiled(impl, mesh_shape, names=("data",), eps=0.0, chunk_size=None):
   loss = functools.partial(softmax_loss, impl=impl, label_smoothing=eps, chunk_size=chunk_size)
@@ -56,33 +40,21 @@ def _compiled(impl, mesh_shape, names=("data",), eps=0.0, chunk_size=None):
 
 
 def test_references_match_finite_differences():
-  x, y = ref.random_pairs(0, 5, 3)
-  for eps in (0.0, 0.2):
-    args = [x, y, 4.0]
-    f = lambda *a: ref.softmax_loss(*a, eps=eps)
-    for i, want in enumerate(ref.softmax_grads(*args, eps=eps)):
-      np.testing.assert_allclose(ref.finite_difference(f, args, i), want, rtol=1e-6, atol=1e-8)
+  ref.check_grads_by_finite_differences(ref.softmax_loss, ref.softmax_grads, (4.0,))
 
 
 @pytest.mark.parametrize("impl", ["ring", "all_gather"])
-@pytest.mark.parametrize("mesh_shape,names", [
-    (None, ("data",)),
-    ((1,), ("data",)),
-    ((2,), ("data",)),
-    ((4,), ("data",)),
-    ((8,), ("data",)),
-    ((4, 2), ("data", "fsdp")),
-])
+@pytest.mark.parametrize("mesh_shape,names", ref.SHARDINGS)
 def test_sharded_matches_reference(impl, mesh_shape, names):
   x, y = ref.random_pairs(1, N, DIM)
-  got = _compiled(impl, mesh_shape, names)(*_f32(x, y, T))
+  got = _compiled(impl, mesh_shape, names)(*ref.f32(x, y, T))
   _assert_matches(got, x, y, T)
 
 
 @pytest.mark.parametrize("impl", ["ring", "all_gather"])
 def test_label_smoothing(impl):
   x, y = ref.random_pairs(2, N, DIM)
-  got = _compiled(impl, (4,), eps=0.1)(*_f32(x, y, T))
+  got = _compiled(impl, (4,), eps=0.1)(*ref.f32(x, y, T))
   _assert_matches(got, x, y, T, eps=0.1)
   assert abs(float(got[0]) - ref.softmax_loss(x, y, T)) > 1e-3
 
@@ -102,7 +74,7 @@ def test_property_ring_matches_reference(n_local, dim, duplicates, t, chunk_size
   if duplicates:  # ties in the logits, several equal rows in a softmax
     x[1::2], y[1::2] = x[0::2], y[0::2]
     x[-1] = x[0]
-  got = _compiled("ring", (4,), chunk_size=chunk_size)(*_f32(x, y, t))
+  got = _compiled("ring", (4,), chunk_size=chunk_size)(*ref.f32(x, y, t))
   # float32 inputs: logits up to 100 carry ~1e-5 relative rounding of the embeddings.
   scale = max(1.0, abs(ref.softmax_loss(x, y, t)))
   _assert_matches(got, x, y, t, rtol=2e-5, atol=2e-5 * scale)
@@ -117,19 +89,12 @@ def _objective(**fields):
   return losses.make_objective(config, axis_name=None)
 
 
-def _objective_grads(objective, x, y, loss_params):
-  def f(params):
-    return objective.apply({"image": x, "text": y}, params)
-
-  return jax.value_and_grad(f, has_aux=True)(loss_params)
-
-
 def test_objective_defaults_and_metrics():
   objective = _objective()
   assert objective.init_params == {"scale": pytest.approx(math.log(1 / 0.07))}
   x, y = ref.random_pairs(3, 8, DIM)
-  (loss, metrics), grads = _objective_grads(objective, *_f32(x, y),
-                                            {"scale": jnp.float32(math.log(T))})
+  (loss, metrics), grads = ref.objective_grads(objective, x, y,
+                                               {"scale": jnp.float32(math.log(T))})
   np.testing.assert_allclose(loss, ref.softmax_loss(x, y, T), rtol=1e-5)
   assert set(metrics) == {"loss", "scale"}
   np.testing.assert_allclose(metrics["scale"], T, rtol=1e-6)
@@ -140,14 +105,14 @@ def test_objective_defaults_and_metrics():
 def test_objective_options():
   x, y = ref.random_pairs(4, 8, DIM)
   # CLIP's clamp: t = min(exp(t'), 100); no gradient through the clamp.
-  (loss, metrics), grads = _objective_grads(
-      _objective(max_scale=100.0, modalities=("text", "image")), *_f32(x, y),
+  (loss, metrics), grads = ref.objective_grads(
+      _objective(max_scale=100.0, modalities=("text", "image")), x, y,
       {"scale": jnp.float32(math.log(150.0))})
   np.testing.assert_allclose(metrics["scale"], 100.0)
   np.testing.assert_allclose(loss, ref.softmax_loss(y, x, 100.0), rtol=1e-5)
   assert float(grads["scale"]) == 0.0
-  (loss, _), grads = _objective_grads(_objective(learn_scale=False, label_smoothing=0.2),
-                                      *_f32(x, y), {"scale": jnp.float32(math.log(T))})
+  (loss, _), grads = ref.objective_grads(_objective(learn_scale=False, label_smoothing=0.2),
+                                         x, y, {"scale": jnp.float32(math.log(T))})
   np.testing.assert_allclose(loss, ref.softmax_loss(x, y, T, eps=0.2), rtol=1e-5)
   assert float(grads["scale"]) == 0.0
 

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
 import math
-import pathlib
 from typing import Any, Callable
 
 import hypothesis
@@ -34,20 +32,11 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import clip_jax.losses  # noqa: F401  (registers the objectives)
+import objectives_reference as ref  # objectives/reference.py, registered by ../conftest.py
 from clip_jax.losses.objectives import gram as gram_module
 from clip_jax.losses.registry import LOSSES, make_objective
 from clip_jax.registry import ConfigError
 
-
-def _load_reference():
-  path = pathlib.Path(__file__).with_name("reference.py")
-  spec = importlib.util.spec_from_file_location("objectives_reference", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-ref = _load_reference()
 
 N, DIM = 16, 6
 MESHES: dict[str, tuple[tuple[int, ...], tuple[str, ...], Any] | None] = {
