@@ -17,10 +17,11 @@ objectives). Every position then contributes c consecutive rows to the global ba
 of B rows covers U = B / c positions and everything above holds with B replaced by U (epochs,
 batch k covers positions [k * U, (k + 1) * U)). Row r of global batch k shows copy j = r % c of
 the unit at position k * U + r // c, and carries "instance_id" = that unit's index (int32), so the
-c rows of one unit share an id, and rows of different units never do. The c copies draw their
+c rows of one unit share an id and rows of different units never do (when U > n a batch may show
+a unit at two positions: all 2c rows then share its id, as they should). The c copies draw their
 image and caption with the stratified numbers (u + j / c) mod 1 from the position's draws u, so a
-unit with m >= c captions (or images) shows c different ones, and one with m < c shows each about
-c / m times. Process p builds rows [p * b, (p + 1) * b) of every global batch, which may cut a
+unit with m >= c captions (or images), picked as item floor(draw * m), shows c different ones,
+and one with m < c shows each of them about c / m times. Process p builds rows [p * b, (p + 1) * b) of every global batch, which may cut a
 unit's rows across processes; every row depends only on (seed, position, copy), so the global
 batch is the same for any process count.
 
