@@ -76,4 +76,5 @@ def composite_objective(loss_config: Any, *, axis_name: reg.AxisName) -> reg.Obj
 
   return reg.Objective(
       init_params={term: dict(objective.init_params) for term, (_, objective) in terms.items()},
-      apply=apply, modalities=tuple(modalities))
+      apply=apply, modalities=tuple(modalities),
+      batch_keys=tuple(dict.fromkeys(k for _, o in terms.values() for k in o.batch_keys)))

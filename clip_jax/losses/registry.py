@@ -41,11 +41,15 @@ class Objective:
       (e.g. {"scale": log(10), "bias": -10.0}). Become `params["loss"]`.
     apply: (outputs, loss_params) -> (scalar loss, metrics); see the module docstring.
     modalities: the modalities (keys of `outputs`) the objective reads.
+    batch_keys: per-example batch entries other than the modalities that the objective reads
+      (e.g. "instance_id"); the trainer passes them into `outputs`, sharded like the
+      embeddings, and stops at start-up if the data does not provide them.
   """
 
   init_params: Mapping[str, float]
   apply: Callable[[Mapping[str, Array], Mapping[str, Array]], tuple[Array, dict[str, Array]]]
   modalities: tuple[str, ...] = ("image", "text")
+  batch_keys: tuple[str, ...] = ()
 
 
 ObjectiveFactory = Callable[..., Objective]  # (loss_config: ConfigDict, *, axis_name) -> Objective

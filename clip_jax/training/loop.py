@@ -73,6 +73,13 @@ class Trainer:
     self.abstract_state, self.state_shardings = state_lib.state_shardings(
         self.make_state, config.sharding_rules, self.mesh)
     self.batch_keys = tuple(sample_batch.keys())
+    missing = [k for k in self.objective.batch_keys if k not in sample_batch]
+    if missing:
+      hint = ("; set config.data.captions_per_example >= 2 for instance ids"
+              if "instance_id" in missing else "")
+      raise ConfigError(
+          f"config.loss.name = {config.loss.name!r} reads the batch entries {missing}, which "
+          f"the data does not provide (it gives {sorted(sample_batch)}){hint}")
     self.train_step = make_train_step(
         self.model, self.objective, self.tx, self.schedule, self.mesh, self.batch_axes,
         self.state_shardings, self.batch_keys, debug_nan_steps=tuple(config.debug_nan_steps))

@@ -25,10 +25,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from clip_jax.losses.registry import Objective
 from clip_jax.training.state import State
 
-# Per-example batch entries (besides the modalities) that are handed to the objective.
-PASSTHROUGH_KEYS = ("instance_id",)
-
-
 def make_loss_fn(model: nn.Module, objective: Objective, mesh: Mesh,
                  batch_axes: Sequence[str]) -> Callable:
   """(params, batch) -> (loss, metrics): the towers then the sharded objective."""
@@ -36,9 +32,8 @@ def make_loss_fn(model: nn.Module, objective: Objective, mesh: Mesh,
 
   def loss_fn(params, batch):
     outputs = dict(model.apply({"params": params["model"]}, batch, train=True))
-    for key in PASSTHROUGH_KEYS:
-      if key in batch:
-        outputs[key] = batch[key]
+    for key in objective.batch_keys:  # e.g. instance ids, sharded like the embeddings
+      outputs[key] = batch[key]
     sharded = jax.shard_map(
         objective.apply, mesh=mesh, in_specs=(P(batch_axes), P()), out_specs=(P(), P()),
         axis_names=frozenset(batch_axes))

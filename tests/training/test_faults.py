@@ -115,3 +115,11 @@ def test_composite_terms_are_logged_separately(tmp_path):
   assert {"loss/siglip", "loss/clip"} <= set(line)
   np.testing.assert_allclose(line["loss"], line["loss/siglip"] + 0.5 * line["loss/clip"],
                              rtol=1e-5)
+
+
+def test_objective_batch_entries_are_checked_at_start(tmp_path):
+  config = tiny()
+  config.loss = dict(name="multi_positive")
+  with pytest.raises(ConfigError, match=r"reads the batch entries \['instance_id'\].*"
+                                        r"captions_per_example >= 2"):
+    train_and_evaluate(config, str(tmp_path))

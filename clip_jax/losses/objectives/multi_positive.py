@@ -117,5 +117,6 @@ def multi_positive_objective(loss_config: Any, *, axis_name: C.AxisName) -> Obje
     loss, metrics = multi_positive_loss(x, y, outputs[id_key], t, axis_name=axis_name)
     return loss, {"loss": loss, "scale": t, **metrics}
 
-  return Objective(init_params={"scale": init_scale}, apply=apply, modalities=modalities)
+  return Objective(init_params={"scale": init_scale}, apply=apply, modalities=modalities,
+                   batch_keys=(id_key,))
 

@@ -107,4 +107,6 @@ def pairwise_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
     return total, metrics
 
   init_params = {key: dict(obj.init_params) for key, obj in objectives.items()}
-  return Objective(init_params=init_params, apply=apply, modalities=used)
+  return Objective(init_params=init_params, apply=apply, modalities=used,
+                   batch_keys=tuple(dict.fromkeys(
+                       k for o in objectives.values() for k in o.batch_keys)))
