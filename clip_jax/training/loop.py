@@ -65,6 +65,12 @@ class Trainer:
   def build(self, sample_batch: dict[str, np.ndarray]) -> None:
     """Builds optimizer, state shardings and the jitted step for batches shaped like `sample`."""
     config = self.config
+    absent = [m for m in self.modalities if m not in sample_batch]
+    if absent:
+      raise ConfigError(
+          f"config.model.towers.{absent[0]} reads the batch entry {absent[0]!r}, which the data "
+          f"does not provide (it gives {sorted(sample_batch)}); for an extra image view, add it "
+          "to config.data.extra_views")
     init_params = state_lib.make_init_fn(
         self.model, self.objective, state_lib.sample_inputs(sample_batch, self.modalities))
     abstract_params = jax.eval_shape(init_params, jax.random.PRNGKey(0))
@@ -72,7 +78,9 @@ class Trainer:
     self.make_state = state_lib.make_state_fn(init_params, self.tx, config.seed)
     self.abstract_state, self.state_shardings = state_lib.state_shardings(
         self.make_state, config.sharding_rules, self.mesh)
-    self.batch_keys = tuple(sample_batch.keys())
+    # Only what the towers and the objective read goes to the devices.
+    self.batch_keys = tuple(k for k in sample_batch
+                            if k in self.modalities or k in self.objective.batch_keys)
     missing = [k for k in self.objective.batch_keys if k not in sample_batch]
     if missing:
       hint = ("; set config.data.captions_per_example >= 2 for instance ids"
@@ -90,7 +98,9 @@ class Trainer:
     return state_lib.create_state(self.make_state, self.state_shardings)
 
   def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    return mesh_lib.to_global_batch(local_batch, self.batch_sharding, self.config.batch_size)
+    """This process's slice of the batch -> global arrays sharded over the batch axes."""
+    return mesh_lib.to_global_batch({k: local_batch[k] for k in self.batch_keys},
+                                    self.batch_sharding, self.config.batch_size)
 
 
 def check_vocab(config: ml_collections.ConfigDict, tokenizer) -> None:

@@ -123,3 +123,11 @@ def test_objective_batch_entries_are_checked_at_start(tmp_path):
   with pytest.raises(ConfigError, match=r"reads the batch entries \['instance_id'\].*"
                                         r"captions_per_example >= 2"):
     train_and_evaluate(config, str(tmp_path))
+
+
+def test_tower_without_data_is_named_at_start(tmp_path):
+  config = tiny()
+  config.model.towers.sketch = dict(config.model.towers.image)
+  with pytest.raises(ConfigError, match=r"config.model.towers.sketch reads the batch entry "
+                                        r"'sketch'.*config.data.extra_views"):
+    train_and_evaluate(config, str(tmp_path))
