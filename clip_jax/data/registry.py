@@ -40,7 +40,8 @@ class EvalSet:
     images: float32 [N, H, W, 3] in [-1, 1].
     texts: M texts.
     text_image: int32 [M], the index into `images` of the image each text describes.
-    labels: label name (e.g. "category") -> (int32 [N] class index of each image, class names).
+    labels: label name (e.g. "category") -> (int32 [N] class index of each image, or -1 for an
+      image without that label, which classification skips; class names).
   """
   images: np.ndarray
   texts: list[str]
@@ -65,8 +66,9 @@ class EvalSet:
       classes = list(classes)
       if index.shape != (n,):
         raise ValueError(f"EvalSet.labels[{name!r}] has shape {index.shape}; expected ({n},)")
-      if n and (index.min() < 0 or index.max() >= len(classes)):
-        raise ValueError(f"EvalSet.labels[{name!r}] values must lie in [0, {len(classes)})")
+      if n and (index.min() < -1 or index.max() >= len(classes)):
+        raise ValueError(f"EvalSet.labels[{name!r}] values must lie in [0, {len(classes)}), "
+                         "or be -1 for an unlabelled image")
       labels[name] = (index, classes)
     self.labels = labels
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import pathlib
 
@@ -10,19 +9,12 @@ import ml_collections
 import numpy as np
 import pytest
 
+from clip_jax.data import EvalSet
 from clip_jax.evals import (EVALUATORS, RetrievalEvaluator, ZeroShotClassificationEvaluator,
                             make_evaluators)
 from clip_jax.registry import ConfigError
 
 DEMO_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "demo" / "emoji.py"
-
-
-@dataclasses.dataclass
-class FakeEvalSet:
-  images: np.ndarray
-  texts: list[str]
-  text_image: np.ndarray
-  labels: dict
 
 
 class FakeTokenizer:
@@ -32,7 +24,7 @@ class FakeTokenizer:
 
 def fake_set(n=6):
   rng = np.random.default_rng(0)
-  return FakeEvalSet(
+  return EvalSet(
       images=rng.uniform(-1, 1, size=(n, 4, 4, 3)).astype(np.float32),
       texts=[f"emoji {i}" for i in range(n)],
       text_image=np.arange(n, dtype=np.int32),

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import ml_collections
 import numpy as np
 import pytest
 
+from clip_jax.data import EvalSet
 from clip_jax.evals import make_evaluators, retrieval_recalls
 from clip_jax.evals.retrieval import image_to_text_ranks, text_to_image_ranks
 
@@ -155,14 +155,6 @@ def test_bad_text_image_raises():
     retrieval_recalls(emb, emb, np.array([0, 1]))
 
 
-@dataclasses.dataclass
-class FakeEvalSet:
-  images: np.ndarray
-  texts: list[str]
-  text_image: np.ndarray
-  labels: dict
-
-
 class FakeTokenizer:
   """Token ids [M, 1]: one id per distinct string, 1-based (0 is padding)."""
 
@@ -179,7 +171,7 @@ def test_retrieval_evaluator_end_to_end():
   images = rng.uniform(-1, 1, size=(n, 4, 4, 3)).astype(np.float32)
   text_image = np.array([0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 3], np.int32)
   texts = [f"caption {i}" for i in range(len(text_image))]
-  eval_set = FakeEvalSet(images, texts, text_image, {})
+  eval_set = EvalSet(images, texts, text_image, {})
   tokenizer = FakeTokenizer()
   # Image i embeds to a random unit vector v_i (looked up by its pixels), text t to a noisy copy
   # of its image's vector; the expected recalls come from the standalone function.
@@ -219,7 +211,7 @@ def test_retrieval_evaluator_end_to_end():
 
 
 def test_embed_with_wrong_row_count_raises():
-  eval_set = FakeEvalSet(np.zeros((3, 2, 2, 3), np.float32), ["a", "b", "c"], np.arange(3), {})
+  eval_set = EvalSet(np.zeros((3, 2, 2, 3), np.float32), ["a", "b", "c"], np.arange(3), {})
   config = ml_collections.ConfigDict({"evals": {"r": {"name": "retrieval", "split": "x"}}})
   ev = make_evaluators(config, FakeTokenizer(), load_split=lambda s: eval_set)["r"]
   with pytest.raises(ValueError, match=r"returned shape \(2, 4\)"):

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import ml_collections
 import numpy as np
 import pytest
 
+from clip_jax.data import EvalSet
 from clip_jax.evals import TEMPLATE_SETS, classification_metrics, make_evaluators
 from clip_jax.evals.zeroshot import build_prompts, ensemble_class_embeddings, true_class_ranks
 
 C, D = 8, 16
 CLASSNAMES = [f"Class{chr(ord('A') + c)}" for c in range(C)]  # mixed case: prompts lowercase it
-
-
-@dataclasses.dataclass
-class FakeEvalSet:
-  images: np.ndarray
-  texts: list[str]
-  text_image: np.ndarray
-  labels: dict
 
 
 class FakeTokenizer:
@@ -78,7 +70,7 @@ def make_fake(labels_and_ranks, templates_used):
   labels = np.array([y for y, _ in labels_and_ranks], np.int32)
   image_vecs = np.stack([image_vector(y, r) if y >= 0 else image_vector(0, 0)
                          for y, r in labels_and_ranks])
-  eval_set = FakeEvalSet(images=images, texts=["unused"], text_image=np.zeros(1, np.int32),
+  eval_set = EvalSet(images=images, texts=["unused"], text_image=np.zeros(1, np.int32),
                          labels={"category": (labels, list(CLASSNAMES)),
                                  "other": (np.zeros(n, np.int32), ["x"])})
   tokenizer = FakeTokenizer()
