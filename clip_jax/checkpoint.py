@@ -194,4 +194,4 @@ def load_params_from(path: str, target_params: Any, target_shardings: Any,
                         f"{fresh.shape} here; mark it 'init' in config.init_from_rules")
     return jax.device_put(value.astype(fresh.dtype), sharding)
 
-  return jax.tree_util.tree_map_with_path(pick, target_params, target_shardings)
+  return jax.tree.map_with_path(pick, target_params, target_shardings)

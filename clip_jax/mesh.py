@@ -101,7 +101,7 @@ def path_to_str(path: tuple[Any, ...]) -> str:
 
 def named_leaves(tree: Any) -> list[tuple[str, Any]]:
   """[(path string, leaf)] for every leaf of `tree`."""
-  return [(path_to_str(p), leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  return [(path_to_str(p), leaf) for p, leaf in jax.tree.flatten_with_path(tree)[0]]
 
 
 def compile_rules(rules: Sequence[Sequence[Any]], field: str) -> list[tuple[re.Pattern, Any]]:
@@ -172,7 +172,7 @@ def param_partition_specs(tree: Any, rules: Sequence[Sequence[Any]], mesh: Mesh,
         return _rule_spec(value, name, shape, mesh, field)
     return P()
 
-  return jax.tree_util.tree_map_with_path(spec, tree)
+  return jax.tree.map_with_path(spec, tree)
 
 
 def shardings_for(tree: Any, rules: Sequence[Sequence[Any]], mesh: Mesh) -> Any:

@@ -40,10 +40,10 @@ def make_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.S
 def _match_mask(params: Any, regexes: Any, field: str, *, require_match: bool) -> Any:
   """A bool pytree: True where the parameter path matches one of `regexes`."""
   compiled = [p for p, _ in compile_rules([(r, None) for r in regexes], field)]
-  mask = jax.tree_util.tree_map_with_path(
+  mask = jax.tree.map_with_path(
       lambda path, _: any(p.search(path_to_str(path)) for p in compiled), params)
   if require_match:
-    paths = [path_to_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    paths = [path_to_str(p) for p, _ in jax.tree.flatten_with_path(params)[0]]
     for regex, pattern in zip(regexes, compiled):
       if not any(pattern.search(path) for path in paths):
         raise ConfigError(

@@ -73,7 +73,7 @@ class Trainer:
           "to config.data.extra_views")
     init_params = state_lib.make_init_fn(
         self.model, self.objective, state_lib.sample_inputs(sample_batch, self.modalities))
-    abstract_params = jax.eval_shape(init_params, jax.random.PRNGKey(0))
+    abstract_params = jax.eval_shape(init_params, jax.random.key(0))
     self.tx, self.schedule = make_optimizer(config.optim, config.total_steps, abstract_params)
     self.make_state = state_lib.make_state_fn(init_params, self.tx, config.seed)
     self.abstract_state, self.state_shardings = state_lib.state_shardings(

@@ -49,12 +49,11 @@ def make_init_fn(model: nn.Module, objective: Objective,
 def make_state_fn(init_params: Callable, tx: optax.GradientTransformation,
                   seed: int) -> Callable[[], State]:
   def make_state():
-    rng = jax.random.PRNGKey(seed)
-    init_rng, state_rng = jax.random.split(rng)
+    init_rng, state_rng = jax.random.split(jax.random.key(seed))
     params = init_params(init_rng)
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-            "rng": state_rng, "bad_steps": jnp.zeros((), jnp.int32),
-            "skipped": jnp.zeros((), jnp.int32)}
+            "rng": jax.random.key_data(state_rng),  # raw uint32 [2]: plain to checkpoint
+            "bad_steps": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
 
   return make_state
 
