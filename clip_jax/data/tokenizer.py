@@ -7,8 +7,14 @@
   encodes without unknown tokens (unseen words fall back to known subwords or bytes).
 * "bytes": no fitting; a token per UTF-8 byte of the lowercased text.
 
-Both share: pad id 0, EOS id 1 (and "bpe" reserves id 2 for an unknown token). `encode` truncates
-the text to `max_len - 1` tokens, appends EOS and pads, so EOS is always the last non-pad token.
+Both share: pad id 0, EOS id 1 (and "bpe" reserves id 2 for an unknown token, which no text
+produces). `encode` truncates the text to `max_len - 1` tokens, appends EOS and pads, so EOS is
+always the last non-pad token.
+
+Special ids come only from `encode` itself, never from caption text: a caption that spells a
+special token ("a [PAD] b", "[EOS]") encodes as ordinary characters, exactly as "a [pad] b" does.
+The BPE's reserved tokens therefore live in its model vocabulary only and are not registered as
+HuggingFace added tokens, which `tokenizers` would match in the raw text.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from types import MappingProxyType
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import tokenizers
@@ -34,7 +41,7 @@ PAD_ID = 0
 EOS_ID = 1
 UNK_ID = 2
 _SPECIAL_TOKENS = ("[PAD]", "[EOS]", "[UNK]")  # ids 0, 1, 2 in the BPE vocabulary
-_BPE_FORMAT = 1  # bump when the fitting recipe changes, to invalidate cached tokenizers
+_BPE_FORMAT = 2  # bump when the fitting recipe changes, to invalidate cached tokenizers
 
 
 class Tokenizer(abc.ABC):
@@ -44,9 +51,13 @@ class Tokenizer(abc.ABC):
     max_len: the length L of every encoded row.
     pad_id: 0.
     eos_id: the end-of-text id, appended to every text.
+    special_tokens: every reserved id, by its name (e.g. "[PAD]" -> 0). `encode` puts these ids
+      only where it places them itself (EOS after the text, pads after EOS); `_ids` never returns
+      one, whatever the text, including text that spells a name.
   """
   pad_id: int = PAD_ID
   eos_id: int = EOS_ID
+  special_tokens: Mapping[str, int] = MappingProxyType({"[PAD]": PAD_ID, "[EOS]": EOS_ID})
 
   def __init__(self, max_len: int):
     self.max_len = max_len
@@ -58,7 +69,7 @@ class Tokenizer(abc.ABC):
 
   @abc.abstractmethod
   def _ids(self, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text, without EOS or padding."""
+    """Token ids of each text, without EOS or padding; never an id of `special_tokens`."""
 
   @abc.abstractmethod
   def _text(self, ids: list[int]) -> str:
@@ -104,7 +115,18 @@ class ByteTokenizer(Tokenizer):
 
 
 class BpeTokenizer(Tokenizer):
-  """Byte-level BPE (HuggingFace `tokenizers`); see the module docstring."""
+  """Byte-level BPE (HuggingFace `tokenizers`); see the module docstring.
+
+  Args:
+    hf_tokenizer: a `tokenizers.Tokenizer` whose model vocabulary maps "[PAD]", "[EOS]", "[UNK]"
+      to ids 0, 1, 2 and holds every byte-level symbol, and that has no added tokens.
+    max_len: the length of every encoded row.
+
+  Raises:
+    ValueError: hf_tokenizer breaks one of these rules (an added token would be matched in the
+      caption text; a missing byte symbol would encode as the unknown id).
+  """
+  special_tokens = MappingProxyType({token: i for i, token in enumerate(_SPECIAL_TOKENS)})
 
   def __init__(self, hf_tokenizer: Any, max_len: int):
     super().__init__(max_len)
@@ -113,21 +135,32 @@ class BpeTokenizer(Tokenizer):
       if hf_tokenizer.token_to_id(token) != i:
         raise ValueError(f"BPE tokenizer must map {token} to id {i}, it maps it to "
                          f"{hf_tokenizer.token_to_id(token)}")
+    added = [t.content for t in hf_tokenizer.get_added_tokens_decoder().values()]
+    if added:
+      raise ValueError(f"BPE tokenizer has added tokens {added}, which would be matched in caption "
+                       "text; keep special tokens in the model vocabulary only (BpeTokenizer.fit)")
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    missing = [s for s in alphabet if hf_tokenizer.token_to_id(s) is None]
+    if missing:
+      raise ValueError(f"BPE tokenizer lacks byte symbols {sorted(missing)}; text holding those "
+                       "bytes would encode as [UNK]")
     self.unk_id = UNK_ID
 
   @classmethod
   def fit(cls, captions: Sequence[str], vocab_size: int, max_len: int) -> BpeTokenizer:
-    """Fits a byte-level BPE with at most `vocab_size` ids on `captions` (deterministic)."""
-    hf = tokenizers.Tokenizer(models.BPE(unk_token=_SPECIAL_TOKENS[UNK_ID]))
-    hf.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)
-    hf.decoder = decoders.ByteLevel()
+    """Fits a byte-level BPE with at most `vocab_size` ids on `captions` (deterministic).
+
+    The trainer reserves ids 0-2 for the special tokens and also registers them as added tokens;
+    the result wraps the trained model in a fresh pipeline, so that it keeps the ids but drops the
+    added tokens (which would turn caption text such as "[PAD]" into id 0).
+    """
+    hf = _bpe_pipeline(models.BPE(unk_token=_SPECIAL_TOKENS[UNK_ID]))
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=2, show_progress=False,
         special_tokens=list(_SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     hf.train_from_iterator(list(captions), trainer=trainer)
-    return cls(hf, max_len)
+    return cls(_bpe_pipeline(hf.model), max_len)
 
   @classmethod
   def load(cls, path: Path, max_len: int) -> BpeTokenizer:
@@ -149,7 +182,16 @@ class BpeTokenizer(Tokenizer):
     return self.hf.encode(text, add_special_tokens=False).tokens
 
   def _text(self, ids: list[int]) -> str:
-    return self.hf.decode(ids, skip_special_tokens=True).strip()
+    return self.hf.decode(ids).strip()
+
+
+def _bpe_pipeline(model: Any) -> Any:
+  """A `tokenizers.Tokenizer` around a BPE model: NFKC + lowercase, byte-level, no added tokens."""
+  hf = tokenizers.Tokenizer(model)
+  hf.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+  hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)
+  hf.decoder = decoders.ByteLevel()
+  return hf
 
 
 def _max_len(data_config: Any) -> int:

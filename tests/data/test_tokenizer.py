@@ -1,11 +1,16 @@
-"""Tests for clip_jax.data.tokenizer: fixed-length rows, EOS, truncation, caching, no leaks."""
+"""Tests for clip_jax.data.tokenizer: fixed-length rows, EOS, truncation, caching, no leaks,
+and caption text that spells a special token."""
 
 from __future__ import annotations
 
+import unicodedata
+
 import numpy as np
 import pytest
+import tokenizers
 
 from clip_jax.data import make_tokenizer, registry, tokenizer as tokenizer_lib
+from clip_jax.models import pooling
 from clip_jax.registry import ConfigError
 
 
@@ -103,3 +108,95 @@ def test_tokenizer_config_errors(synthetic_config):
   data.max_len = 1
   with pytest.raises(ConfigError, match="config.data.max_len"):
     make_tokenizer(data)
+
+
+def _body(row: np.ndarray, tok) -> np.ndarray:
+  """The text's ids: the row up to its first EOS."""
+  return row[:np.flatnonzero(row == tok.eos_id)[0]]
+
+
+def test_bpe_special_token_text_encodes_as_ordinary_text(synthetic_config):
+  synthetic_config.data.max_len = 32
+  tok = make_tokenizer(synthetic_config.data)
+  ids = tok.encode(["a [PAD] b", "a [pad] b", "[EOS]", "[eos]", "[UNK]", "[unk]"])
+  np.testing.assert_array_equal(ids[0], ids[1])
+  assert tok.pad_id not in _body(ids[0], tok) and tok.decode(ids[0]) == "a [pad] b"
+  np.testing.assert_array_equal(ids[2], ids[3])
+  end = len(tok.tokens("[eos]"))  # " [eos]" is 6 symbols: the EOS sits right after them
+  assert end == 6
+  np.testing.assert_array_equal(np.flatnonzero(ids[2] == tok.eos_id), [end])
+  np.testing.assert_array_equal(ids[4], ids[5])
+  assert tokenizer_lib.UNK_ID not in ids[4]
+  # The text tower pools at the last non-pad token: that must be the EOS of each row.
+  rows = tok.encode(["[PAD] a red circle", "a red circle [PAD]", "[PAD]", "[EOS] [PAD]"])
+  eos_at = [np.flatnonzero(row == tok.eos_id)[0] for row in rows]
+  np.testing.assert_array_equal(np.asarray(pooling.last_token_index(rows)), eos_at)
+  np.testing.assert_array_equal(_body(rows[2], tok), _body(tok.encode(["[pad]"])[0], tok))
+
+
+def test_bytes_control_characters_are_bytes(synthetic_config):
+  synthetic_config.data.tokenizer.name = "bytes"
+  tok = make_tokenizer(synthetic_config.data)
+  # NUL and SOH have the byte values of the pad and EOS ids: they must still be shifted bytes.
+  row = tok.encode(["\x00\x01[PAD]"])[0]
+  expected = [0 + 2, 1 + 2] + [b + 2 for b in b"[pad]"] + [tok.eos_id]
+  np.testing.assert_array_equal(row[:len(expected)], expected)
+  assert np.all(row[len(expected):] == tok.pad_id)
+
+
+def test_bpe_rejects_matchable_special_tokens_and_missing_bytes(synthetic_config):
+  tok = make_tokenizer(synthetic_config.data)
+  hf = tokenizers.Tokenizer.from_str(tok.hf.to_str())
+  hf.add_special_tokens(["[PAD]"])  # now matched in raw text as id 0
+  assert hf.encode("a [PAD]", add_special_tokens=False).ids[-1] == tok.pad_id
+  with pytest.raises(ValueError, match="added tokens"):
+    tokenizer_lib.BpeTokenizer(hf, tok.max_len)
+  specials_only = tokenizers.Tokenizer(tokenizers.models.BPE(
+      vocab={"[PAD]": 0, "[EOS]": 1, "[UNK]": 2}, merges=[], unk_token="[UNK]"))
+  with pytest.raises(ValueError, match="lacks byte symbols"):
+    tokenizer_lib.BpeTokenizer(specials_only, tok.max_len)
+
+
+# Special-token spellings of well-known tokenizers, fed to every tokenizer besides its own.
+_OTHER_SPECIALS = ("<|endoftext|>", "<|startoftext|>", "<pad>", "<unk>", "<s>", "</s>", "<mask>",
+                   "[MASK]", "[CLS]", "[SEP]", "[BOS]")
+_SURROUNDINGS = ("{}", "a {} b", "x{}y", " {} ", "{}{}", "\n{}\t", "{} red circle {}")
+
+
+def _fullwidth(text: str) -> str:
+  """ASCII punctuation and letters as their fullwidth forms (NFKC maps them back)."""
+  return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
+def _spellings(literal: str) -> list[str]:
+  split = literal[:1] + " " + literal[1:-1] + "\n" + literal[-1:]  # split across whitespace
+  return [literal, literal.lower(), literal.upper(), literal.title(), literal.swapcase(),
+          _fullwidth(literal), split]
+
+
+def _nfkc_lower(text: str) -> str:
+  return unicodedata.normalize("NFKC", text).lower()
+
+
+@pytest.mark.parametrize("name", tokenizer_lib.TOKENIZERS.names())
+def test_no_text_produces_a_special_id(synthetic_config, name):
+  synthetic_config.data.tokenizer.name = name
+  synthetic_config.data.max_len = 160  # the longest text: 102 bytes
+  tok = make_tokenizer(synthetic_config.data)
+  assert tok.special_tokens["[PAD]"] == tok.pad_id and tok.special_tokens["[EOS]"] == tok.eos_id
+  literals = sorted(set(tok.special_tokens) | set(_OTHER_SPECIALS))
+  spelled = [(s, form.format(s, s)) for lit in literals for s in _spellings(lit)
+             for form in _SURROUNDINGS]
+  spelled.append(("".join(literals), "".join(literals)[:40]))
+  spelled += [(chr(i), chr(i)) for i in range(4)]  # control characters with small code points
+  texts = [text for _, text in spelled]
+  ids = tok.encode(texts)
+  special = np.array(sorted(set(tok.special_tokens.values())))
+  pooled_at = np.asarray(pooling.last_token_index(ids))
+  for (literal, text), row, pool in zip(spelled, ids, pooled_at, strict=True):
+    length = int(np.sum(row != tok.pad_id))
+    assert length < tok.max_len, text  # not truncated: the whole text is checked
+    assert row[length - 1] == tok.eos_id and np.all(row[length:] == tok.pad_id), (text, row)
+    assert not np.isin(row[:length - 1], special).any(), (text, row)
+    assert pool == length - 1, (text, row)
+    assert _nfkc_lower(literal[:40]) in _nfkc_lower(tok.decode(row)), (text, tok.decode(row))
