@@ -34,7 +34,7 @@ from PIL import Image, ImageOps
 
 # Modes whose samples have more than 8 bits; Pillow's own conversion of these to L or RGB clips
 # at 255 instead of scaling, so they are scaled here (rules in the module docstring).
-_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+_HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 
 
 def decode_image(data: bytes | str | os.PathLike, image_size: int) -> np.ndarray:
@@ -62,7 +62,7 @@ def decode_image(data: bytes | str | os.PathLike, image_size: int) -> np.ndarray
 
 def _to_rgb(img: Image.Image) -> Image.Image:
   """A loaded image of any mode -> 8-bit RGB with transparency composited on white."""
-  if img.mode in _SIXTEEN_BIT_MODES or img.mode == "F":
+  if img.mode in _HIGH_DEPTH_MODES:
     return _high_depth_to_rgb(img)
   rgba = img.convert("RGBA")
   white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
