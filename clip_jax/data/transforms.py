@@ -2,6 +2,25 @@
 
 Images travel as uint8 `[..., H, W, 3]` until the last step, `to_float`, which maps 0 -> -1.0 and
 255 -> 1.0 exactly (a fully transparent pixel, composited on white, becomes 1.0 in all channels).
+
+Decoding rules (`decode_image`, the one place that turns image files into pixels):
+
+- Orientation: the EXIF Orientation tag (JPEG, PNG eXIf, WebP, TIFF) is applied, so the pixels are
+  the image as displayed (`PIL.ImageOps.exif_transpose`; Pillow applies TIFF's own tag on load).
+- Alpha: every kind of transparency Pillow reads (an alpha channel in LA, PA, RGBA; a palette or
+  colour-key tRNS in P, L, RGB, 16-bit grey PNG; GIF's transparent index) is composited on white:
+  out = alpha/255 * colour + (1 - alpha/255) * 255.
+- 8-bit modes convert with Pillow: 1 -> 0 or 255; CMYK -> (255 - C) * (255 - K) / 255 per channel
+  (no ICC profile is applied); YCbCr by the JFIF matrix; LAB (CIELab TIFF) to sRGB by Pillow's
+  LittleCMS transform from D50 Lab.
+- 16-bit grey (I;16, I;16B, I;16L, I;16N: 16-bit PNG and TIFF) -> round(v / 257), which maps
+  0 -> 0, 65535 -> 255 and each other level k from the 257 values nearest 257 * k.
+- I (32-bit int: Pillow's mode for 16-bit PGM and signed or 32-bit TIFF) holds 16-bit samples:
+  clip(v, 0, 65535), then round(v / 257) as above.
+- F (32-bit float TIFF) holds intensities in [0, 1]: round(clip(v, 0, 1) * 255); NaN counts as 0.
+- 16-bit-per-channel colour (48/64-bit RGB(A) and 32-bit LA PNG, 16-bit RGB(A)/CMYK TIFF): Pillow
+  reads these as 8-bit itself and keeps the high byte, v >> 8, which is within one level of
+  round(v / 257); 16-bit PPM is rounded by Pillow. The low bytes are not available to us.
 """
 
 from __future__ import annotations
@@ -11,14 +30,19 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+# Modes whose samples have more than 8 bits; Pillow's own conversion of these to L or RGB clips
+# at 255 instead of scaling, so they are scaled here (rules in the module docstring).
+_HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 
 
 def decode_image(data: bytes | str | os.PathLike, image_size: int) -> np.ndarray:
-  """Decodes an image file (PNG, ...) to RGB at `image_size` x `image_size`.
+  """Decodes an image file (PNG, JPEG, TIFF, WebP, GIF, BMP, ...) to RGB at `image_size` square.
 
-  Transparency is composited on a white background before resizing; resizing is antialiased
-  (Pillow's Lanczos filter, whose support widens when it shrinks an image).
+  The EXIF orientation is applied, high-bit-depth samples are scaled to 8 bits and transparency
+  is composited on a white background (rules in the module docstring), all before resizing;
+  resizing is antialiased (Pillow's Lanczos filter, whose support widens when it shrinks).
 
   Args:
     data: the encoded bytes or a file path.
@@ -29,13 +53,37 @@ def decode_image(data: bytes | str | os.PathLike, image_size: int) -> np.ndarray
   """
   source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else Path(data)
   with Image.open(source) as img:
-    img.load()
-    rgba = img.convert("RGBA")
-  white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-  rgb = Image.alpha_composite(white, rgba).convert("RGB")
+    ImageOps.exif_transpose(img, in_place=True)
+    rgb = _to_rgb(img)
   if rgb.size != (image_size, image_size):
     rgb = rgb.resize((image_size, image_size), Image.Resampling.LANCZOS)
   return np.asarray(rgb, dtype=np.uint8)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+  """A loaded image of any mode -> 8-bit RGB with transparency composited on white."""
+  if img.mode in _HIGH_DEPTH_MODES:
+    return _high_depth_to_rgb(img)
+  rgba = img.convert("RGBA")
+  white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+  return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
+  """A one-channel 16-bit, 32-bit int or float image -> grey RGB (module docstring rules).
+
+  A grey tRNS key (16-bit PNG) makes the pixels equal to it transparent, hence white.
+  """
+  values = np.asarray(img)
+  if img.mode == "F":
+    levels = np.nan_to_num(values, nan=0.0).clip(0.0, 1.0) * 255.0
+  else:
+    levels = values.clip(0, 65535) / 257.0
+  grey = np.floor(levels + 0.5).astype(np.uint8)
+  key = img.info.get("transparency")
+  if isinstance(key, int):
+    grey[values == key] = 255
+  return Image.fromarray(np.repeat(grey[..., None], 3, axis=-1))
 
 
 def to_float(images: np.ndarray) -> np.ndarray:

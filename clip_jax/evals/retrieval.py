@@ -1,19 +1,38 @@
-"""Zero-shot image-text retrieval: Recall@K in both directions.
+"""Zero-shot image-text retrieval: Recall@K in both directions, duplicates as equivalent answers.
 
-Definitions (the usual CLIP retrieval protocol, one image may have several captions):
+Equivalence. Items with identical content are interchangeable answers: images whose pixel arrays
+are byte-identical form one image class, texts with identical strings one text class (`I(i)` and
+`T(t)` below). A text class B describes an image class A when some text of B describes (via
+`text_image`) some image of A. An eval split may repeat content, and no embedder can tell
+identical inputs apart, so counting a copy of the right answer as wrong would cap every model
+below 1 (the synthetic held-out split has 128 images but 35 distinct captions, 8 of them used once;
+counted by index, no model could exceed i2t R@1 = 8/128 or t2i R@1 = 35/128 there).
 
-- image -> text: for image i, rank all M texts by cosine similarity. Image i is a hit at K if ANY
-  text describing i is among the top K.
-- text -> image: for text t, rank all N images. Text t is a hit at K if the image it describes is
-  among the top K.
+- image -> text: for image i, the correct texts C(i) are the texts whose class describes I(i),
+  i.e. the texts equal to a caption of any image byte-identical to i. Images whose class no text
+  describes are left out of the image->text average.
+- text -> image: for text t, the correct images C(t) are the images whose class T(t) describes,
+  i.e. the images byte-identical to an image that any copy of the string t describes.
 
-Ties are counted against the model (pessimistic): the rank of the answer is the number of WRONG
-candidates whose similarity is >= the answer's, and a query is a hit at K iff that rank < K. The
-result does not depend on the order of the data, and a degenerate model (e.g. all embeddings
-equal, a constant similarity matrix) scores 0 wherever there are at least K wrong candidates,
-never 1. Other captions of the same image never count against an image->text query. NaN
-similarities are treated as -inf (so a diverged model scores 0, not 1). Images that no text
-describes are left out of the image->text average.
+Ties are counted against the model (pessimistic), but only ties with WRONG items: with s(q, x) the
+similarity and best(q) = max over x in C(q) of s(q, x),
+
+  rank(q) = |{x not in C(q) : s(q, x) >= best(q)}|,    R@K = mean over queries of [rank(q) < K],
+
+i.e. query q is a hit at K iff a correct item is in the top K under every ordering of tied items.
+Correct items tying with each other never hurt, so an oracle embedder (identical content ->
+identical vectors, each query's correct items scored above its wrong ones) scores 1. Ties with
+wrong items still do, so a degenerate model (e.g. all embeddings equal, a constant similarity
+matrix) scores 0 wherever a query has at least K wrong candidates, never 1. NaN similarities are
+treated as -inf (so a diverged model scores 0, not 1). The result does not depend on the order of
+the data. Without duplicates this is the usual CLIP protocol (one image may have several
+captions; image i is a hit if ANY of its texts is in the top K).
+
+Difference from open_clip and CLIP_benchmark: they treat every index as a distinct answer (only
+the captions listed for image i are right for it, and only image text_image[t] is right for text
+t, even when another item is an exact copy) and they break ties by sort order (torch.topk /
+argsort) rather than against the model. Without duplicates and ties the numbers agree; with
+duplicates, a copy of the answer scored above it is a miss there and a hit here.
 
 Similarities are computed in float32 numpy, a block of query rows at a time, so memory stays
 bounded for large N x M.
@@ -21,7 +40,8 @@ bounded for large N x M.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping, Sequence
+import hashlib
+from typing import Any, Hashable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -47,50 +67,123 @@ def _similarity(queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
   return np.where(np.isnan(sim), -np.inf, sim)
 
 
-def image_to_text_ranks(image_emb: np.ndarray, text_emb: np.ndarray, text_image: np.ndarray,
-                        chunk_size: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
-  """Rank of each image's best-scoring caption among the wrong captions.
+def image_classes(images: np.ndarray) -> np.ndarray:
+  """Image equivalence classes: byte-identical pixel arrays share a class.
 
   Args:
-    image_emb: float [N, d] image embeddings (scores are plain dot products).
-    text_emb: float [M, d] text embeddings.
-    text_image: int [M], the image index each text describes.
-    chunk_size: image rows per similarity block.
+    images: array [N, ...] of any dtype; image i is images[i].
 
   Returns:
-    (ranks int64 [N], has_text bool [N]). ranks[i] = number of texts not describing image i whose
-    score is >= the best score among image i's texts; meaningless where has_text[i] is False.
+    int64 [N] class ids in [0, number of distinct images), numbered in first-seen order. Images
+    are compared by the SHA-256 digest of their bytes, so only a digest per image is kept.
   """
-  n, m = len(image_emb), len(text_emb)
-  ranks = np.zeros(n, np.int64)
-  has_text = np.zeros(n, bool)
-  for rows in row_blocks(n, m, chunk_size):
-    sim = _similarity(image_emb[rows], text_emb)  # [c, M]
-    positive = text_image[None, :] == np.arange(rows.start, rows.stop)[:, None]  # [c, M]
-    best = np.where(positive, sim, -np.inf).max(axis=1, initial=-np.inf)  # [c]
-    ranks[rows] = np.sum((sim >= best[:, None]) & ~positive, axis=1)
-    has_text[rows] = positive.any(axis=1)
-  return ranks, has_text
+  return _first_seen_ids(hashlib.sha256(np.ascontiguousarray(image).tobytes()).digest()
+                         for image in images)
+
+
+def text_classes(texts: Sequence[str]) -> np.ndarray:
+  """Text equivalence classes: int64 [M] ids, equal for identical strings, first-seen order."""
+  return _first_seen_ids(texts)
+
+
+def _first_seen_ids(keys: Iterable[Hashable]) -> np.ndarray:
+  ids: dict[Hashable, int] = {}
+  return np.array([ids.setdefault(key, len(ids)) for key in keys], np.int64)
+
+
+def _answers(query_class: np.ndarray, answer_class: np.ndarray, num_query_classes: int,
+             candidate_class: np.ndarray) -> list[np.ndarray]:
+  """The correct candidates of every query class.
+
+  Args:
+    query_class, answer_class: int64 [P], the matching (query class, candidate class) pairs.
+    num_query_classes: the number of query classes.
+    candidate_class: int64 [X], the class of each candidate.
+
+  Returns:
+    num_query_classes int64 arrays: entry q holds the indices of the candidates whose class is
+    paired with q (empty if none).
+  """
+  pairs = np.unique(np.stack([query_class, answer_class], axis=1), axis=0)  # sorted by query
+  paired = np.split(pairs[:, 1], np.searchsorted(pairs[:, 0], np.arange(1, num_query_classes)))
+  order = np.argsort(candidate_class, kind="stable")  # candidate indices grouped by class
+  members = np.split(order, np.searchsorted(candidate_class[order],
+                                            np.arange(1, candidate_class.max(initial=0) + 1)))
+
+  def union(classes: np.ndarray) -> np.ndarray:
+    if len(classes) == 1:  # the common case: a view of `order`, not a copy
+      return members[classes[0]]
+    return np.concatenate([members[c] for c in classes] or [np.zeros(0, np.int64)])
+
+  return [union(classes) for classes in paired]
+
+
+def answer_ranks(query_emb: np.ndarray, candidate_emb: np.ndarray, query_class: np.ndarray,
+                 answers: Sequence[np.ndarray],
+                 chunk_size: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+  """Rank of each query's best-scoring correct candidate among the wrong candidates.
+
+  Args:
+    query_emb: float [Q, d] query embeddings (scores are plain dot products).
+    candidate_emb: float [X, d] candidate embeddings.
+    query_class: int64 [Q], each query's class, in [0, len(answers)).
+    answers: per query class, int64 array of the candidates (indices into candidate_emb) that
+      answer it correctly, C(q) below.
+    chunk_size: query rows per similarity block.
+
+  Returns:
+    (ranks int64 [Q], has_answer bool [Q]). ranks[q] = number of candidates NOT in C(q) whose
+    score is >= the best score in C(q); meaningless where has_answer[q] is False (C(q) empty).
+  """
+  ranks = np.zeros(len(query_emb), np.int64)
+  has_answer = np.zeros(len(query_emb), bool)
+  for rows in row_blocks(len(query_emb), len(candidate_emb), chunk_size):
+    sim = _similarity(query_emb[rows], candidate_emb)  # [c, X]
+    correct = [answers[q] for q in query_class[rows]]
+    counts = np.array([len(c) for c in correct], np.int64)  # [c]
+    row = np.repeat(np.arange(len(correct)), counts)  # [P], the block row of each correct pair
+    score = sim[row, np.concatenate(correct)]  # [P]
+    best = np.full(len(correct), -np.inf, np.float32)
+    np.maximum.at(best, row, score)  # [c], best correct score (-inf if none)
+    at_best = np.bincount(row[score >= best[row]], minlength=len(correct))  # correct items >= best
+    ranks[rows] = np.sum(sim >= best[:, None], axis=1) - at_best
+    has_answer[rows] = counts > 0
+  return ranks, has_answer
+
+
+def image_to_text_ranks(image_emb: np.ndarray, text_emb: np.ndarray, text_image: np.ndarray,
+                        chunk_size: int = CHUNK_ROWS, *, image_class: np.ndarray | None = None,
+                        text_class: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Image -> text ranks: `answer_ranks` with the images as queries.
+
+  Args: as `retrieval_recalls`; chunk_size is in image rows.
+
+  Returns:
+    (ranks int64 [N], has_text bool [N]): ranks[i] = number of texts not correct for image i
+    (module docstring) whose score is >= the best score among its correct texts; has_text[i] is
+    False where no text is correct for image i (then ranks[i] is meaningless).
+  """
+  image_class, text_class, described = _checked_classes(text_image, image_class, text_class,
+                                                 len(image_emb), len(text_emb))
+  answers = _answers(described, text_class, int(image_class.max(initial=-1)) + 1, text_class)
+  return answer_ranks(image_emb, text_emb, image_class, answers, chunk_size)
 
 
 def text_to_image_ranks(image_emb: np.ndarray, text_emb: np.ndarray, text_image: np.ndarray,
-                        chunk_size: int = CHUNK_ROWS) -> np.ndarray:
-  """Rank of each text's image among the other images.
+                        chunk_size: int = CHUNK_ROWS, *, image_class: np.ndarray | None = None,
+                        text_class: np.ndarray | None = None) -> np.ndarray:
+  """Text -> image ranks: `answer_ranks` with the texts as queries.
 
-  Args: as `image_to_text_ranks`; chunk_size is in text rows.
+  Args: as `retrieval_recalls`; chunk_size is in text rows.
 
   Returns:
-    ranks int64 [M]: ranks[t] = number of images other than text_image[t] whose score is >= the
-    score of text_image[t].
+    ranks int64 [M]: ranks[t] = number of images not correct for text t (module docstring) whose
+    score is >= the best score among its correct images (every text has one: its own image).
   """
-  n, m = len(image_emb), len(text_emb)
-  ranks = np.zeros(m, np.int64)
-  for rows in row_blocks(m, n, chunk_size):
-    sim = _similarity(text_emb[rows], image_emb)  # [c, N]
-    own = sim[np.arange(rows.stop - rows.start), text_image[rows]]  # [c]
-    # The own image always satisfies sim >= own (no NaN after _similarity): subtract it.
-    ranks[rows] = np.sum(sim >= own[:, None], axis=1) - 1
-  return ranks
+  image_class, text_class, described = _checked_classes(text_image, image_class, text_class,
+                                                 len(image_emb), len(text_emb))
+  answers = _answers(text_class, described, int(text_class.max(initial=-1)) + 1, image_class)
+  return answer_ranks(text_emb, image_emb, text_class, answers, chunk_size)[0]
 
 
 def check_text_image(text_image: np.ndarray, num_images: int, num_texts: int) -> np.ndarray:
@@ -107,10 +200,32 @@ def check_text_image(text_image: np.ndarray, num_images: int, num_texts: int) ->
   return text_image.astype(np.int64)
 
 
+def _check_classes(classes: np.ndarray | None, num_items: int, name: str) -> np.ndarray:
+  """int64 [n] class ids renumbered to [0, distinct); None -> every item its own class."""
+  if classes is None:
+    return np.arange(num_items, dtype=np.int64)
+  classes = np.asarray(classes)
+  if classes.shape != (num_items,) or not np.issubdtype(classes.dtype, np.integer):
+    raise ValueError(f"{name} has shape {classes.shape} and dtype {classes.dtype}; expected "
+                     f"integers of shape ({num_items},), one class id per item")
+  return np.unique(classes, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+
+def _checked_classes(text_image: np.ndarray, image_class: np.ndarray | None,
+             text_class: np.ndarray | None, num_images: int,
+             num_texts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Checked (image_class int64 [N], text_class int64 [M], class of each text's image [M])."""
+  text_image = check_text_image(text_image, num_images, num_texts)
+  image_class = _check_classes(image_class, num_images, "image_class")
+  text_class = _check_classes(text_class, num_texts, "text_class")
+  return image_class, text_class, image_class[text_image]
+
+
 def retrieval_recalls(image_emb: np.ndarray, text_emb: np.ndarray, text_image: np.ndarray,
-                      ks: Sequence[int] = DEFAULT_KS,
-                      chunk_size: int = CHUNK_ROWS) -> dict[str, float]:
-  """Image->text and text->image Recall@K (see the module docstring for the exact definition).
+                      ks: Sequence[int] = DEFAULT_KS, chunk_size: int = CHUNK_ROWS, *,
+                      image_class: np.ndarray | None = None,
+                      text_class: np.ndarray | None = None) -> dict[str, float]:
+  """Image->text and text->image Recall@K with duplicates as equivalent answers (module docstring).
 
   Args:
     image_emb: float [N, d] image embeddings; scores are dot products, so pass unit-norm rows for
@@ -119,20 +234,28 @@ def retrieval_recalls(image_emb: np.ndarray, text_emb: np.ndarray, text_image: n
     text_image: int [M], the image each text describes.
     ks: the K values.
     chunk_size: query rows per similarity block.
+    image_class: int [N], equal for images with identical content (`image_classes(images)`), or
+      None: every image distinct.
+    text_class: int [M], equal for identical texts (`text_classes(texts)`), or None: every text
+      distinct. With both None this is the index-based protocol of open_clip / CLIP_benchmark
+      (but with ties still counted against the model).
 
   Returns:
     {"i2t_recall@K": float, "t2i_recall@K": float for K in ks}. i2t averages over the images that
-    have at least one text (NaN if none do).
+    have at least one correct text (NaN if none do).
+
+  Raises:
+    ValueError: mismatched shapes, or text_image / a class array of the wrong shape or dtype.
   """
   image_emb = np.asarray(image_emb)
   text_emb = np.asarray(text_emb)
   if image_emb.ndim != 2 or text_emb.ndim != 2 or image_emb.shape[1] != text_emb.shape[1]:
     raise ValueError(f"expected image_emb [N, d] and text_emb [M, d], got {image_emb.shape} and "
                      f"{text_emb.shape}")
-  text_image = check_text_image(text_image, len(image_emb), len(text_emb))
-  i2t, has_text = image_to_text_ranks(image_emb, text_emb, text_image, chunk_size)
+  classes = dict(image_class=image_class, text_class=text_class)
+  i2t, has_text = image_to_text_ranks(image_emb, text_emb, text_image, chunk_size, **classes)
   i2t = i2t[has_text]
-  t2i = text_to_image_ranks(image_emb, text_emb, text_image, chunk_size)
+  t2i = text_to_image_ranks(image_emb, text_emb, text_image, chunk_size, **classes)
   out = {}
   for k in ks:
     out[f"i2t_recall@{k}"] = float(np.mean(i2t < k)) if len(i2t) else float("nan")
@@ -144,6 +267,9 @@ def retrieval_recalls(image_emb: np.ndarray, text_emb: np.ndarray, text_image: n
 @EVALUATORS.register("retrieval")
 class RetrievalEvaluator(Evaluator):
   """Zero-shot retrieval between an image-like and a text-like modality on one eval split.
+
+  Byte-identical images and identical caption strings of the split are equivalent answers (see
+  the module docstring for the rule and how it differs from open_clip / CLIP_benchmark).
 
   Config fields (`config.evals.<eval_name>`):
     name: "retrieval".
@@ -174,6 +300,8 @@ class RetrievalEvaluator(Evaluator):
                        f"{len(self.images)} images and {len(texts)} texts; need at least one of "
                        "each")
     self.text_image = check_text_image(eval_set.text_image, len(self.images), len(texts))
+    self.image_class = image_classes(self.images)  # int64 [N]: byte-identical images share one
+    self.text_class = text_classes(texts)  # int64 [M]: identical strings share one
     self.tokens = np.asarray(tokenizer.encode(texts))  # [M, L]
     if len(self.tokens) != len(texts):
       raise ValueError(f"tokenizer.encode returned {len(self.tokens)} rows for {len(texts)} texts")
@@ -189,7 +317,8 @@ class RetrievalEvaluator(Evaluator):
   def __call__(self, embed: EmbedFn) -> dict[str, float]:
     image_emb = embed_checked(embed, self.fields["image_modality"], self.images, "images")
     text_emb = embed_checked(embed, self.fields["text_modality"], self.tokens, "token ids")
-    recalls = retrieval_recalls(image_emb, text_emb, self.text_image)
+    recalls = retrieval_recalls(image_emb, text_emb, self.text_image,
+                                image_class=self.image_class, text_class=self.text_class)
     out = {f"{self.eval_name}/{k}": v for k, v in recalls.items()}
     out[f"{self.eval_name}/mean_recall"] = float(np.mean(list(recalls.values())))
     out[f"{self.eval_name}/num_images"] = float(self.num_images)

@@ -4,7 +4,7 @@ The synthetic source renders every training shape twice: the coloured "image" an
 `config.data.extra_views = ("sketch",)`, its black outline at the same place under the batch key
 "sketch". A third ViT tower reads "sketch", and MV-InfoNCE (Koromilas et al., 2025) aligns all
 three views of each example at once. No download; the 200 steps take about 20 s on a 2-core CPU
-and reach a held-out image-text mean recall of about 0.55 (0.50 with "pairwise").
+and reach a held-out image-text mean recall of about 0.90 (0.82 with "pairwise").
 
   python -m clip_jax.train --config configs/examples/three_towers.py --workdir /tmp/three_towers
   python -m clip_jax.train --config configs/examples/three_towers.py --workdir /tmp/x \

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-
 import ml_collections
 import numpy as np
 import pytest
 
 from clip_jax.data import EvalSet
 from clip_jax.evals import make_evaluators, retrieval_recalls
-from clip_jax.evals.retrieval import image_to_text_ranks, text_to_image_ranks
+from clip_jax.evals.retrieval import (image_classes, image_to_text_ranks, text_classes,
+                                      text_to_image_ranks)
 
 
 def scores_as_embeddings(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -153,6 +153,170 @@ def test_bad_text_image_raises():
     retrieval_recalls(emb, emb, np.array([0, 1, 3]))
   with pytest.raises(ValueError, match="text_image"):
     retrieval_recalls(emb, emb, np.array([0, 1]))
+
+
+def equivalence_reference(images, texts, text_image, image_emb, text_emb, ks):
+  """Reference for duplicates, straight from the definition on the raw content.
+
+  (image i, text t) is a correct pair iff some text u with the same string as t describes an image
+  with the same bytes as i. Each query's candidates are sorted by score with ties broken against
+  the model (wrong before correct), and the query is a hit at K if a correct one is in the top K.
+  """
+  n, m = len(images), len(texts)
+  same_image = [[images[a].tobytes() == images[b].tobytes() for b in range(n)] for a in range(n)]
+  correct = np.array([[any(texts[u] == texts[t] and same_image[text_image[u]][i] for u in range(m))
+                       for t in range(m)] for i in range(n)])
+  sim = image_emb.astype(np.float64) @ text_emb.astype(np.float64).T
+
+  def hit(scores, right, k):
+    order = sorted(range(len(scores)), key=lambda x: (-scores[x], bool(right[x])))
+    return any(right[x] for x in order[:k])
+
+  out = {}
+  for k in ks:
+    hits = [hit(sim[i], correct[i], k) for i in range(n) if correct[i].any()]
+    out[f"i2t_recall@{k}"] = float(np.mean(hits))
+  for k in ks:
+    out[f"t2i_recall@{k}"] = float(np.mean([hit(sim[:, t], correct[:, t], k) for t in range(m)]))
+  return out
+
+
+def split_with_duplicates():
+  """An EvalSet with every kind of duplicate, and each item's "topic" (for an oracle embedder).
+
+  Images 0, 1 are byte-identical with captions "a" and "b"; images 2, 3 differ but share the
+  caption "c"; images 4, 5 are byte-identical with the same caption "d"; image 14 has the caption
+  "f" twice; images 6..13 are distinct with distinct captions. Items of one topic are each
+  other's correct answers, and no pair across topics is.
+  """
+  rng = np.random.default_rng(7)
+  pool = rng.uniform(-1, 1, size=(13, 4, 4, 3)).astype(np.float32)  # distinct pixel arrays
+  image_pool = [0, 0, 1, 2, 3, 3, *range(4, 12), 12]
+  texts = ["a", "b", "c", "c", "d", "d", *(f"e{j}" for j in range(8)), "f", "f"]
+  text_image = [0, 1, 2, 3, 4, 5, *range(6, 14), 14, 14]
+  image_topic = [0, 0, 1, 1, 2, 2, *range(3, 11), 11]
+  text_topic = [0, 0, 1, 1, 2, 2, *range(3, 11), 11, 11]
+  return EvalSet(pool[image_pool], texts, np.array(text_image), {}), image_topic, text_topic
+
+
+def evaluate_split(eval_set, embed):
+  config = ml_collections.ConfigDict({"evals": {"h": {"name": "retrieval", "split": "heldout"}}})
+  evaluator = make_evaluators(config, FakeTokenizer(), load_split=lambda split: eval_set)["h"]
+  metrics = evaluator(embed)
+  return {k.removeprefix("h/"): v for k, v in metrics.items() if "recall@" in k}
+
+
+def content_embedder(eval_set, image_vecs, text_vecs):
+  """embed(): each image looked up by its bytes, each text by its token id (i.e. its string)."""
+  by_bytes = {image.tobytes(): image_vecs[i] for i, image in enumerate(eval_set.images)}
+  by_string = {text: text_vecs[t] for t, text in enumerate(eval_set.texts)}
+  strings = list(dict.fromkeys(eval_set.texts))  # FakeTokenizer's ids: first-seen order, 1-based
+
+  def embed(modality, inputs):
+    if modality == "image":
+      return np.stack([by_bytes[np.asarray(x, np.float32).tobytes()] for x in inputs])
+    return np.stack([by_string[strings[i - 1]] for i in inputs[:, 0]])
+
+  return embed
+
+
+def test_oracle_embedder_on_duplicates_scores_one():
+  eval_set, image_topic, text_topic = split_with_duplicates()
+  # Identical content -> identical vectors (one unit vector per topic), so correct items tie
+  # with each other and every wrong item scores 0.
+  topic_vecs = np.eye(12, dtype=np.float32)
+  embed = content_embedder(eval_set, topic_vecs[image_topic], topic_vecs[text_topic])
+  assert evaluate_split(eval_set, embed) == {
+      f"{d}_recall@{k}": 1.0 for d in ("i2t", "t2i") for k in (1, 5, 10)}
+  r = retrieval_recalls(topic_vecs[image_topic], topic_vecs[text_topic], eval_set.text_image,
+                        ks=(1,), image_class=image_classes(eval_set.images),
+                        text_class=text_classes(eval_set.texts))
+  assert r == {"i2t_recall@1": 1.0, "t2i_recall@1": 1.0}
+  # Treating every index as a distinct answer (the open_clip protocol) fails the same oracle.
+  r = retrieval_recalls(topic_vecs[image_topic], topic_vecs[text_topic], eval_set.text_image,
+                        ks=(1,))
+  assert r["i2t_recall@1"] == 9 / 15 and r["t2i_recall@1"] == 10 / 16
+
+
+def test_collapsed_embedder_on_duplicates_still_scores_the_tie_value():
+  eval_set, _, _ = split_with_duplicates()
+  # All vectors equal: every query ties with all of its >= 13 wrong candidates.
+  r = evaluate_split(eval_set, lambda modality, x: np.full((len(x), 4), 0.5, np.float32))
+  assert r == {f"{d}_recall@{k}": 0.0 for d in ("i2t", "t2i") for k in (1, 5, 10)}
+  same_images, same_texts = np.full((15, 4), 0.5, np.float32), np.full((16, 4), 0.5, np.float32)
+  assert retrieval_recalls(same_images, same_texts, eval_set.text_image) == r  # index-distinct
+  # A query is a hit only once K exceeds its number of wrong candidates; duplicates of the answer
+  # are not wrong, so images 0-5 and 14 (two correct texts each) have 14, the others 15.
+  r = retrieval_recalls(same_images, same_texts, eval_set.text_image, ks=(14, 15, 16),
+                        image_class=image_classes(eval_set.images),
+                        text_class=text_classes(eval_set.texts))
+  assert (r["i2t_recall@14"], r["i2t_recall@15"], r["i2t_recall@16"]) == (0.0, 7 / 15, 1.0)
+
+
+def test_shared_caption_across_distinct_images():
+  # Images 0, 1, 2 differ; texts 0 and 1 are both "a red circle" (for images 0 and 1), text 2
+  # "a blue square" (image 2). For image 0, text 1 is as right as text 0; for text 0 ("a red
+  # circle"), image 1 is as right as image 0. A tie with a wrong item still counts.
+  texts = ["a red circle", "a red circle", "a blue square"]
+  text_image = np.array([0, 1, 2])
+  sim = np.array([[0.2, 0.9, 0.6],   # image 0: best text is text 1 (same string): hit at 1
+                  [0.8, 0.3, 0.8],   # image 1: best correct 0.8 ties with text 2: miss at 1
+                  [0.5, 0.5, 0.4]],  # image 2: both wrong texts above its own: rank 2
+                 np.float32)
+  image_emb, text_emb = scores_as_embeddings(sim)
+  classes = dict(image_class=np.arange(3), text_class=text_classes(texts))
+  ranks, has_text = image_to_text_ranks(image_emb, text_emb, text_image, **classes)
+  np.testing.assert_array_equal(ranks, [0, 1, 2])
+  assert has_text.all()
+  # Columns: texts 0 and 1 accept images 0 and 1 (best 0.8 and 0.9: rank 0); text 2 accepts only
+  # image 2 (0.4, behind 0.6 and 0.8: rank 2).
+  np.testing.assert_array_equal(
+      text_to_image_ranks(image_emb, text_emb, text_image, **classes), [0, 0, 2])
+  r = retrieval_recalls(image_emb, text_emb, text_image, ks=(1, 2, 3), **classes)
+  assert (r["i2t_recall@1"], r["i2t_recall@2"], r["i2t_recall@3"]) == (1 / 3, 2 / 3, 1.0)
+  assert (r["t2i_recall@1"], r["t2i_recall@2"], r["t2i_recall@3"]) == (2 / 3, 2 / 3, 1.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("chunk_size", [3, 4096])
+def test_matches_equivalence_reference_with_duplicates(seed, chunk_size):
+  rng = np.random.default_rng(seed)
+  n, m, d = int(rng.integers(4, 14)), int(rng.integers(4, 20)), 3
+  pool = rng.uniform(-1, 1, size=(n, 2, 2, 3)).astype(np.float32)
+  image_pool = rng.integers(0, max(2, n // 2), size=n)  # forced byte-identical images
+  images = pool[image_pool]
+  text_image = np.concatenate([np.arange(n), rng.integers(0, n, size=max(0, m - n))])[:m]
+  rng.shuffle(text_image)
+  # Mostly the caption of the image's content, sometimes another: strings repeat within and
+  # across images.
+  vocab = [f"caption {j}" for j in range(n)]
+  texts = [vocab[image_pool[i]] if rng.random() < 0.7 else vocab[rng.integers(0, n)]
+           for i in text_image]
+  # Content-determined embeddings, small integers in odd seeds so that exact ties with wrong
+  # items are common too.
+  if seed % 2:
+    pool_vecs = rng.integers(-1, 2, size=(n, d)).astype(np.float32)
+    string_vecs = rng.integers(-1, 2, size=(n, d)).astype(np.float32)
+  else:
+    pool_vecs = rng.normal(size=(n, d)).astype(np.float32)
+    string_vecs = (pool_vecs + rng.normal(size=(n, d))).astype(np.float32)
+  image_emb = pool_vecs[image_pool]
+  text_emb = string_vecs[[vocab.index(t) for t in texts]]
+  ks = (1, 2, 3, 5)
+  got = retrieval_recalls(image_emb, text_emb, text_image, ks=ks, chunk_size=chunk_size,
+                          image_class=image_classes(images), text_class=text_classes(texts))
+  want = equivalence_reference(images, texts, text_image, image_emb, text_emb, ks)
+  assert got == pytest.approx(want, abs=1e-12)
+
+
+def test_content_classes():
+  images = np.zeros((4, 2, 2, 3), np.float32)
+  images[1, 0, 0, 0] = np.nextafter(np.float32(0), np.float32(1))  # differs by one ulp
+  images[3] = images[1]
+  np.testing.assert_array_equal(image_classes(images), [0, 1, 0, 1])
+  np.testing.assert_array_equal(text_classes(["x", "y", "x", "X"]), [0, 1, 0, 2])
+  with pytest.raises(ValueError, match="image_class"):
+    retrieval_recalls(np.eye(3), np.eye(3), np.arange(3), image_class=np.zeros(2, int))
 
 
 class FakeTokenizer:
