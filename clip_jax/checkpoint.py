@@ -7,9 +7,12 @@ Guarantees:
   crash mid-write (kill -9, a lost node) never leaves a checkpoint that looks complete; leftover
   temporary directories are removed at start-up.
 * `restore_latest` walks back from the newest checkpoint: one that cannot be read (a truncated or
-  corrupted file) is reported with a warning and the previous one is used.
-* Restoring takes an abstract state whose leaves carry the target shardings, so a checkpoint
-  written on one mesh (8 devices, say) restores onto another (4 or 1).
+  corrupted file) is reported with a warning and the previous one is used; the unreadable ones
+  are then moved aside to `<workdir>/checkpoints_unreadable/` (never deleted), so the run
+  finishes and writes those steps again.
+* Every read takes the current mesh's target shardings: resuming (an abstract state whose leaves
+  carry them) and `load_params_from` (params only, partial restore), so a checkpoint written on
+  one mesh (8 devices, say) restores onto another (4 or 1).
 * Before each save the free disk space is checked against the state's size; a failed save
   raises an error naming the directory and the last complete checkpoint. Old checkpoints are
   only deleted after a newer one is complete.
@@ -39,6 +42,14 @@ class CheckpointError(RuntimeError):
 
 def _state_bytes(state: Any) -> int:
   return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state)))
+
+
+def _barrier(name: str) -> None:
+  """Waits for every process (a no-op in a single-process run)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
 
 
 class Checkpointer:
@@ -106,26 +117,50 @@ class Checkpointer:
   def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
     """Restores the newest readable checkpoint; None if there is none at all.
 
-    A checkpoint that fails to restore is skipped with a warning, and the one before it is tried.
+    A checkpoint that fails to restore is skipped with a warning and the one before it is tried.
+    Once one is restored, the unreadable newer ones are moved aside into
+    `<workdir>/checkpoints_unreadable/` (never deleted), so the run can write those steps again
+    and every message names only steps that can be read.
 
     Raises:
-      CheckpointError: if checkpoints exist but none can be read.
+      CheckpointError: if checkpoints exist but none can be read (nothing is moved then).
     """
     steps = self.all_steps()
+    unreadable = []
     for step in reversed(steps):
       try:
         state, data = self.restore(step, abstract_state)
-        return step, state, data
       except Exception as e:  # noqa: BLE001
         log.warning("Checkpoint %s/%d cannot be restored (%s: %s); trying the previous one.",
                     self.directory, step, type(e).__name__, str(e).splitlines()[0][:300])
         print(f"WARNING: checkpoint {self.directory}/{step} cannot be restored "
               f"({type(e).__name__}); falling back to the previous one.", flush=True)
+        unreadable.append(step)
+        continue
+      if unreadable:
+        self._move_aside(unreadable)
+      return step, state, data
     if steps:
       raise CheckpointError(
           f"none of the checkpoints {steps} in {self.directory} can be restored; move the "
           "directory away to start from scratch, or fix the files.")
     return None
+
+  def _move_aside(self, steps: Sequence[int]) -> None:
+    """Moves unreadable step directories to `<workdir>/checkpoints_unreadable/` (process 0)."""
+    aside = os.path.join(os.path.dirname(self.directory), "checkpoints_unreadable")
+    _barrier("clip_jax_checkpoint_move_aside_start")
+    if jax.process_index() == 0:
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        target = os.path.join(aside, str(step))
+        suffix = 1
+        while os.path.exists(target):
+          target, suffix = os.path.join(aside, f"{step}.{suffix}"), suffix + 1
+        shutil.move(os.path.join(self.directory, str(step)), target)
+        print(f"WARNING: moved the unreadable checkpoint {step} to {target}.", flush=True)
+    _barrier("clip_jax_checkpoint_move_aside_done")
+    self.manager.reload()
 
   def wait(self) -> None:
     """Blocks until background saves are complete."""
@@ -136,28 +171,52 @@ class Checkpointer:
     self.manager.close()
 
 
-def _resolve_state_dir(path: str) -> str:
-  """`path` may be a workdir, its checkpoints/ directory, a step directory or its state/ item."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  steps = [d for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
-  if steps:
-    path = os.path.join(path, str(max(int(s) for s in steps)))
-  if os.path.isdir(os.path.join(path, "state")):
-    path = os.path.join(path, "state")
-  if not os.path.isdir(path):
+def _state_dirs(path: str) -> list[str]:
+  """The `state/` directories `path` can mean, newest first.
+
+  `path` may be a workdir, its checkpoints/ directory (every step, newest first), a step
+  directory or its state/ item (just that one).
+
+  Raises:
+    ConfigError: `path` holds no checkpoint.
+  """
+  root = os.path.abspath(path)
+  if os.path.isdir(os.path.join(root, "checkpoints")):
+    root = os.path.join(root, "checkpoints")
+  steps = sorted((int(d) for d in os.listdir(root) if d.isdigit()), reverse=True) if (
+      os.path.isdir(root)) else []
+  candidates = [os.path.join(root, str(s)) for s in steps] or [root]
+  dirs = [os.path.join(c, "state") if os.path.isdir(os.path.join(c, "state")) else c
+          for c in candidates]
+  dirs = [d for d in dirs if os.path.isdir(d) and os.listdir(d)]
+  if not dirs:
     raise ConfigError(f"config.init_from = {path!r} is not a checkpoint: give a workdir, its "
                       "checkpoints/ directory, or one step directory")
-  return path
+  return dirs
+
+
+def _saved_params_metadata(state_dir: str) -> tuple[dict[str, Any], bool]:
+  """({"/"-joined param path: array metadata (shape, dtype)}, whether the params sit under a
+  "params" key (a train state) rather than at the top (a converted params tree))."""
+  with ocp.PyTreeCheckpointer() as ckptr:
+    tree = ckptr.metadata(state_dir).item_metadata.tree
+  if not isinstance(tree, dict):
+    raise ValueError(f"{state_dir} does not hold a tree of arrays")
+  return dict(named_leaves(tree["params"] if "params" in tree else tree)), "params" in tree
 
 
 def load_params_from(path: str, target_params: Any, target_shardings: Any,
                      rules: Sequence[Sequence[str]] = ()) -> Any:
   """Initialises params from another run's (or a converted) checkpoint: params only.
 
+  Only the parameters marked "load" are read, each straight into this run's target sharding,
+  so the writer's device count and mesh do not matter (a checkpoint written on 8 devices loads
+  on 1 or 4). The optimizer state in the checkpoint is never read.
+
   Args:
-    path: see `_resolve_state_dir`.
+    path: a workdir, its checkpoints/ directory, a step directory or its state/ item. Given a
+      workdir or checkpoints/ directory, the newest readable step is used (an unreadable one is
+      reported and the previous one tried).
     target_params: the freshly initialised params {"model": ..., "loss": ...} of this run.
     target_shardings: NamedShardings matching `target_params`.
     rules: ((regex, "load" | "init"), ...) on the "/"-joined param path; the first match wins and
@@ -165,33 +224,75 @@ def load_params_from(path: str, target_params: Any, target_shardings: Any,
       tower to train from scratch).
 
   Raises:
-    ConfigError: naming the parameter when one marked "load" is missing from the checkpoint or
-      has another shape.
+    ConfigError: an unknown rule action; `path` is not a checkpoint or none of its steps can be
+      read; a parameter marked "load" is missing from the checkpoint or has another shape (the
+      message names it).
   """
   compiled = compile_rules(rules, "config.init_from_rules")
   for regex, action in compiled:
     if action not in ("load", "init"):
       raise ConfigError(f"config.init_from_rules: {regex.pattern!r} -> {action!r}; the action "
                         "must be 'load' or 'init'")
-  state_dir = _resolve_state_dir(path)
-  with ocp.StandardCheckpointer() as ckptr:
-    saved = ckptr.restore(state_dir)
-  saved_params = saved["params"] if "params" in saved else saved
-  saved_by_path = dict(named_leaves(saved_params))
+  failures = []
+  for state_dir in _state_dirs(path):
+    try:
+      saved, nested = _saved_params_metadata(state_dir)
+      return _load_params(state_dir, saved, nested, compiled, target_params, target_shardings)
+    except ConfigError:
+      raise
+    except Exception as e:  # noqa: BLE001  (orbax raises many types for unreadable files)
+      failures.append(f"{state_dir} ({type(e).__name__})")
+      print(f"WARNING: config.init_from: {state_dir} cannot be read ({type(e).__name__}); "
+            "trying the previous step.", flush=True)
+  raise ConfigError(f"config.init_from = {path!r}: no checkpoint there can be read: "
+                    f"{', '.join(failures)}")
 
-  def pick(keypath, fresh, sharding):
+
+def _load_params(state_dir: str, saved: dict[str, Any], nested: bool, compiled, target_params,
+                 target_shardings) -> Any:
+  """Reads the "load" params of `saved` (metadata by path) from `state_dir` into the targets."""
+  wanted = {}
+  for keypath, fresh in jax.tree.flatten_with_path(target_params)[0]:
     name = path_to_str(keypath)
-    action = next((a for r, a in compiled if r.search(name)), "load")
-    if action == "init":
-      return fresh
-    if name not in saved_by_path:
+    if next((a for r, a in compiled if r.search(name)), "load") == "init":
+      continue
+    if name not in saved:
       raise ConfigError(
           f"config.init_from: parameter {name} is not in {state_dir}; add "
           f"(r'^{re.escape(name)}$', 'init') to config.init_from_rules to keep it fresh")
-    value = np.asarray(saved_by_path[name])
-    if value.shape != fresh.shape:
-      raise ConfigError(f"config.init_from: {name} has shape {value.shape} in {state_dir} but "
-                        f"{fresh.shape} here; mark it 'init' in config.init_from_rules")
-    return jax.device_put(value.astype(fresh.dtype), sharding)
+    if tuple(saved[name].shape) != tuple(fresh.shape):
+      raise ConfigError(f"config.init_from: {name} has shape {tuple(saved[name].shape)} in "
+                        f"{state_dir} but {tuple(fresh.shape)} here; mark it 'init' in "
+                        "config.init_from_rules")
+    wanted[name] = saved[name].dtype
+  shardings = dict(named_leaves(target_shardings))
 
-  return jax.tree.map_with_path(pick, target_params, target_shardings)
+  def abstract(keypath, fresh):
+    name = path_to_str(keypath)
+    return (jax.ShapeDtypeStruct(fresh.shape, wanted[name], sharding=shardings[name])
+            if name in wanted else None)
+
+  # Restore only the wanted leaves (partial restore), each directly into its target sharding.
+  item = jax.tree.map_with_path(abstract, target_params)
+  item = _prune(item)
+  if nested:
+    item = {"params": item}
+  with ocp.PyTreeCheckpointer() as ckptr:
+    restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True))
+  loaded = dict(named_leaves(restored["params"] if nested else restored))
+
+  def pick(keypath, fresh):
+    name = path_to_str(keypath)
+    return loaded[name].astype(fresh.dtype) if name in loaded else fresh
+
+  return jax.tree.map_with_path(pick, target_params)
+
+
+def _prune(tree: Any) -> Any:
+  """`tree` (nested dicts) without None leaves and without dicts left empty."""
+  if isinstance(tree, dict):
+    kept = {k: _prune(v) for k, v in tree.items()}
+    return {k: v for k, v in kept.items() if v is not None and v != {}}
+  return tree

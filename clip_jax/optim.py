@@ -5,7 +5,9 @@
 * gradients clipped to global norm `grad_clip_norm` (0 disables);
 * decoupled weight decay on every parameter except those whose path matches a `no_decay` regex
   (biases, norms, the loss's scale and bias);
-* parameters whose path matches a `freeze` regex get no update at all (LiT: lock a tower).
+* parameters whose path matches a `freeze` regex, and those the objective declares fixed
+  (`Param(learned=False)`, e.g. a loss scale with `learn_scale = False`), are outside the
+  optimizer: no update, no weight decay and no optimizer moments (LiT: lock a tower).
 
 Parameter paths are "/"-joined, e.g. "model/image/encoder/block_0/attn/query/kernel" or
 "loss/scale"; regexes are applied with `re.search`.
@@ -52,9 +54,27 @@ def _match_mask(params: Any, regexes: Any, field: str, *, require_match: bool) -
   return mask
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int,
-                   params: Any) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def frozen_mask(optim: ml_collections.ConfigDict, params: Any, fixed: Any = None) -> Any:
+  """A bool pytree like `params`: True where a `config.optim.freeze` regex matches the path or
+  `fixed` (same structure, optional) is True.
+
+  Raises:
+    ConfigError: a freeze regex matches no parameter.
+  """
+  frozen = _match_mask(params, optim.get("freeze", ()), "config.optim.freeze",
+                       require_match=True)
+  if fixed is not None:
+    frozen = jax.tree.map(lambda a, b: bool(a or b), frozen, fixed)
+  return frozen
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int, params: Any,
+                   frozen: Any = None) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Builds the optax chain for `params` (arrays or ShapeDtypeStructs).
+
+  Args:
+    frozen: a bool pytree like `params`, True for the parameters left out of the optimizer;
+      None: `frozen_mask(optim, params)`.
 
   Returns:
     (transformation, learning-rate schedule).
@@ -63,8 +83,8 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int,
   no_decay = _match_mask(params, optim.get("no_decay", ()), "config.optim.no_decay",
                          require_match=False)
   decay_mask = jax.tree.map(lambda m: not m, no_decay)
-  frozen = _match_mask(params, optim.get("freeze", ()), "config.optim.freeze",
-                       require_match=True)
+  if frozen is None:
+    frozen = frozen_mask(optim, params)
   parts = []
   if optim.get("grad_clip_norm", 0.0):
     parts.append(optax.clip_by_global_norm(optim.grad_clip_norm))

@@ -1,16 +1,21 @@
 """Config mistakes stop at start-up with a message naming the field and the allowed values."""
 
+import json
+import math
 import os
 import subprocess
 import sys
 
 import pytest
 
-from clip_jax.config import load_config_file, validate_config, with_defaults
+from clip_jax.config import load_config_file, switch_components, validate_config, with_defaults
+from clip_jax.evals.registry import EVALUATORS
+from clip_jax.metrics import read_metrics
 from clip_jax.registry import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs", "demo", "emoji.py")
+TINY = os.path.join(ROOT, "tests", "configs", "tiny.py")
 
 
 def _demo():
@@ -88,3 +93,60 @@ def test_cli_validation_error_exits_cleanly(tmp_path):
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
   assert "config.batch_size = 7 is not divisible" in proc.stderr
+
+
+def _train_cli(workdir, config, *overrides):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  return subprocess.run(
+      [sys.executable, "-m", "clip_jax.train", "--config", config, "--workdir", str(workdir),
+       *overrides], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+
+
+def test_readme_loss_switch_trains_softmax_with_its_own_defaults(tmp_path):
+  # The README's command (a sigmoid config switched to softmax), on a 2-step budget.
+  proc = _train_cli(tmp_path, DEMO, "--config.loss.name=softmax", "--config.total_steps=2",
+                    "--config.log_every_steps=1", "--config.eval_every_steps=2",
+                    "--config.optim.warmup_steps=0", "--config.batch_size=32")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  # The user sees which settings apply.
+  assert "config.loss.name: 'sigmoid' -> 'softmax'" in proc.stdout
+  assert "init_bias, init_scale no longer apply" in proc.stdout
+  saved = json.load(open(tmp_path / "config.json"))["loss"]
+  assert saved["name"] == "softmax" and "init_bias" not in saved
+  assert saved["init_scale"] == pytest.approx(math.log(1 / 0.07))
+  first = [l for l in read_metrics(str(tmp_path / "metrics.jsonl")) if "loss" in l][0]
+  assert first["scale"] == pytest.approx(1 / 0.07, rel=1e-5)  # t at step 0, not sigmoid's 10
+  assert "bias" not in first
+
+
+def test_switched_component_fields_can_be_overridden_on_the_command_line(tmp_path):
+  # A field the file never set (softmax's max_scale) is overridable once the loss is switched,
+  # and a data source and a tokenizer switch by name too: synthetic -> emoji keeps the shared
+  # fields (image size, tokenizer) and takes emoji's own defaults; bytes -> bpe keeps the
+  # required vocab_size the file gave.
+  proc = _train_cli(tmp_path, TINY, "--config.loss.name=softmax", "--config.loss.max_scale=12.5",
+                    "--config.loss.init_scale=3.0", "--config.data.name=emoji",
+                    "--config.data.tokenizer.name=bpe", "--config.total_steps=2",
+                    "--config.eval_every_steps=2")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  saved = json.load(open(tmp_path / "config.json"))
+  assert saved["loss"]["max_scale"] == 12.5
+  assert saved["data"]["name"] == "emoji" and saved["data"]["heldout_fraction"] == 0.15
+  assert "num_examples" not in saved["data"] and saved["data"]["image_size"] == 8
+  assert saved["data"]["tokenizer"] == {"name": "bpe", "vocab_size": 300}
+  first = [l for l in read_metrics(str(tmp_path / "metrics.jsonl")) if "loss" in l][0]
+  assert first["scale"] == pytest.approx(12.5, rel=1e-5)  # exp(3.0) projected to the bound
+
+
+def test_switch_components_uses_the_new_components_defaults():
+  config = load_config_file(TINY)
+  notes = switch_components(config, {"evals.heldout.name": "zeroshot_classification",
+                                     "evals.heldout.label": "shape",
+                                     "model.towers.image.name": "vit"})
+  assert [path for path, _ in notes] == ["evals.heldout"]  # vit -> vit is no switch
+  assert config.evals.heldout.to_dict() == {
+      "name": "zeroshot_classification", "split": "heldout", "label": "shape",
+      "templates": "emoji", **{k: v for k, v in EVALUATORS.fields("zeroshot_classification")
+                                .items() if k not in ("split", "label", "templates")}}
+  with pytest.raises(ConfigError, match=r"config.loss.name = 'cosine' is not a known loss"):
+    switch_components(load_config_file(TINY), {"loss.name": "cosine"})

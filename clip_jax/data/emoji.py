@@ -41,6 +41,7 @@ from clip_jax.data import cache
 from clip_jax.data import registry as data_registry
 from clip_jax.data import transforms
 from clip_jax.data.registry import SOURCES, DataSource, EvalSet
+from clip_jax.registry import REQUIRED
 
 PACKAGE = "emoji-datasource-google"
 VERSION = "16.0.0"
@@ -276,7 +277,8 @@ class EmojiSource(DataSource):
         })
 
 
-@SOURCES.register("emoji")
+@SOURCES.register("emoji", fields=dict(cache_dir="", image_size=REQUIRED,
+                                            heldout_fraction=DEFAULT_HELDOUT_FRACTION))
 def build(data_config: Any) -> EmojiSource:
   """The emoji source for `config.data` (fields: cache_dir, image_size, heldout_fraction)."""
   image_size = data_registry.check_image_size(data_config)

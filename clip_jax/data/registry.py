@@ -25,11 +25,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from clip_jax.data import cache
-from clip_jax.registry import ConfigError, Registry
+from clip_jax.registry import REQUIRED, ConfigError, Registry
 
 SOURCES: Registry = Registry("data source", "config.data.name")
 
-_REQUIRED = object()
 
 
 @dataclasses.dataclass
@@ -146,10 +145,10 @@ class DataSource(abc.ABC):
 # Config helpers shared by the sources, the tokenizers and the pipeline.
 
 
-def get_field(config: Any, key: str, default: Any = _REQUIRED, prefix: str = "config.data") -> Any:
+def get_field(config: Any, key: str, default: Any = REQUIRED, prefix: str = "config.data") -> Any:
   """`config[key]`, or `default` when absent; raises ConfigError if required and absent."""
   if config is None or key not in config:
-    if default is _REQUIRED:
+    if default is REQUIRED:
       raise ConfigError(f"{prefix}.{key} is missing")
     return default
   return config[key]
@@ -195,6 +194,8 @@ _MEMO: dict[str, DataSource] = {}
 _MEMO_SIZE = 4
 # Fields used by the tokenizer and the pipeline only (they do not change the source).
 _NOT_SOURCE_FIELDS = ("tokenizer", "max_len", "augment", "extra_views", "captions_per_example")
+# `config.data` fields that are not one source's own: kept when the source is switched by name.
+SHARED_FIELDS = _NOT_SOURCE_FIELDS + ("image_size", "cache_dir")
 
 
 def _plain(value: Any) -> Any:

@@ -26,6 +26,7 @@ import numpy as np
 from clip_jax.data import registry as data_registry
 from clip_jax.data import transforms
 from clip_jax.data.registry import SOURCES, DataSource, EvalSet
+from clip_jax.registry import REQUIRED
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -175,7 +176,8 @@ class SyntheticSource(DataSource):
         labels=shapes.labels())
 
 
-@SOURCES.register("synthetic")
+@SOURCES.register("synthetic", fields=dict(image_size=REQUIRED, num_examples=DEFAULT_NUM_EXAMPLES,
+                                                num_eval_examples=DEFAULT_NUM_EVAL_EXAMPLES))
 def build(data_config: Any) -> SyntheticSource:
   """The synthetic source (fields: image_size, num_examples, num_eval_examples)."""
   return SyntheticSource(

@@ -33,7 +33,7 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 from clip_jax.data import cache
 from clip_jax.data import registry as data_registry
-from clip_jax.registry import ConfigError, Registry
+from clip_jax.registry import REQUIRED, ConfigError, Registry
 
 TOKENIZERS: Registry = Registry("tokenizer", "config.data.tokenizer.name")
 
@@ -205,7 +205,7 @@ def _tokenizer_config(data_config: Any) -> Any:
   return tok
 
 
-@TOKENIZERS.register("bytes")
+@TOKENIZERS.register("bytes", fields=dict(vocab_size=None))
 def _make_bytes(data_config: Any) -> ByteTokenizer:
   tok = _tokenizer_config(data_config)
   vocab = data_registry.get_field(tok, "vocab_size", None, prefix="config.data.tokenizer")
@@ -214,7 +214,7 @@ def _make_bytes(data_config: Any) -> ByteTokenizer:
   return ByteTokenizer(_max_len(data_config))
 
 
-@TOKENIZERS.register("bpe")
+@TOKENIZERS.register("bpe", fields=dict(vocab_size=REQUIRED))
 def _make_bpe(data_config: Any) -> BpeTokenizer:
   tok = _tokenizer_config(data_config)
   minimum = 256 + len(_SPECIAL_TOKENS)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
-from clip_jax.registry import ConfigError
+from clip_jax.registry import REQUIRED, ConfigError
 
 EmbedFn = Callable[[str, np.ndarray], np.ndarray]
 
@@ -38,7 +38,6 @@ class EvalSet(Protocol):
 
 LoadSplitFn = Callable[[str], EvalSet]
 
-REQUIRED = object()  # marks a config field without a default
 
 
 class Evaluator:

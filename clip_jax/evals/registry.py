@@ -2,4 +2,5 @@
 
 from clip_jax.registry import Registry
 
-EVALUATORS: Registry = Registry("evaluator", "config.evals.<name>.name")
+EVALUATORS: Registry = Registry("evaluator", "config.evals.<name>.name",
+                                fields_of=lambda cls: cls.FIELDS)

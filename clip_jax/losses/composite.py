@@ -20,11 +20,12 @@ import jax
 import ml_collections
 
 from clip_jax.losses import registry as reg
+from clip_jax.registry import REQUIRED
 
 Array = jax.Array
 
 
-@reg.LOSSES.register("composite")
+@reg.LOSSES.register("composite", fields={"terms": REQUIRED})
 def composite_objective(loss_config: Any, *, axis_name: reg.AxisName) -> reg.Objective:
   """Builds the weighted sum of `loss_config.terms` (see the module docstring)."""
   fields = reg.read_fields(loss_config, {"terms": None})

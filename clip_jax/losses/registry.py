@@ -11,7 +11,10 @@ An objective is built once from its config and the batch axis names, and is then
   `"instance_id"` `[n]` int32 (examples sharing an id are positives of each other).
 * `loss_params`: dict of replicated raw (unconstrained) parameters, created by the trainer from
   `objective.init_params` and stored under `params["loss"]`. Scales are stored as t' and used as
-  t = exp(t'); biases are stored as-is.
+  t = exp(t'); biases are stored as-is. A parameter declared with `Param(learned=False)` stays at
+  its initial value: it is outside the optimizer (no update, no weight decay, no moments). A
+  bound (`Param(high=...)`) is a projection applied after each optimizer update, never a clamp
+  inside `apply`, so the parameter keeps its gradient at the bound.
 * Returns a scalar loss that is identical on every device (the loss over the GLOBAL batch) and a
   flat dict of scalar metrics, also identical on every device.
 
@@ -21,6 +24,7 @@ With `axis_name=None` the objective runs on whole-batch arrays outside `shard_ma
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Mapping
 
 import jax
@@ -33,12 +37,74 @@ AxisName = str | tuple[str, ...] | None
 
 
 @dataclasses.dataclass(frozen=True)
+class Param:
+  """One of an objective's own scalar parameters, as declared in `Objective.init_params`.
+
+  Attributes:
+    init: the raw initial value (e.g. t' = log t for a scale).
+    learned: False keeps the value fixed at `init`: the trainer leaves it out of the optimizer
+      entirely, whatever `config.optim` says.
+    low, high: optional bounds on the raw value. The trainer projects the parameter into
+      [low, high] after every optimizer update (open_clip's clamp of the logit scale), so the
+      loss keeps its gradient with respect to it at the bound.
+  """
+
+  init: float
+  learned: bool = True
+  low: float | None = None
+  high: float | None = None
+
+  def __post_init__(self):
+    if self.low is not None and self.high is not None and self.low > self.high:
+      raise ValueError(f"Param bounds low={self.low} > high={self.high}")
+
+
+def _is_param(x: Any) -> bool:
+  return isinstance(x, (Param, int, float))
+
+
+def _as_param(x: Any) -> Param:
+  return x if isinstance(x, Param) else Param(float(x))
+
+
+def initial_values(init_params: Mapping[str, Any]) -> dict[str, Any]:
+  """The raw float32 initial values of an objective's (possibly nested) `init_params`."""
+  return jax.tree.map(lambda p: jnp.asarray(_as_param(p).init, jnp.float32), dict(init_params),
+                      is_leaf=_is_param)
+
+
+def fixed_mask(init_params: Mapping[str, Any]) -> dict[str, Any]:
+  """A bool pytree shaped like the loss params: True where the parameter is not learned."""
+  return jax.tree.map(lambda p: not _as_param(p).learned, dict(init_params), is_leaf=_is_param)
+
+
+def project(loss_params: Mapping[str, Any], init_params: Mapping[str, Any]) -> dict[str, Any]:
+  """Clips every bounded parameter of `loss_params` into its declared [low, high]."""
+  def clip(p, value):
+    p = _as_param(p)
+    if p.low is None and p.high is None:
+      return value
+    return jnp.clip(value, p.low, p.high).astype(value.dtype)
+
+  return jax.tree.map(clip, dict(init_params), dict(loss_params), is_leaf=_is_param)
+
+
+def scale_param(init_scale: float, *, learn_scale: bool = True, max_scale: float = 0.0) -> Param:
+  """The `Param` of a temperature t = exp(t'): fixed unless `learn_scale`, t' <= log(max_scale)
+  when `max_scale` > 0 (the bound is a projection after the update; see `Param`)."""
+  return Param(float(init_scale), learned=bool(learn_scale),
+               high=math.log(max_scale) if max_scale else None)
+
+
+@dataclasses.dataclass(frozen=True)
 class Objective:
   """A training objective.
 
   Attributes:
-    init_params: raw initial values of the objective's own learnable parameters, by name
-      (e.g. {"scale": log(10), "bias": -10.0}). Become `params["loss"]`.
+    init_params: the objective's own parameters by name (nested dicts allowed, as in
+      `composite`), each a `Param` (initial raw value, learned or fixed, bounds) or a plain float
+      (learned, unbounded), e.g. {"scale": Param(log(10)), "bias": -10.0}. Their initial values
+      become `params["loss"]`.
     apply: (outputs, loss_params) -> (scalar loss, metrics); see the module docstring.
     modalities: the modalities (keys of `outputs`) the objective reads.
     batch_keys: per-example batch entries other than the modalities that the objective reads
@@ -166,11 +232,6 @@ def check_contrastive_fields(fields: Mapping[str, Any], field: str = "config.los
   check_number(f"{field}.max_scale", fields["max_scale"], low=0.0)
 
 
-def temperature(raw_scale: Array, *, learn_scale: bool = True, max_scale: float = 0.0) -> Array:
-  """t = exp(t'), frozen (stop_gradient) unless `learn_scale`, clamped to `max_scale` if > 0."""
-  t = jnp.exp(jnp.asarray(raw_scale, jnp.float32))
-  if not learn_scale:
-    t = jax.lax.stop_gradient(t)
-  if max_scale:
-    t = jnp.minimum(t, jnp.float32(max_scale))
-  return t
+def temperature(raw_scale: Array) -> Array:
+  """t = exp(t') in float32. Fixing or bounding t is the trainer's job (see `scale_param`)."""
+  return jnp.exp(jnp.asarray(raw_scale, jnp.float32))

@@ -177,14 +177,15 @@ SIGMOID_DEFAULTS: dict[str, Any] = dict(
 )
 
 
-@reg.LOSSES.register("sigmoid")
+@reg.LOSSES.register("sigmoid", fields=SIGMOID_DEFAULTS)
 def sigmoid_objective(loss_config: Any, *, axis_name: R.AxisName) -> reg.Objective:
   """The SigLIP objective between two modalities.
 
   Config fields (defaults in SIGMOID_DEFAULTS): modalities (x, y), impl ("ring" | "all_gather"),
   chunk_size (0 = whole blocks), label_smoothing, init_scale (t' with t = exp(t')), init_bias,
-  learn_scale (False: t is frozen at exp(init_scale)), max_scale (0 = no clamp, else
-  t = min(exp(t'), max_scale)), use_bias (False: b = 0 and no bias parameter).
+  learn_scale (False: t stays exp(init_scale), outside the optimizer), max_scale (0 = no bound,
+  else t' is projected into (-inf, log max_scale] after each update), use_bias (False: b = 0 and
+  no bias parameter).
 
   Params: {"scale": t', "bias": b} ("bias" only with use_bias). Metrics: loss, scale (t) and
   bias (with use_bias).
@@ -194,15 +195,15 @@ def sigmoid_objective(loss_config: Any, *, axis_name: R.AxisName) -> reg.Objecti
   reg.check_number("config.loss.init_bias", f["init_bias"])
   reg.check_bool("config.loss.use_bias", f["use_bias"])
   modalities = reg.check_modalities("config.loss.modalities", f["modalities"])
-  init_params = {"scale": float(f["init_scale"])}
+  init_params = {"scale": reg.scale_param(f["init_scale"], learn_scale=f["learn_scale"],
+                                          max_scale=f["max_scale"])}
   if f["use_bias"]:
-    init_params["bias"] = float(f["init_bias"])
+    init_params["bias"] = reg.Param(float(f["init_bias"]))
 
   def apply(outputs: Mapping[str, jax.Array],
             loss_params: Mapping[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
     x, y = reg.get_modalities(outputs, modalities)
-    t = reg.temperature(loss_params["scale"], learn_scale=f["learn_scale"],
-                        max_scale=f["max_scale"])
+    t = reg.temperature(loss_params["scale"])
     b = jnp.asarray(loss_params["bias"], jnp.float32) if f["use_bias"] else jnp.float32(0.0)
     loss = sigmoid_loss(x, y, t, b, axis_name=axis_name, impl=f["impl"],
                         chunk_size=f["chunk_size"] or None, label_smoothing=f["label_smoothing"])

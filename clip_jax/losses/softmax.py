@@ -188,13 +188,14 @@ SOFTMAX_DEFAULTS: dict[str, Any] = dict(
 )
 
 
-@reg.LOSSES.register("softmax")
+@reg.LOSSES.register("softmax", fields=SOFTMAX_DEFAULTS)
 def softmax_objective(loss_config: Any, *, axis_name: R.AxisName) -> reg.Objective:
   """The CLIP objective between two modalities.
 
   Config fields (defaults in SOFTMAX_DEFAULTS): modalities (x, y), impl ("ring" | "all_gather"),
   chunk_size (0 = whole blocks), label_smoothing, init_scale (t' with t = exp(t')), learn_scale
-  (False: t is frozen at exp(init_scale)), max_scale (0 = no clamp; CLIP uses 100).
+  (False: t stays exp(init_scale), outside the optimizer), max_scale (0 = no bound; CLIP uses
+  100: t' is projected into (-inf, log 100] after each update, as open_clip clamps it).
 
   Params: {"scale": t'}. Metrics: loss, scale (t).
   """
@@ -205,11 +206,12 @@ def softmax_objective(loss_config: Any, *, axis_name: R.AxisName) -> reg.Objecti
   def apply(outputs: Mapping[str, jax.Array],
             loss_params: Mapping[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
     x, y = reg.get_modalities(outputs, modalities)
-    t = reg.temperature(loss_params["scale"], learn_scale=f["learn_scale"],
-                        max_scale=f["max_scale"])
+    t = reg.temperature(loss_params["scale"])
     loss = softmax_loss(x, y, t, axis_name=axis_name, impl=f["impl"],
                         chunk_size=f["chunk_size"] or None, label_smoothing=f["label_smoothing"])
     return loss, {"loss": loss, "scale": t}
 
-  return reg.Objective(init_params={"scale": float(f["init_scale"])}, apply=apply,
+  init_params = {"scale": reg.scale_param(f["init_scale"], learn_scale=f["learn_scale"],
+                                          max_scale=f["max_scale"])}
+  return reg.Objective(init_params=init_params, apply=apply,
                        modalities=modalities)

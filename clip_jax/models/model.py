@@ -25,13 +25,10 @@ import jax.numpy as jnp
 from clip_jax.models import layers
 from clip_jax.models import text as _text  # noqa: F401  (registers "text_transformer")
 from clip_jax.models import vit as _vit  # noqa: F401  (registers "vit")
-from clip_jax.models.registry import TOWERS, ConfigError, canonical_dtype, check_bool
+from clip_jax.models.registry import (MODEL_WIDE_FIELDS, REQUIRED, TOWERS, ConfigError,
+                                      canonical_dtype, check_bool, tower_fields)
 
 Array = jax.Array
-
-# Dataclass fields of a tower that the config may not set: flax's own, and the model's.
-_RESERVED_FIELDS = ("parent", "name", "config_field")
-
 
 def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
   """x / max(||x||, eps) along the last axis, in float32. [..., d] -> [..., d]."""
@@ -72,8 +69,8 @@ def resolve_tower(modality: str, tower_config: Any, dtype: Any = "float32",
     raise ConfigError(f"{field}.name is missing; choose one of: {', '.join(TOWERS.names())}")
   name = kwargs.pop("name")
   tower_cls = TOWERS.get(name, field=f"{field}.name")
-  fields = {f.name: f for f in dataclasses.fields(tower_cls) if f.init}
-  allowed = [n for n in fields if n not in _RESERVED_FIELDS]
+  declared = tower_fields(tower_cls)
+  allowed = [*declared, *MODEL_WIDE_FIELDS]
   for key in kwargs:
     if key not in allowed:
       close = difflib.get_close_matches(key, allowed, n=1)
@@ -85,13 +82,11 @@ def resolve_tower(modality: str, tower_config: Any, dtype: Any = "float32",
   kwargs.setdefault("remat", remat)
   kwargs["dtype"] = canonical_dtype(kwargs["dtype"], f"{field}.dtype")
   check_bool(kwargs["remat"], f"{field}.remat")
-  missing = [n for n in allowed if n not in kwargs
-             and fields[n].default is dataclasses.MISSING
-             and fields[n].default_factory is dataclasses.MISSING]
+  missing = [n for n, default in declared.items() if n not in kwargs and default is REQUIRED]
   if missing:
     raise ConfigError(f"{field} is missing required field(s) of tower {name!r}: "
                       f"{', '.join(f'{field}.{n}' for n in missing)}")
-  if "config_field" in fields:
+  if "config_field" in {f.name for f in dataclasses.fields(tower_cls)}:
     kwargs["config_field"] = field
   check_config = getattr(tower_cls, "check_config", None)
   if check_config is not None:

@@ -18,13 +18,37 @@ The `check_*` helpers below are shared by the towers for such checks.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Iterable
 
 import jax.numpy as jnp
 
-from clip_jax.registry import ConfigError, Registry
+from clip_jax.registry import REQUIRED, ConfigError, Registry
 
-TOWERS: Registry[type] = Registry("tower", "config.model.towers.<modality>.name")
+# Dataclass fields of a tower that the config may not set: flax's own, and the model's.
+RESERVED_FIELDS = ("parent", "name", "config_field")
+# Fields every tower takes that default to the model's settings (config.model.dtype / remat).
+MODEL_WIDE_FIELDS = ("dtype", "remat")
+
+
+def tower_fields(tower_cls: type) -> dict[str, Any]:
+  """The config fields of a tower class: {field: default, or REQUIRED}, without the reserved
+  fields and without `dtype` and `remat` (which default to the model's)."""
+  out = {}
+  for f in dataclasses.fields(tower_cls):
+    if not f.init or f.name in RESERVED_FIELDS or f.name in MODEL_WIDE_FIELDS:
+      continue
+    if f.default is not dataclasses.MISSING:
+      out[f.name] = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+      out[f.name] = f.default_factory()
+    else:
+      out[f.name] = REQUIRED
+  return out
+
+
+TOWERS: Registry[type] = Registry("tower", "config.model.towers.<modality>.name",
+                                  fields_of=tower_fields)
 
 # Compute dtypes a model or tower may use (by config name). Parameters are always float32.
 DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

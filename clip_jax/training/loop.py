@@ -26,10 +26,10 @@ from clip_jax import mesh as mesh_lib
 from clip_jax.checkpoint import Checkpointer, load_params_from
 from clip_jax.data import make_tokenizer, make_train_iterator
 from clip_jax.evals import make_evaluators
-from clip_jax.losses.registry import make_objective
+from clip_jax.losses.registry import fixed_mask, make_objective
 from clip_jax.metrics import MetricsWriter, ProgressBar, plot_metrics
 from clip_jax.models import make_model
-from clip_jax.optim import make_optimizer
+from clip_jax.optim import frozen_mask, make_optimizer
 from clip_jax.registry import ConfigError
 from clip_jax.training import state as state_lib
 from clip_jax.training.preemption import PreemptionGuard
@@ -74,7 +74,11 @@ class Trainer:
     init_params = state_lib.make_init_fn(
         self.model, self.objective, state_lib.sample_inputs(sample_batch, self.modalities))
     abstract_params = jax.eval_shape(init_params, jax.random.key(0))
-    self.tx, self.schedule = make_optimizer(config.optim, config.total_steps, abstract_params)
+    fixed = {"model": jax.tree.map(lambda _: False, abstract_params["model"]),
+             "loss": fixed_mask(self.objective.init_params)}
+    self.frozen = frozen_mask(config.optim, abstract_params, fixed)
+    self.tx, self.schedule = make_optimizer(config.optim, config.total_steps, abstract_params,
+                                            self.frozen)
     self.make_state = state_lib.make_state_fn(init_params, self.tx, config.seed)
     self.abstract_state, self.state_shardings = state_lib.state_shardings(
         self.make_state, config.sharding_rules, self.mesh)
@@ -90,7 +94,8 @@ class Trainer:
           f"the data does not provide (it gives {sorted(sample_batch)}){hint}")
     self.train_step = make_train_step(
         self.model, self.objective, self.tx, self.schedule, self.mesh, self.batch_axes,
-        self.state_shardings, self.batch_keys, debug_nan_steps=tuple(config.debug_nan_steps))
+        self.state_shardings, self.batch_keys, frozen=self.frozen,
+        debug_nan_steps=tuple(config.debug_nan_steps))
     self.embed = make_embed_fn(self.model, self.mesh, self.batch_axes,
                                config.eval_batch_size or config.batch_size)
 

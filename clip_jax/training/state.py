@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from clip_jax.losses.registry import Objective
+from clip_jax.losses.registry import Objective, initial_values, project
 from clip_jax.mesh import shardings_for
 
 State = dict[str, Any]
@@ -40,7 +40,8 @@ def make_init_fn(model: nn.Module, objective: Objective,
   """Returns rng -> params {"model": ..., "loss": ...}."""
   def init(rng):
     model_params = model.init(rng, dict(sample), train=False)["params"]
-    loss_params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), dict(objective.init_params))
+    # Bounded parameters start inside their bounds (the same projection as after each update).
+    loss_params = project(initial_values(objective.init_params), objective.init_params)
     return {"model": model_params, "loss": loss_params}
 
   return init

@@ -7,7 +7,13 @@ Batch arrays are sharded over the batch axes on dimension 0. The towers run unde
 sharding propagation; the objective runs inside `jax.shard_map` over the batch axes only, on
 per-device shards, where its collectives (all-gather or ring ppermute) build the global
 similarity. A non-finite loss or gradient norm skips the update (params and optimizer state are
-kept) and is counted in `bad_steps`.
+kept) and is counted in `bad_steps`; a skipped step does not advance the learning-rate schedule,
+and the logged `learning_rate` is the rate applied in that step.
+
+Frozen parameters (`config.optim.freeze`, and an objective's `Param(learned=False)`) get a zero
+gradient, so they do not count in `grad_norm` and XLA drops their backward computation. The
+objective's bounded parameters (`Param(low=..., high=...)`) are projected into their bounds
+after the update.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from clip_jax.losses.registry import Objective
+from clip_jax.losses.registry import Objective, project
 from clip_jax.training.state import State
+
 
 def make_loss_fn(model: nn.Module, objective: Objective, mesh: Mesh,
                  batch_axes: Sequence[str]) -> Callable:
@@ -44,13 +51,14 @@ def make_loss_fn(model: nn.Module, objective: Objective, mesh: Mesh,
 
 def make_train_step(model: nn.Module, objective: Objective, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, mesh: Mesh, batch_axes: Sequence[str],
-                    state_shardings: Any, batch_keys: Sequence[str],
+                    state_shardings: Any, batch_keys: Sequence[str], frozen: Any = None,
                     debug_nan_steps: Sequence[int] = ()) -> Callable[[State, Mapping[str, jax.Array]],
                                                           tuple[State, dict[str, jax.Array]]]:
   """Builds the jitted, donated train step with explicit in/out shardings.
 
   Args:
     batch_keys: the keys of the batch dict (all sharded over `batch_axes` on dimension 0).
+    frozen: a bool pytree like the params (True: frozen, gets a zero gradient), or None.
     debug_nan_steps: test-only fault injection; the updates that would make `step` equal to one
       of these values see a NaN loss.
   """
@@ -62,9 +70,12 @@ def make_train_step(model: nn.Module, objective: Objective, tx: optax.GradientTr
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
     if debug_nan_steps:
       loss = jnp.where(jnp.isin(state["step"] + 1, jnp.asarray(debug_nan_steps)), jnp.nan, loss)
+    if frozen is not None:
+      grads = jax.tree.map(lambda g, f: jnp.zeros_like(g) if f else g, grads, frozen)
     grad_norm = optax.tree.norm(grads)
     updates, new_opt_state = tx.update(grads, state["opt_state"], state["params"])
     new_params = optax.apply_updates(state["params"], updates)
+    new_params = dict(new_params, loss=project(new_params["loss"], objective.init_params))
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
     new_state = {
@@ -76,7 +87,10 @@ def make_train_step(model: nn.Module, objective: Objective, tx: optax.GradientTr
         "skipped": state["skipped"] + (~ok).astype(jnp.int32),
     }
     metrics = dict(metrics)
-    metrics.update(loss=loss, grad_norm=grad_norm, learning_rate=schedule(state["step"]),
+    # optax counts applied updates only (a skipped step keeps its state), so the rate applied in
+    # this step is the schedule at (steps so far) - (steps skipped so far).
+    applied_lr = schedule(state["step"] - state["skipped"])
+    metrics.update(loss=loss, grad_norm=grad_norm, learning_rate=applied_lr,
                    skipped=new_state["skipped"], bad_steps=new_state["bad_steps"])
     return new_state, metrics
 

@@ -17,6 +17,7 @@ import clip_jax.losses as losses
 import losses_reference as ref  # tests/losses/reference.py, registered by conftest.py
 from clip_jax.losses import sigmoid_loss
 from clip_jax.registry import ConfigError
+from clip_jax.losses.registry import initial_values, project
 
 
 N, DIM = 16, 8  # global batch: 2 rows per device on 8 devices
@@ -94,7 +95,7 @@ def _objective(**fields):
 
 def test_objective_defaults_and_metrics():
   objective = _objective()
-  assert objective.init_params == {"scale": pytest.approx(math.log(10.0)), "bias": -10.0}
+  assert initial_values(objective.init_params) == {"scale": pytest.approx(math.log(10.0)), "bias": -10.0}
   assert objective.modalities == ("image", "text")
   x, y = ref.random_pairs(3, 8, DIM)
   params = {"scale": jnp.float32(math.log(T)), "bias": jnp.float32(B)}
@@ -111,16 +112,24 @@ def test_objective_defaults_and_metrics():
 def test_objective_options():
   x, y = ref.random_pairs(4, 8, DIM)
   params = {"scale": jnp.float32(math.log(200.0)), "bias": jnp.float32(B)}
-  # max_scale clamps t = exp(t') = 200 to 100; the clamp has no gradient above it.
-  (loss, metrics), grads = ref.objective_grads(_objective(max_scale=100.0), x, y, params)
-  np.testing.assert_allclose(metrics["scale"], 100.0)
-  np.testing.assert_allclose(loss, ref.sigmoid_loss(x, y, 100.0, B), rtol=1e-5)
-  assert float(grads["scale"]) == 0.0 and float(grads["bias"]) != 0.0
-  # learn_scale=False: the scale is used but gets no gradient.
+  # max_scale bounds t' by a projection after the update (the trainer applies it); the loss uses
+  # exp(t') as given and keeps the gradient of t'.
+  objective = _objective(max_scale=100.0)
+  assert objective.init_params["scale"].high == pytest.approx(math.log(100.0))
+  np.testing.assert_allclose(project(params, objective.init_params)["scale"], math.log(100.0),
+                             rtol=1e-6)
+  np.testing.assert_allclose(project(params, objective.init_params)["bias"], B)
+  (loss, metrics), grads = ref.objective_grads(objective, x, y, params)
+  np.testing.assert_allclose(metrics["scale"], 200.0, rtol=1e-5)
+  np.testing.assert_allclose(loss, ref.sigmoid_loss(x, y, 200.0, B), rtol=1e-5)
+  assert float(grads["scale"]) != 0.0 and float(grads["bias"]) != 0.0
+  # learn_scale=False: the scale is declared fixed; the trainer keeps it out of the optimizer
+  # (tests/training/test_loss_params.py).
+  objective = _objective(learn_scale=False)
+  assert not objective.init_params["scale"].learned and objective.init_params["bias"].learned
   params = {"scale": jnp.float32(math.log(T)), "bias": jnp.float32(B)}
-  (loss, _), grads = ref.objective_grads(_objective(learn_scale=False), x, y, params)
+  (loss, _), grads = ref.objective_grads(objective, x, y, params)
   np.testing.assert_allclose(loss, ref.sigmoid_loss(x, y, T, B), rtol=1e-5)
-  assert float(grads["scale"]) == 0.0 and float(grads["bias"]) != 0.0
   # use_bias=False: no bias parameter, b = 0.
   objective = _objective(use_bias=False, label_smoothing=0.1, impl="all_gather")
   assert set(objective.init_params) == {"scale"}
@@ -146,4 +155,4 @@ def test_objective_missing_modality():
   objective = _objective(modalities=("image", "audio"))
   x, y = ref.f32(*ref.random_pairs(5, 4, DIM))
   with pytest.raises(ConfigError, match="audio"):
-    objective.apply({"image": x, "text": y}, objective.init_params)
+    objective.apply({"image": x, "text": y}, initial_values(objective.init_params))

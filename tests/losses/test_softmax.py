@@ -17,6 +17,7 @@ import clip_jax.losses as losses
 import losses_reference as ref  # tests/losses/reference.py, registered by conftest.py
 from clip_jax.losses import softmax_loss
 from clip_jax.registry import ConfigError
+from clip_jax.losses.registry import initial_values, project
 
 
 N, DIM = 16, 8  # global batch: 2 rows per device on 8 devices
@@ -91,7 +92,7 @@ def _objective(**fields):
 
 def test_objective_defaults_and_metrics():
   objective = _objective()
-  assert objective.init_params == {"scale": pytest.approx(math.log(1 / 0.07))}
+  assert initial_values(objective.init_params) == {"scale": pytest.approx(math.log(1 / 0.07))}
   x, y = ref.random_pairs(3, 8, DIM)
   (loss, metrics), grads = ref.objective_grads(objective, x, y,
                                                {"scale": jnp.float32(math.log(T))})
@@ -104,17 +105,22 @@ def test_objective_defaults_and_metrics():
 
 def test_objective_options():
   x, y = ref.random_pairs(4, 8, DIM)
-  # CLIP's clamp: t = min(exp(t'), 100); no gradient through the clamp.
-  (loss, metrics), grads = ref.objective_grads(
-      _objective(max_scale=100.0, modalities=("text", "image")), x, y,
-      {"scale": jnp.float32(math.log(150.0))})
-  np.testing.assert_allclose(metrics["scale"], 100.0)
-  np.testing.assert_allclose(loss, ref.softmax_loss(y, x, 100.0), rtol=1e-5)
-  assert float(grads["scale"]) == 0.0
+  # CLIP's bound t <= 100 is a projection of t' after the update (the trainer applies it), not a
+  # clamp in the loss: the loss uses exp(t') as given and keeps its gradient.
+  objective = _objective(max_scale=100.0, modalities=("text", "image"))
+  assert objective.init_params["scale"].high == pytest.approx(math.log(100.0))
+  params = {"scale": jnp.float32(math.log(150.0))}
+  np.testing.assert_allclose(project(params, objective.init_params)["scale"], math.log(100.0),
+                             rtol=1e-6)
+  (loss, metrics), grads = ref.objective_grads(objective, x, y, params)
+  np.testing.assert_allclose(metrics["scale"], 150.0, rtol=1e-5)
+  np.testing.assert_allclose(loss, ref.softmax_loss(y, x, 150.0), rtol=1e-5)
+  assert float(grads["scale"]) != 0.0
   (loss, _), grads = ref.objective_grads(_objective(learn_scale=False, label_smoothing=0.2),
                                          x, y, {"scale": jnp.float32(math.log(T))})
   np.testing.assert_allclose(loss, ref.softmax_loss(x, y, T, eps=0.2), rtol=1e-5)
-  assert float(grads["scale"]) == 0.0
+  # A fixed scale is left out of the optimizer by the trainer (tests/training/test_loss_params.py).
+  assert not _objective(learn_scale=False).init_params["scale"].learned
 
 
 @pytest.mark.parametrize("fields,message", [

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from clip_jax.losses.objectives import _common as C
-from clip_jax.losses.registry import LOSSES, Objective
+from clip_jax.losses.registry import LOSSES, Objective, scale_param
 
 Array = jax.Array
 
@@ -107,7 +107,7 @@ def contrastive_gap_loss(x: Array, y: Array, t: Array, *, axis_name: C.AxisName 
                     uniform_y=uniform_y, cross_uniform=cross_uniform)
 
 
-@LOSSES.register("contrastive_gap")
+@LOSSES.register("contrastive_gap", fields=CONTRASTIVE_GAP_DEFAULTS)
 def contrastive_gap_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
   """CLIP + uniformity + alignment (+ cross-modal uniformity) between two modalities.
 
@@ -136,4 +136,4 @@ def contrastive_gap_objective(loss_config: Any, *, axis_name: C.AxisName) -> Obj
                f"uniform_{modalities[1]}": m["uniform_y"], "cross_uniform": m["cross_uniform"]}
     return loss, metrics
 
-  return Objective(init_params={"scale": init_scale}, apply=apply, modalities=modalities)
+  return Objective(init_params={"scale": scale_param(init_scale, learn_scale=learn_scale)}, apply=apply, modalities=modalities)

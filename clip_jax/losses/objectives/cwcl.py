@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from clip_jax.losses.objectives import _common as C
-from clip_jax.losses.registry import LOSSES, Objective
+from clip_jax.losses.registry import LOSSES, Objective, scale_param
 
 Array = jax.Array
 
@@ -89,7 +89,7 @@ def cwcl_loss(p: Array, q: Array, t: Array, *, axis_name: C.AxisName = None,
   return loss, metrics
 
 
-@LOSSES.register("cwcl")
+@LOSSES.register("cwcl", fields=CWCL_DEFAULTS)
 def cwcl_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
   """CWCL between a student modality and a frozen teacher modality.
 
@@ -118,4 +118,4 @@ def cwcl_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
     loss, metrics = cwcl_loss(p, q, t, axis_name=axis_name, directions=directions)
     return loss, {"loss": loss, "scale": t, **metrics}
 
-  return Objective(init_params={"scale": init_scale}, apply=apply, modalities=modalities)
+  return Objective(init_params={"scale": scale_param(init_scale, learn_scale=learn_scale)}, apply=apply, modalities=modalities)

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from clip_jax.losses.objectives import _common as C
-from clip_jax.losses.registry import LOSSES, Objective
+from clip_jax.losses.registry import LOSSES, Objective, scale_param
 
 Array = jax.Array
 
@@ -109,7 +109,7 @@ def dcl_loss(x: Array, y: Array, t: Array, *, axis_name: C.AxisName = None,
   return loss, metrics
 
 
-@LOSSES.register("dcl")
+@LOSSES.register("dcl", fields=DCL_DEFAULTS)
 def dcl_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
   """Decoupled contrastive loss between two modalities.
 
@@ -136,4 +136,4 @@ def dcl_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
                              intra_modal_negatives=intra)
     return loss, {"loss": loss, "scale": t, **metrics}
 
-  return Objective(init_params={"scale": init_scale}, apply=apply, modalities=modalities)
+  return Objective(init_params={"scale": scale_param(init_scale, learn_scale=learn_scale)}, apply=apply, modalities=modalities)

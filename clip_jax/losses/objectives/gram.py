@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from clip_jax.losses.objectives import _common as C
-from clip_jax.losses.registry import LOSSES, Objective
+from clip_jax.losses.registry import LOSSES, Objective, scale_param
 from clip_jax.registry import ConfigError
 
 Array = jax.Array
@@ -162,7 +162,7 @@ def gram_loss(anchor: Array, others: list[Array], t: Array, *,
   return loss, metrics
 
 
-@LOSSES.register("gram")
+@LOSSES.register("gram", fields=GRAM_DEFAULTS)
 def gram_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
   """GRAM volume contrastive loss over `config.loss.modalities` (2 to 8), one of them the anchor.
 
@@ -192,4 +192,4 @@ def gram_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
     loss, metrics = gram_loss(a, others, t, axis_name=axis_name)
     return loss, {"loss": loss, "scale": t, **metrics}
 
-  return Objective(init_params={"scale": init_scale}, apply=apply, modalities=modalities)
+  return Objective(init_params={"scale": scale_param(init_scale, learn_scale=learn_scale)}, apply=apply, modalities=modalities)

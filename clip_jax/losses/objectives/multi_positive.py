@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from clip_jax.losses.objectives import _common as C
-from clip_jax.losses.registry import LOSSES, Objective
+from clip_jax.losses.registry import LOSSES, Objective, scale_param
 from clip_jax.registry import ConfigError
 
 Array = jax.Array
@@ -85,7 +85,7 @@ def multi_positive_loss(x: Array, y: Array, ids: Array, t: Array, *,
   return loss, dict(x_to_y=x_to_y, y_to_x=y_to_x, positives_per_row=num_pairs / total)
 
 
-@LOSSES.register("multi_positive")
+@LOSSES.register("multi_positive", fields=MULTI_POSITIVE_DEFAULTS)
 def multi_positive_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
   """Multi-positive decoupled softmax between two modalities, positives from instance ids.
 
@@ -117,6 +117,6 @@ def multi_positive_objective(loss_config: Any, *, axis_name: C.AxisName) -> Obje
     loss, metrics = multi_positive_loss(x, y, outputs[id_key], t, axis_name=axis_name)
     return loss, {"loss": loss, "scale": t, **metrics}
 
-  return Objective(init_params={"scale": init_scale}, apply=apply, modalities=modalities,
+  return Objective(init_params={"scale": scale_param(init_scale, learn_scale=learn_scale)}, apply=apply, modalities=modalities,
                    batch_keys=(id_key,))
 

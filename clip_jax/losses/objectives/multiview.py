@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from clip_jax.losses.objectives import _common as C
-from clip_jax.losses.registry import LOSSES, Objective
+from clip_jax.losses.registry import LOSSES, Objective, scale_param
 
 Array = jax.Array
 
@@ -141,10 +141,10 @@ def _build(loss_config: Any, axis_name: C.AxisName, defaults: Mapping[str, Any],
       loss, metrics = mv_infonce_loss(views, t, axis_name=axis_name)
     return loss, {"loss": loss, "scale": t, **metrics}
 
-  return Objective(init_params={"scale": init_scale}, apply=apply, modalities=modalities)
+  return Objective(init_params={"scale": scale_param(init_scale, learn_scale=learn_scale)}, apply=apply, modalities=modalities)
 
 
-@LOSSES.register("mv_infonce")
+@LOSSES.register("mv_infonce", fields=MV_INFONCE_DEFAULTS)
 def mv_infonce_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
   """MV-InfoNCE over all the modalities of `config.loss.modalities` (>= 2).
 
@@ -154,7 +154,7 @@ def mv_infonce_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objectiv
   return _build(loss_config, axis_name, MV_INFONCE_DEFAULTS, dhel=False)
 
 
-@LOSSES.register("mv_dhel")
+@LOSSES.register("mv_dhel", fields=MV_DHEL_DEFAULTS)
 def mv_dhel_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
   """MV-DHEL over all the modalities of `config.loss.modalities` (>= 2).
 

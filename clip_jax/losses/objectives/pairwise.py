@@ -51,7 +51,7 @@ def _pair_config(pair_loss: Any, pair: tuple[str, str], field: str) -> ml_collec
   return ml_collections.ConfigDict(as_dict)
 
 
-@LOSSES.register("pairwise")
+@LOSSES.register("pairwise", fields=PAIRWISE_DEFAULTS)
 def pairwise_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
   """A weighted sum of a two-modality objective over pairs of modalities.
 

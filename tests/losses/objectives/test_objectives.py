@@ -34,7 +34,7 @@ from jax.sharding import PartitionSpec as P
 import clip_jax.losses  # noqa: F401  (registers the objectives)
 import objectives_reference as ref  # objectives/reference.py, registered by ../conftest.py
 from clip_jax.losses.objectives import gram as gram_module
-from clip_jax.losses.registry import LOSSES, make_objective
+from clip_jax.losses.registry import LOSSES, initial_values, make_objective
 from clip_jax.registry import ConfigError
 
 
@@ -236,7 +236,7 @@ def _runner(name: str):
     spec = MESHES[label]
     objective = make_objective(ml_collections.ConfigDict(case.config),
                                axis_name=None if spec is None else spec[2])
-    init = objective.init_params
+    init = initial_values(objective.init_params)
     apply = objective.apply
     if spec is not None:
       shape, names, axis = spec
@@ -381,7 +381,7 @@ def test_multi_positive_with_distinct_ids_is_decoupled_clip():
 
 def test_frozen_scale_gets_no_gradient():
   objective = make_objective(ml_collections.ConfigDict(dict(name="dcl")), axis_name=None)
-  assert objective.init_params == {"scale": pytest.approx(math.log(10.0))}
+  assert initial_values(objective.init_params) == {"scale": pytest.approx(math.log(10.0))}
   rng = np.random.default_rng(0)
   outputs = {"image": _unit_rows(rng, 4), "text": _unit_rows(rng, 4)}
   grad = jax.grad(lambda p: objective.apply(outputs, p)[0])({"scale": jnp.float32(2.0)})

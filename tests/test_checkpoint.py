@@ -1,0 +1,155 @@
+"""Checkpoint reads into the current mesh, and runs that fell back from an unreadable checkpoint.
+
+Bug reports replayed here:
+* `init_from` of a run saved on 8 devices raised "Topology mismatch" on 1 or 4 devices; every
+  checkpoint read must restore into the current mesh's target shardings.
+* A run that fell back from a corrupted checkpoint 8 to 4 failed at step 8 on every restart
+  (`StepAlreadyExistsError`), and its messages called step 8 "the last complete" checkpoint.
+"""
+
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from clip_jax.checkpoint import Checkpointer, load_params_from
+from clip_jax.config import load_config_file
+from clip_jax.metrics import read_metrics
+from clip_jax.registry import ConfigError
+from clip_jax.training.loop import Trainer, initial_state, train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "tests", "configs", "tiny.py")
+SAMPLE = {"image": np.zeros((16, 8, 8, 3), np.float32), "text": np.ones((16, 6), np.int32)}
+
+
+def tiny(**overrides):
+  config = load_config_file(TINY)
+  config.update(overrides)
+  return config
+
+
+def built(config, devices):
+  trainer = Trainer(config, devices=devices)
+  trainer.build(SAMPLE)
+  return trainer
+
+
+def trained_params_on(devices, mesh, rules, workdir):
+  """Trains 2 steps on `devices` with `mesh` and sharding `rules`; saves; returns the params."""
+  trainer = built(tiny(mesh=mesh, sharding_rules=rules), devices)
+  state = trainer.init_state()
+  rng = np.random.default_rng(0)
+  for _ in range(2):
+    batch = {"image": rng.uniform(-1, 1, (16, 8, 8, 3)).astype(np.float32),
+             "text": rng.integers(1, 300, (16, 6)).astype(np.int32)}
+    state, _ = trainer.train_step(state, trainer.global_batch(batch))
+  ckpt = Checkpointer(workdir, async_save=False)
+  ckpt.save(2, state, {"step": 2}, force=True)
+  ckpt.close()
+  return jax.device_get(state["params"])
+
+
+@pytest.mark.parametrize("src_devices, src_mesh, rules, dst_devices, dst_mesh", [
+    (8, (("data", 4), ("fsdp", 2)), ((".*", "fsdp"),), 1, (("data", 1), ("fsdp", 1))),
+    (8, (("data", 4), ("fsdp", 2)), ((".*", "fsdp"),), 4, (("data", 2), ("fsdp", 2))),
+    (2, (("data", 2), ("fsdp", 1)), ((".*", "replicate"),), 1, (("data", 1), ("fsdp", 1))),
+    (1, (("data", 1), ("fsdp", 1)), ((".*", "replicate"),), 8, (("data", 4), ("fsdp", 2))),
+])
+def test_init_from_loads_exactly_on_another_device_count(tmp_path, src_devices, src_mesh, rules,
+                                                         dst_devices, dst_mesh):
+  saved = trained_params_on(jax.devices()[:src_devices], src_mesh, rules, tmp_path / "src")
+  trainer = built(tiny(mesh=dst_mesh, init_from=str(tmp_path / "src")),
+                  jax.devices()[:dst_devices])
+  params = initial_state(trainer, trainer.config)["params"]
+  kernel = params["model"]["image"]["projection"]["kernel"]
+  assert kernel.sharding == trainer.state_shardings["params"]["model"]["image"]["projection"][
+      "kernel"]
+  assert len(kernel.sharding.device_set) == dst_devices
+  diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))),
+                       jax.device_get(params), saved)
+  assert max(jax.tree.leaves(diffs)) == 0.0
+
+
+def test_init_from_a_params_only_checkpoint_and_a_step_directory(tmp_path):
+  # Two more read paths of the same kind: a step directory of another run (written on 8
+  # devices), and a params-only tree as a converter writes it, each read on 2 devices.
+  saved = trained_params_on(jax.devices(), (("data", 4), ("fsdp", 2)), ((".*", "fsdp"),),
+                            tmp_path / "src")
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(tmp_path / "converted", jax.device_put(saved))
+  for path in (tmp_path / "src" / "checkpoints" / "2", tmp_path / "converted"):
+    trainer = built(tiny(mesh=(("data", 2), ("fsdp", 1)), init_from=str(path)),
+                    jax.devices()[:2])
+    params = jax.device_get(initial_state(trainer, trainer.config)["params"])
+    jax.tree.map(np.testing.assert_array_equal, params, saved)
+
+
+def test_init_from_error_paths(tmp_path):
+  trained_params_on(jax.devices(), (("data", 8), ("fsdp", 1)), ((".*", "fsdp"),),
+                    tmp_path / "src")
+  src = str(tmp_path / "src")
+  trainer = built(tiny(), jax.devices())
+  fresh = trainer.init_state()["params"]
+  shardings = trainer.state_shardings["params"]
+  with pytest.raises(ConfigError, match=r"'grow'.*must be 'load' or 'init'"):
+    load_params_from(src, fresh, shardings, ((r"^model/", "grow"),))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(ConfigError, match=r"config.init_from = .*empty.* is not a checkpoint"):
+    load_params_from(str(tmp_path / "empty"), fresh, shardings)
+  wide_config = tiny()
+  wide_config.model.embed_dim = 32
+  wide = built(wide_config, jax.devices())
+  with pytest.raises(ConfigError, match=r"projection/kernel has shape \(16, 16\) in .* but "
+                                        r"\(16, 32\) here; mark it 'init'"):
+    load_params_from(src, wide.init_state()["params"], wide.state_shardings["params"])
+  # Every checkpoint unreadable: the error names the path and the steps tried.
+  for root, _, files in os.walk(tmp_path / "src" / "checkpoints" / "2" / "state"):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 3)
+  with pytest.raises(ConfigError, match=r"no checkpoint there can be read: .*checkpoints/2"):
+    load_params_from(src, fresh, shardings)
+
+
+def truncate_state_files(step_dir):
+  truncated = 0
+  for root, _, files in os.walk(os.path.join(step_dir, "state")):
+    for name in files:
+      path = os.path.join(root, name)
+      if os.path.getsize(path) > 64 and not name.endswith(".json") and "METADATA" not in name:
+        with open(path, "r+b") as f:
+          f.truncate(os.path.getsize(path) // 3)
+        truncated += 1
+  assert truncated
+
+
+@pytest.mark.parametrize("restart_steps", [8, 12])
+def test_run_completes_after_falling_back_from_a_corrupted_checkpoint(tmp_path, capsys,
+                                                                     restart_steps):
+  config = tiny(total_steps=8, ckpt_every_steps=4, eval_every_steps=8, ckpt_async=False)
+  train_and_evaluate(config, str(tmp_path))
+  truncate_state_files(tmp_path / "checkpoints" / "8")
+  capsys.readouterr()
+
+  config.total_steps = restart_steps
+  train_and_evaluate(config, str(tmp_path))  # falls back to 4, trains on, saves 8 again
+  out = capsys.readouterr().out
+  assert "checkpoints/8 cannot be restored" in out and "Resumed from" in out
+  assert os.path.isdir(tmp_path / "checkpoints_unreadable" / "8")  # moved aside, not deleted
+  assert "moved the unreadable checkpoint 8" in out
+  assert "last complete checkpoint is step 8" not in out
+  lines = [l for l in read_metrics(tmp_path / "metrics.jsonl") if "loss" in l]
+  assert [l["step"] for l in lines] == list(range(1, restart_steps + 1))  # each step once
+
+  ckpt = Checkpointer(tmp_path, async_save=False)
+  trainer = built(config, jax.devices())
+  step, _, _ = ckpt.restore_latest(trainer.abstract_state)
+  assert step == restart_steps and 8 in ckpt.all_steps()
+  ckpt.close()
+  # Starting again keeps working (the moved-aside step stays where it is).
+  train_and_evaluate(config, str(tmp_path))
+  assert os.listdir(tmp_path / "checkpoints_unreadable") == ["8"]
