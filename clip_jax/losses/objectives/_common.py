@@ -64,12 +64,17 @@ class Fields:
           f"{self.field(key)} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
 
-  def number(self, key: str, *, low: float | None = None, low_open: bool = False) -> float:
+  def number(self, key: str, *, low: float | None = None, low_open: bool = False,
+             high: float | None = None, high_open: bool = False) -> float:
+    """The field as a float in [low, high] (an end excluded where `low_open` / `high_open`)."""
     value = self.values[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
       raise ConfigError(f"{self.field(key)} must be a finite number; got {value!r}")
     if low is not None and (value <= low if low_open else value < low):
       raise ConfigError(f"{self.field(key)} must be {'>' if low_open else '>='} {low}; "
+                        f"got {value!r}")
+    if high is not None and (value >= high if high_open else value > high):
+      raise ConfigError(f"{self.field(key)} must be {'<' if high_open else '<='} {high}; "
                         f"got {value!r}")
     return float(value)
 

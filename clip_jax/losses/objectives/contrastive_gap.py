@@ -21,6 +21,12 @@ alignment + cross-uniformity") is the default, all weights 1; cross_uniform_weig
 L_CUA. The paper trains with a fixed temperature tau = 0.01: init_scale = log(100) and
 learn_scale = False by default.
 
+Checked against the authors' code (abrar-fahim/contrastive-gap, clips/hf_clip.py: CLIP loss
+with weights 0.5 per direction, uniformity 0.5/0.5 from pdist, cross-uniformity over the
+off-diagonal of cdist, alignment, all added with weight 1, tau = 0.01 fixed) in
+tests/losses/objectives/test_authors_code.py: same value and gradients. Their towers normalise
+inside the loss; ours hand it unit vectors, so the gradients are compared w.r.t. those.
+
 Squared distances are computed as ||a||^2 + ||b||^2 - 2 a.b (exactly ||a - b||^2; no
 renormalisation is assumed).
 

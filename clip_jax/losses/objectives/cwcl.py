@@ -13,12 +13,17 @@ i.e. a cross-entropy against the row-normalised soft targets w_ij / sum_k w_ik. 
 from the teacher's intra-modal similarities and are constants (stop_gradient on q inside w); the
 logits keep their gradients (with the teacher tower frozen by the trainer, only p learns).
 
-Directions ("directions" field): the paper's L_{U->V} (U the modality being trained, V the
-frozen one) is "student_to_teacher"; "both" (default) averages it with the reverse direction
-L_{T->S}, which uses the same teacher-derived weights (they are symmetric in i, j), like the
-symmetric CLIP / LiT objective; "teacher_to_student" keeps only the reverse one.
-Averaging (rather than summing) the two directions follows the CLIP convention of this codebase;
-it halves the loss and its gradients compared with a plain sum.
+Directions ("directions" field): in the paper, U is the modality with the pre-trained (frozen)
+model, V the one being trained, and L_{CWCL, U->V} takes its anchors in U, its softmax over V's
+embeddings, and its weights w_ij^U from U's intra-modal similarities. In our names U is the
+teacher and V the student, so the paper's L_{U->V} is "teacher_to_student" (anchor q_i, softmax
+over the p_j); "student_to_teacher" is the reverse direction with the same teacher-derived
+weights (they are symmetric in i, j). "both" (default) averages the two, like the symmetric
+CLIP / LiT objective. Averaging (rather than summing) the two directions follows the CLIP
+convention of this codebase; it halves the loss and its gradients compared with a plain sum.
+(No code by the authors was found; tests/losses/objectives/test_authors_code.py pins
+"teacher_to_student" to a re-derivation of L_{U->V} with this mapping, U read as the pre-trained
+modality as the abstract and CellCLIP's restatement of the loss (2025) describe it.)
 
 Scale: CLIP's learnable temperature, initialised at tau = 0.07 (init_scale = log(1/0.07)).
 

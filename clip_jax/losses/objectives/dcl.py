@@ -23,8 +23,24 @@ Weighting ("weighting" field):
             = 2 - N softmax_i(x_.y_ / sigma),
     where the normalising expectation runs over the N positive pairs of the (global) batch, so
     the weights average to 1 and harder positives (lower similarity) weigh more. The same w_i
-    serves both directions (x_i.y_i is symmetric). Gradients flow through w_i (no
-    stop_gradient: w is part of the loss as written); sigma = 0.5 by default, as in the paper.
+    serves both directions (x_i.y_i is symmetric); sigma = 0.5 by default, as in the paper.
+
+    Gradient through the weights ("detach_weights" field): the paper introduces w as a weight
+    on each positive pair's term, emphasising hard positives, and never differentiates it; a
+    weight in that sense scales the pair's gradient and is held constant, so by default
+    (detach_weights = True) w_i is a stop_gradient constant and the gradient of pair i's
+    positive term is exactly w_i times DCL's. With detach_weights = False the formula is
+    differentiated as written: with s_k = x_k.y_k and p = softmax(s / sigma), the derivative of
+    the positive terms -sum_k w_k t s_k w.r.t. s_i becomes -t (w_i - (N / sigma) p_i (s_i -
+    sum_k p_k s_k)) instead of -t w_i, a coupling of all positives that the paper does not
+    discuss. Implementations differ: lightly's DCLWLoss detaches the weights;
+    raminnakhli/Decoupled-Contrastive-Learning (unofficial, which lightly cites) does not.
+
+Checked against raminnakhli/Decoupled-Contrastive-Learning `loss/dcl.py` (no code by the
+authors was found) in tests/losses/objectives/test_authors_code.py: its DCL(z1, z2) is our
+x->y term with intra_modal_negatives = True and t = 1/temperature, and it computes the DCLW
+weights over the batch it is given (lightly's over the local batch of each device; ours over
+the global batch, as the paper's expectation over the batch).
 
 Scale: the paper fixes tau = 0.1, so init_scale = log(1/0.1) = log(10) and learn_scale = False
 by default; set learn_scale = True to learn t like CLIP.
@@ -51,6 +67,7 @@ DCL_DEFAULTS: dict[str, Any] = dict(
     modalities=("image", "text"),
     weighting="none",
     sigma=0.5,
+    detach_weights=True,
     intra_modal_negatives=False,
     init_scale=math.log(1 / 0.1),
     learn_scale=False,
@@ -58,7 +75,7 @@ DCL_DEFAULTS: dict[str, Any] = dict(
 
 
 def dcl_loss(x: Array, y: Array, t: Array, *, axis_name: C.AxisName = None,
-             weighting: str = "none", sigma: float = 0.5,
+             weighting: str = "none", sigma: float = 0.5, detach_weights: bool = True,
              intra_modal_negatives: bool = False) -> tuple[Array, dict[str, Array]]:
   """The symmetric DCL / DCLW loss over the global batch (formula in the module docstring).
 
@@ -69,6 +86,7 @@ def dcl_loss(x: Array, y: Array, t: Array, *, axis_name: C.AxisName = None,
     axis_name: batch axes of the enclosing shard_map, or None for whole-batch arrays.
     weighting: "none" (DCL) or "dclw".
     sigma: vMF temperature of the DCLW weights.
+    detach_weights: hold the DCLW weights constant (stop_gradient).
     intra_modal_negatives: also use the other rows of the anchor's own modality as negatives.
 
   Returns:
@@ -95,6 +113,8 @@ def dcl_loss(x: Array, y: Array, t: Array, *, axis_name: C.AxisName = None,
   if weighting == "dclw":
     pos_all = C.gather(pos, axis_name) / sigma  # [N]
     w = 2.0 - total * jnp.exp(pos / sigma - C.logsumexp(pos_all, axis=0))
+    if detach_weights:
+      w = jax.lax.stop_gradient(w)
     metrics.update(weight_min=C.pmin(jnp.min(w), axis_name),
                    weight_max=C.pmax(jnp.max(w), axis_name))
   elif weighting == "none":
@@ -114,8 +134,8 @@ def dcl_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
   """Decoupled contrastive loss between two modalities.
 
   Config fields (defaults in DCL_DEFAULTS): modalities (x, y); weighting ("none" | "dclw");
-  sigma (> 0, DCLW only); intra_modal_negatives (bool); init_scale (t' = log(1/tau));
-  learn_scale (bool).
+  sigma (> 0, DCLW only); detach_weights (bool, DCLW only); intra_modal_negatives (bool);
+  init_scale (t' = log(1/tau)); learn_scale (bool).
 
   Params: {"scale": t'}. Metrics: loss, x_to_y, y_to_x, scale (t), and with DCLW weight_min,
   weight_max.
@@ -124,6 +144,7 @@ def dcl_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
   modalities = f.modalities(count=2)
   weighting = f.choice("weighting", ("none", "dclw"))
   sigma = f.number("sigma", low=0.0, low_open=True)
+  detach_weights = f.boolean("detach_weights")
   intra = f.boolean("intra_modal_negatives")
   init_scale = f.number("init_scale")
   learn_scale = f.boolean("learn_scale")
@@ -133,7 +154,7 @@ def dcl_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
     x, y = C.get_embeddings(outputs, modalities)
     t = C.temperature(loss_params["scale"], learn_scale)
     loss, metrics = dcl_loss(x, y, t, axis_name=axis_name, weighting=weighting, sigma=sigma,
-                             intra_modal_negatives=intra)
+                             detach_weights=detach_weights, intra_modal_negatives=intra)
     return loss, {"loss": loss, "scale": t, **metrics}
 
   return Objective(init_params={"scale": scale_param(init_scale, learn_scale=learn_scale)}, apply=apply, modalities=modalities)

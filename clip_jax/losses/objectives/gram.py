@@ -11,12 +11,32 @@ measured by the volume of the k-dimensional parallelotope they span,
 loss uses -Vol as the logit, with V_ij = Vol(a_i, m2_j, ..., mk_j) (anchor of example i, the
 other modalities of example j) and t = 1/tau:
 
-    L_A2D = -(1/N) sum_i log( exp(-t V_ii) / sum_j exp(-t V_ij) )   (anchor i vs all data tuples)
-    L_D2A = -(1/N) sum_i log( exp(-t V_ii) / sum_j exp(-t V_ji) )   (data tuple i vs all anchors)
+    L_A2D = (1/N) sum_i CE( -t V_i. , i )    (anchor i vs all data tuples)
+    L_D2A = (1/N) sum_i CE( -t V_.i , i )    (data tuple i vs all anchors)
     L = (L_A2D + L_D2A) / 2
 
-which is the paper's volume-based contrastive loss (its additional data-anchor matching loss
-needs a fusion head and is not part of this objective).
+with the cross-entropy against label-smoothed targets (1 - eps) onehot + eps / N ("label_smoothing"
+field, eps; the same convention as torch's `F.cross_entropy(label_smoothing=eps)`),
+
+    CE(l, i) = logsumexp_j l_j - (1 - eps) l_i - (eps / N) sum_j l_j.
+
+With eps = 0 this is the paper's volume-based contrastive loss (its additional data-anchor
+matching loss needs a fusion head and is not part of this objective). The default eps = 0.1 is
+what the authors' code trains with (ispamm/GRAM, model/gram.py, `forward_ret`), i.e. the setting
+behind the paper's results; the paper's equation has no smoothing, which eps = 0 gives.
+
+Checked against the authors' code (tests/losses/objectives/test_authors_code.py); the deliberate
+differences are:
+  * Temperature: the authors learn tau itself (`contra_temp`, initialised at 0.07, logits
+    -V / tau); we learn t' = log(1/tau). Same value at the same tau, but a different
+    parametrisation for the optimiser: dL/dt' = -tau dL/dtau.
+  * Gradients through the gather: the authors' `concat_all_gather` passes no gradient, so each
+    direction trains only the local side of its logits (the anchors in A2D, the data tuples in
+    D2A) and drops the gradient through the gathered columns, even on one device. Here the
+    gather is differentiable, so the gradient is that of the loss over the global batch.
+  * Volume: the authors take sqrt(|det G|) with an LU determinant; we take
+    sqrt(max(det G, 1e-12)) with det G expanded by minors (see Numerics). Same value wherever
+    det G > 1e-12.
 
 Numerics: det G is expanded by minors (a polynomial in the dot products), so its gradient is
 finite even when G is singular (duplicated or collinear embeddings), where an LU-based det's
@@ -53,6 +73,7 @@ VOLUME_EPS = 1e-12
 GRAM_DEFAULTS: dict[str, Any] = dict(
     modalities=("image", "text", "audio"),
     anchor="",  # "" = the first of `modalities`
+    label_smoothing=0.1,
     init_scale=math.log(1 / 0.07),
     learn_scale=True,
 )
@@ -111,8 +132,8 @@ def _self_gram(vs: list[Array]) -> list[list[Array]]:
   return out
 
 
-def gram_loss(anchor: Array, others: list[Array], t: Array, *,
-              axis_name: C.AxisName = None) -> tuple[Array, dict[str, Array]]:
+def gram_loss(anchor: Array, others: list[Array], t: Array, *, axis_name: C.AxisName = None,
+              label_smoothing: float = 0.0) -> tuple[Array, dict[str, Array]]:
   """The symmetric GRAM volume contrastive loss over the global batch.
 
   Args:
@@ -121,6 +142,7 @@ def gram_loss(anchor: Array, others: list[Array], t: Array, *,
       array belongs to example i).
     t: scalar scale (already exponentiated), replicated.
     axis_name: batch axes of the enclosing shard_map, or None for whole-batch arrays.
+    label_smoothing: eps in [0, 1); targets (1 - eps) onehot + eps / N over the N columns.
 
   Returns:
     (scalar loss, metrics) identical on every device; metrics: anchor_to_data, data_to_anchor,
@@ -129,6 +151,8 @@ def gram_loss(anchor: Array, others: list[Array], t: Array, *,
   k = len(others) + 1
   if not 2 <= k <= MAX_MODALITIES:
     raise ValueError(f"gram needs 2 to {MAX_MODALITIES} modalities; got {k}")
+  if not 0.0 <= label_smoothing < 1.0:
+    raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}")
   n = anchor.shape[0]
   rows, total = C.global_rows(n, axis_name)
   anchor_all = C.gather(anchor, axis_name)
@@ -148,8 +172,13 @@ def gram_loss(anchor: Array, others: list[Array], t: Array, *,
   diag = rows[:, None] == jnp.arange(total)[None, :]
   pos_volume = jnp.sum(jnp.where(diag, a2d, 0.0), axis=1)  # V_ii, [n]
 
+  eps = float(label_smoothing)
+
   def direction(volumes):
-    return C.psum(jnp.sum(C.logsumexp(-t * volumes, axis=1) + t * pos_volume), axis_name) / total
+    # CE(-t V_i., i) with smoothed targets: lse - (1 - eps) (-t V_ii) - (eps / N) sum_j (-t V_ij).
+    rows_ce = (C.logsumexp(-t * volumes, axis=1) + (1.0 - eps) * t * pos_volume
+               + (eps / total) * t * jnp.sum(volumes, axis=1))
+    return C.psum(jnp.sum(rows_ce), axis_name) / total
 
   anchor_to_data = direction(a2d)
   data_to_anchor = direction(d2a)
@@ -167,7 +196,8 @@ def gram_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
   """GRAM volume contrastive loss over `config.loss.modalities` (2 to 8), one of them the anchor.
 
   Config fields (defaults in GRAM_DEFAULTS): modalities; anchor (a modality name, "" = the first
-  one); init_scale (t'); learn_scale.
+  one); label_smoothing (in [0, 1); 0.1 as in the authors' training code, 0 for the paper's
+  equation); init_scale (t'); learn_scale.
 
   Params: {"scale": t'}. Metrics: loss, scale (t), anchor_to_data, data_to_anchor,
   positive_volume, negative_volume.
@@ -182,6 +212,7 @@ def gram_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
     raise ConfigError(f"{f.field('anchor')} must be one of {', '.join(map(repr, modalities))} "
                       f"(or '' for the first); got {anchor!r}")
   order = (anchor, *[m for m in modalities if m != anchor])
+  label_smoothing = f.number("label_smoothing", low=0.0, high=1.0, high_open=True)
   init_scale = f.number("init_scale")
   learn_scale = f.boolean("learn_scale")
 
@@ -189,7 +220,7 @@ def gram_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
             loss_params: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
     a, *others = C.get_embeddings(outputs, order)
     t = C.temperature(loss_params["scale"], learn_scale)
-    loss, metrics = gram_loss(a, others, t, axis_name=axis_name)
+    loss, metrics = gram_loss(a, others, t, axis_name=axis_name, label_smoothing=label_smoothing)
     return loss, {"loss": loss, "scale": t, **metrics}
 
   return Objective(init_params={"scale": scale_param(init_scale, learn_scale=learn_scale)}, apply=apply, modalities=modalities)

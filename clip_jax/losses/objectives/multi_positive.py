@@ -1,5 +1,5 @@
 """Multi-positive decoupled softmax, from Gupta et al. (ICLR 2024), "Dual-Encoders for Extreme
-Multi-Label Classification".
+Multi-Label Classification" (DEXML).
 
 A batch may hold several captions of one image (or several positives of one query). Rows with
 the same `outputs["instance_id"]` are positives of each other: P(i) = {j : id_j = id_i}, which
@@ -10,20 +10,30 @@ s_ij = t x_i.y_j over the global batch of N rows:
     l_ij = -log( exp(s_ij) / (exp(s_ij) + sum_{k not in P(i)} exp(s_ik)) )    for j in P(i)
          = softplus( logsumexp_{k not in P(i)} s_ik - s_ij )
 
-    L_{x->y} = (1/|P|) sum_i sum_{j in P(i)} l_ij,     |P| = sum_i |P(i)|
-    L_{y->x} = the same with s_ij = t y_i.x_j
-    L = (L_{x->y} + L_{y->x}) / 2
+Each direction averages the l_ij in one of two ways ("reduction" field):
 
-i.e. the mean over all (ordered) positive pairs of the global batch, both directions weighted
-equally. (The paper sums l_ij over the positives of each query and averages over queries; the
-mean over pairs differs from that by the batch-dependent factor N/|P|, and equals it when every
-row has the same number of positives.) A row whose id covers the whole batch has no negatives
-and contributes l_ij = 0. With all ids distinct this is the plain (symmetric) InfoNCE.
+    "row_mean" (default):  L_{x->y} = (1/N) sum_i (1/|P(i)|) sum_{j in P(i)} l_ij
+    "pair_mean":           L_{x->y} = (1/|P|) sum_i sum_{j in P(i)} l_ij,   |P| = sum_i |P(i)|
+
+"row_mean" is the normalisation of the authors' code (DEXML `losses.py`, criterion
+"decoupled-softmax": each positive's term is divided by its row's number of positives, then the
+rows are averaged), so every query weighs the same. "pair_mean" weighs every positive pair the
+same, so rows with more positives weigh more. The two agree exactly when every row has the same
+number of positives (e.g. every instance appears k times in the batch); otherwise they differ in
+value and, more, in gradient. L_{y->x} is the same with s_ij = t y_i.x_j, and
+L = (L_{x->y} + L_{y->x}) / 2. A row whose id covers the whole batch has no negatives and
+contributes l_ij = 0. With all ids distinct both reductions are the plain (symmetric) InfoNCE.
+
+Differences from the authors' code (checked in tests/losses/objectives/test_authors_code.py):
+DEXML trains one direction (queries against the label embeddings; L_{x->y} here with x the
+queries), with a fixed tau (0.05 in its configs); it samples one positive per query per step by
+default (`loss_sample`), an unbiased estimate of the "row_mean" loss, and pushes excluded
+positives to a logit of -100 instead of removing them.
 
 Scale: CLIP's learnable temperature initialised at tau = 0.07 (init_scale = log(1/0.07)).
 
 Sharding: local rows against the all-gathered columns and ids (`[n, N]` blocks); psum over the
-devices of the pair losses and pair counts.
+devices of the row (or pair) losses and of the pair counts.
 """
 
 from __future__ import annotations
@@ -40,16 +50,20 @@ from clip_jax.registry import ConfigError
 
 Array = jax.Array
 
+REDUCTIONS = ("row_mean", "pair_mean")
+
 MULTI_POSITIVE_DEFAULTS: dict[str, Any] = dict(
     modalities=("image", "text"),
     id_key="instance_id",
+    reduction="row_mean",
     init_scale=math.log(1 / 0.07),
     learn_scale=True,
 )
 
 
 def multi_positive_loss(x: Array, y: Array, ids: Array, t: Array, *,
-                        axis_name: C.AxisName = None) -> tuple[Array, dict[str, Array]]:
+                        axis_name: C.AxisName = None,
+                        reduction: str = "row_mean") -> tuple[Array, dict[str, Array]]:
   """The symmetric multi-positive decoupled softmax over the global batch.
 
   Args:
@@ -58,18 +72,26 @@ def multi_positive_loss(x: Array, y: Array, ids: Array, t: Array, *,
     ids: `[n]` int instance ids of the local rows; equal ids are positives of each other.
     t: scalar scale (already exponentiated), replicated.
     axis_name: batch axes of the enclosing shard_map, or None for whole-batch arrays.
+    reduction: "row_mean" (mean over each row's positives, then over rows; the authors') or
+      "pair_mean" (mean over all positive pairs).
 
   Returns:
     (scalar loss, metrics) identical on every device; metrics: x_to_y, y_to_x,
     positives_per_row (mean |P(i)|).
+
+  Raises:
+    ValueError: for an unknown `reduction`.
   """
+  if reduction not in REDUCTIONS:
+    raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
   n = x.shape[0]
   _, total = C.global_rows(n, axis_name)
   x_all, y_all = C.gather(x, axis_name), C.gather(y, axis_name)
   ids = jnp.asarray(ids).reshape(n)
   ids_all = C.gather(ids, axis_name)
   positive = ids[:, None] == ids_all[None, :]  # [n, N]
-  num_pairs = C.psum(jnp.sum(positive.astype(jnp.float32)), axis_name)
+  row_positives = jnp.sum(positive.astype(jnp.float32), axis=1)  # [n] |P(i)| >= 1
+  num_pairs = C.psum(jnp.sum(row_positives), axis_name)
 
   def direction(anchor, others_all):
     logits = t * C.dot_t(anchor, others_all)
@@ -77,7 +99,10 @@ def multi_positive_loss(x: Array, y: Array, ids: Array, t: Array, *,
     # Only the positive entries are kept; the others enter softplus as -inf (value and
     # gradient 0), so no masked entry can produce a NaN.
     terms = jax.nn.softplus(jnp.where(positive, neg_lse[:, None] - logits, -jnp.inf))
-    return C.psum(jnp.sum(terms), axis_name) / num_pairs
+    row_sums = jnp.sum(terms, axis=1)  # [n]
+    if reduction == "row_mean":
+      return C.psum(jnp.sum(row_sums / row_positives), axis_name) / total
+    return C.psum(jnp.sum(row_sums), axis_name) / num_pairs
 
   x_to_y = direction(x, y_all)
   y_to_x = direction(y, x_all)
@@ -90,7 +115,8 @@ def multi_positive_objective(loss_config: Any, *, axis_name: C.AxisName) -> Obje
   """Multi-positive decoupled softmax between two modalities, positives from instance ids.
 
   Config fields (defaults in MULTI_POSITIVE_DEFAULTS): modalities (x, y); id_key (the outputs
-  entry with the `[n]` int ids, "instance_id"); init_scale (t'); learn_scale.
+  entry with the `[n]` int ids, "instance_id"); reduction ("row_mean", the authors' | "pair_mean");
+  init_scale (t'); learn_scale.
 
   Params: {"scale": t'}. Metrics: loss, scale (t), x_to_y, y_to_x, positives_per_row.
 
@@ -103,6 +129,7 @@ def multi_positive_objective(loss_config: Any, *, axis_name: C.AxisName) -> Obje
   if not isinstance(id_key, str) or not id_key or id_key in modalities:
     raise ConfigError(f"{f.field('id_key')} must name an outputs entry other than the "
                       f"modalities, e.g. 'instance_id'; got {id_key!r}")
+  reduction = f.choice("reduction", REDUCTIONS)
   init_scale = f.number("init_scale")
   learn_scale = f.boolean("learn_scale")
 
@@ -114,7 +141,8 @@ def multi_positive_objective(loss_config: Any, *, axis_name: C.AxisName) -> Obje
           f"loss 'multi_positive' needs outputs[{id_key!r}] (`[n]` int instance ids, rows with "
           f"equal ids are positives); the outputs only have: {', '.join(sorted(outputs))}")
     t = C.temperature(loss_params["scale"], learn_scale)
-    loss, metrics = multi_positive_loss(x, y, outputs[id_key], t, axis_name=axis_name)
+    loss, metrics = multi_positive_loss(x, y, outputs[id_key], t, axis_name=axis_name,
+                                          reduction=reduction)
     return loss, {"loss": loss, "scale": t, **metrics}
 
   return Objective(init_params={"scale": scale_param(init_scale, learn_scale=learn_scale)}, apply=apply, modalities=modalities,

@@ -12,8 +12,10 @@ MV-InfoNCE: one term per instance, all view pairs at once (the paper's Eq. for M
   The numerator holds every ordered pair of views of instance i; the denominator every
   cross-view pair (i, l) -> (j, m), m != l, over all instances j (j = i included: the positives
   are part of the denominator, as in InfoNCE). For K = 2 the two directions x->y and y->x share
-  one denominator. (The authors' reference code also adds same-view negatives (j != i, m = l) to
-  the denominator; we follow the paper's formula.)
+  one denominator. The authors' code (pakoromilas/Multi-View-CL, models/losses.py, MVINFONCE)
+  also puts the same-view negatives exp(t U_il.U_jl), j != i, into the denominator, i.e. every
+  other embedding of the batch; same_view_negatives = True does that, the default (False)
+  follows the paper's formula.
 
 MV-DHEL: decoupled alignment and uniformity,
 
@@ -24,6 +26,8 @@ MV-DHEL: decoupled alignment and uniformity,
   never enter a denominator. J(i) = {j != i} with exclude_self = True (default; the self term
   exp(t U_il.U_il) = exp(t) carries no information, and the authors' code and the two-view DHEL
   drop it), or all j with exclude_self = False (the formula as printed, sum over j in [M]).
+  The authors' code (MVDHEL) sums the numerator over the unordered view pairs l < l', which is
+  half the sum over ordered pairs: its loss is ours + log 2, a constant (same gradients).
 
 Scale: the paper trains with a fixed tau (0.1 on ImageNet): init_scale = log(10),
 learn_scale = False by default.
@@ -31,8 +35,11 @@ learn_scale = False by default.
 Metrics: align = -(1/N) sum_i log(numerator_i) and uniform = (1/N) sum_i log(denominator_i)
 (for MV-DHEL the sum over views of the log energies), so loss = align + uniform.
 
+Both are checked against the authors' code in tests/losses/objectives/test_authors_code.py.
+
 Sharding: local rows of every view against the all-gathered rows of the other views (MV-InfoNCE,
-K(K-1) `[n, N]` blocks) or of the same view (MV-DHEL, K blocks); reduced with psum / N.
+K(K-1) `[n, N]` blocks, plus K same-view blocks with same_view_negatives) or of the same view
+(MV-DHEL, K blocks); reduced with psum / N.
 """
 
 from __future__ import annotations
@@ -48,13 +55,14 @@ from clip_jax.losses.registry import LOSSES, Objective, scale_param
 
 Array = jax.Array
 
-MV_INFONCE_DEFAULTS: dict[str, Any] = dict(
+_MULTIVIEW_DEFAULTS: dict[str, Any] = dict(
     modalities=("image", "text", "audio"),
     init_scale=math.log(10.0),
     learn_scale=False,
 )
 
-MV_DHEL_DEFAULTS: dict[str, Any] = dict(MV_INFONCE_DEFAULTS, exclude_self=True)
+MV_INFONCE_DEFAULTS: dict[str, Any] = dict(_MULTIVIEW_DEFAULTS, same_view_negatives=False)
+MV_DHEL_DEFAULTS: dict[str, Any] = dict(_MULTIVIEW_DEFAULTS, exclude_self=True)
 
 
 def _positive_lse(views: list[Array], t: Array) -> Array:
@@ -64,8 +72,8 @@ def _positive_lse(views: list[Array], t: Array) -> Array:
   return C.logsumexp(jnp.stack(pos, axis=1), axis=1)
 
 
-def mv_infonce_loss(views: list[Array], t: Array, *,
-                    axis_name: C.AxisName = None) -> tuple[Array, dict[str, Array]]:
+def mv_infonce_loss(views: list[Array], t: Array, *, axis_name: C.AxisName = None,
+                    same_view_negatives: bool = False) -> tuple[Array, dict[str, Array]]:
   """MV-InfoNCE over the global batch.
 
   Args:
@@ -73,6 +81,8 @@ def mv_infonce_loss(views: list[Array], t: Array, *,
       (row i of every view belongs to instance i).
     t: scalar scale (already exponentiated), replicated.
     axis_name: batch axes of the enclosing shard_map, or None for whole-batch arrays.
+    same_view_negatives: also put exp(t U_il.U_jl), j != i, into the denominator (the
+      authors' code).
 
   Returns:
     (scalar loss, metrics {align, uniform}) identical on every device.
@@ -81,10 +91,15 @@ def mv_infonce_loss(views: list[Array], t: Array, *,
   if k < 2:
     raise ValueError(f"mv_infonce needs at least 2 views; got {k}")
   n = views[0].shape[0]
-  _, total = C.global_rows(n, axis_name)
+  rows, total = C.global_rows(n, axis_name)
   gathered = [C.gather(v, axis_name) for v in views]
   blocks = [t * C.dot_t(views[l], gathered[m]) for l in range(k) for m in range(k) if m != l]
-  denominator = C.logsumexp(jnp.concatenate(blocks, axis=1), axis=1)  # [n]
+  masks = [jnp.ones((n, total), bool)] * len(blocks)
+  if same_view_negatives:
+    blocks += [t * C.dot_t(views[l], gathered[l]) for l in range(k)]
+    masks += [rows[:, None] != jnp.arange(total)[None, :]] * k
+  denominator = C.masked_logsumexp(jnp.concatenate(blocks, axis=1),
+                                   jnp.concatenate(masks, axis=1), axis=1)  # [n]
   numerator = _positive_lse(views, t)
   align = -C.psum(jnp.sum(numerator), axis_name) / total
   uniform = C.psum(jnp.sum(denominator), axis_name) / total
@@ -130,6 +145,7 @@ def _build(loss_config: Any, axis_name: C.AxisName, defaults: Mapping[str, Any],
   init_scale = f.number("init_scale")
   learn_scale = f.boolean("learn_scale")
   exclude_self = f.boolean("exclude_self") if dhel else False
+  same_view = False if dhel else f.boolean("same_view_negatives")
 
   def apply(outputs: Mapping[str, Array],
             loss_params: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
@@ -138,7 +154,8 @@ def _build(loss_config: Any, axis_name: C.AxisName, defaults: Mapping[str, Any],
     if dhel:
       loss, metrics = mv_dhel_loss(views, t, axis_name=axis_name, exclude_self=exclude_self)
     else:
-      loss, metrics = mv_infonce_loss(views, t, axis_name=axis_name)
+      loss, metrics = mv_infonce_loss(views, t, axis_name=axis_name,
+                                      same_view_negatives=same_view)
     return loss, {"loss": loss, "scale": t, **metrics}
 
   return Objective(init_params={"scale": scale_param(init_scale, learn_scale=learn_scale)}, apply=apply, modalities=modalities)
@@ -148,7 +165,8 @@ def _build(loss_config: Any, axis_name: C.AxisName, defaults: Mapping[str, Any],
 def mv_infonce_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
   """MV-InfoNCE over all the modalities of `config.loss.modalities` (>= 2).
 
-  Config fields (defaults in MV_INFONCE_DEFAULTS): modalities; init_scale (t'); learn_scale.
+  Config fields (defaults in MV_INFONCE_DEFAULTS): modalities; same_view_negatives (bool);
+  init_scale (t'); learn_scale.
   Params: {"scale": t'}. Metrics: loss, scale (t), align, uniform.
   """
   return _build(loss_config, axis_name, MV_INFONCE_DEFAULTS, dhel=False)

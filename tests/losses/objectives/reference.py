@@ -44,11 +44,18 @@ def sigmoid_ref(x, y, scale, bias):
   return np.sum(np.logaddexp(0.0, -z * logits)) / n, {}
 
 
-def dcl_ref(x, y, scale, weighting="none", sigma=0.5, intra_modal_negatives=False):
+def dcl_ref(x, y, scale, weighting="none", sigma=0.5, intra_modal_negatives=False,
+            weights_from=None):
+  """DCL / DCLW; the DCLW weights come from the pair `weights_from` (default (x, y)).
+
+  Passing copies of x, y that the caller holds constant gives detached weights.
+  """
   t = np.exp(scale)
   positives = np.sum(x * y, axis=1)
   if weighting == "dclw":
-    w = 2.0 - np.exp(positives / sigma) / np.mean(np.exp(positives / sigma))
+    xw, yw = (x, y) if weights_from is None else weights_from
+    similarity = np.sum(xw * yw, axis=1)
+    w = 2.0 - np.exp(similarity / sigma) / np.mean(np.exp(similarity / sigma))
   else:
     w = np.ones(len(x))
 
@@ -102,22 +109,25 @@ def cwcl_ref(p, q, scale, q_for_weights=None, directions="both"):
   return float(np.mean(list(metrics.values()))), metrics
 
 
-def multi_positive_ref(x, y, ids, scale):
+def multi_positive_ref(x, y, ids, scale, reduction="row_mean"):
+  """Decoupled softmax; "row_mean": mean over each row's positives, then rows; "pair_mean": mean
+  over all positive pairs."""
   t = np.exp(scale)
   n = len(x)
 
   def direction(anchor, others):
     logits = t * anchor @ others.T
-    total, pairs = 0.0, 0
+    row_means, pair_terms = [], []
     for i in range(n):
       same = ids == ids[i]
       negatives = logits[i, ~same]
-      for s in logits[i, same]:
-        # -log( e^s / (e^s + sum_negatives e^s_k) )
-        denominator = np.logaddexp(s, lse(negatives)) if negatives.size else s
-        total += denominator - s
-        pairs += 1
-    return total / pairs, pairs
+      # -log( e^s / (e^s + sum_negatives e^s_k) ) for every positive s of row i
+      terms = [(np.logaddexp(s, lse(negatives)) if negatives.size else s) - s
+               for s in logits[i, same]]
+      row_means.append(np.mean(terms))
+      pair_terms += terms
+    loss = np.mean(row_means) if reduction == "row_mean" else np.mean(pair_terms)
+    return loss, len(pair_terms)
 
   x_to_y, pairs = direction(x, y)
   y_to_x, _ = direction(y, x)
@@ -129,13 +139,16 @@ def _view_pairs(k):
   return [(l, m) for l in range(k) for m in range(k) if m != l]
 
 
-def mv_infonce_ref(views, scale):
+def mv_infonce_ref(views, scale, same_view_negatives=False):
   t = np.exp(scale)
   pairs = _view_pairs(len(views))
   # numerator_i: all ordered pairs of views of instance i.
   numerator = np.stack([t * np.sum(views[l] * views[m], axis=1) for l, m in pairs], axis=1)
-  # denominator_i: (i, l) against (j, m) for every j and every m != l.
-  denominator = np.concatenate([t * views[l] @ views[m].T for l, m in pairs], axis=1)
+  # denominator_i: (i, l) against (j, m) for every j and every m != l [and j != i, m = l].
+  blocks = [t * views[l] @ views[m].T for l, m in pairs]
+  if same_view_negatives:
+    blocks += [_off_diagonal(t * v @ v.T) for v in views]
+  denominator = np.concatenate(blocks, axis=1)
   align = -np.mean(lse(numerator, 1))
   uniform = np.mean(lse(denominator, 1))
   return align + uniform, dict(align=align, uniform=uniform)
@@ -164,11 +177,19 @@ def gram_volumes(anchor, others):
   return np.sqrt(np.maximum(np.linalg.det(gram), 0.0))
 
 
-def gram_ref(anchor, others, scale):
+def gram_ref(anchor, others, scale, label_smoothing=0.0):
+  """Cross-entropy of -t vol against targets (1 - eps) onehot + eps / N, both directions."""
   t = np.exp(scale)
   vol = gram_volumes(anchor, others)
-  anchor_to_data = np.mean(t * np.diag(vol) + lse(-t * vol, 1))
-  data_to_anchor = np.mean(t * np.diag(vol) + lse(-t * vol.T, 1))
+  n = len(anchor)
+  targets = (1.0 - label_smoothing) * np.eye(n) + label_smoothing / n
+
+  def cross_entropy(logits):
+    log_probs = logits - lse(logits, 1)[:, None]
+    return np.mean(-np.sum(targets * log_probs, axis=1))
+
+  anchor_to_data = cross_entropy(-t * vol)
+  data_to_anchor = cross_entropy(-t * vol.T)
   return 0.5 * (anchor_to_data + data_to_anchor), dict(
       anchor_to_data=anchor_to_data, data_to_anchor=data_to_anchor,
       positive_volume=np.mean(np.diag(vol)), negative_volume=np.mean(_off_diagonal(vol)))
