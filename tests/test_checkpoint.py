@@ -8,6 +8,8 @@ Bug reports replayed here:
 """
 
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -16,6 +18,7 @@ import pytest
 
 from clip_jax.checkpoint import Checkpointer, load_params_from
 from clip_jax.config import load_config_file
+from clip_jax.mesh import named_leaves
 from clip_jax.metrics import read_metrics
 from clip_jax.registry import ConfigError
 from clip_jax.training.loop import Trainer, initial_state, train_and_evaluate
@@ -52,25 +55,61 @@ def trained_params_on(devices, mesh, rules, workdir):
   return jax.device_get(state["params"])
 
 
+# Loads `init_from` in a process that has only `dst` devices (the writer had more), and saves
+# the loaded params by path to an npz file.
+LOAD_SCRIPT = """
+import sys
+import jax
+import numpy as np
+from clip_jax.config import load_config_file
+from clip_jax.mesh import named_leaves
+from clip_jax.mesh import named_leaves
+from clip_jax.training.loop import Trainer, initial_state
+config = load_config_file(sys.argv[1])
+config.mesh = eval(sys.argv[2])
+config.init_from = sys.argv[3]
+trainer = Trainer(config)
+trainer.build({"image": np.zeros((16, 8, 8, 3), np.float32), "text": np.ones((16, 6), np.int32)})
+params = initial_state(trainer, trainer.config)["params"]
+kernel = params["model"]["image"]["projection"]["kernel"]
+assert kernel.sharding == trainer.state_shardings["params"]["model"]["image"]["projection"][
+    "kernel"]
+print("devices", jax.device_count(), len(kernel.sharding.device_set))
+np.savez(sys.argv[4], **{k: np.asarray(v) for k, v in named_leaves(jax.device_get(params))})
+"""
+
+
 @pytest.mark.parametrize("src_devices, src_mesh, rules, dst_devices, dst_mesh", [
     (8, (("data", 4), ("fsdp", 2)), ((".*", "fsdp"),), 1, (("data", 1), ("fsdp", 1))),
     (8, (("data", 4), ("fsdp", 2)), ((".*", "fsdp"),), 4, (("data", 2), ("fsdp", 2))),
     (2, (("data", 2), ("fsdp", 1)), ((".*", "replicate"),), 1, (("data", 1), ("fsdp", 1))),
-    (1, (("data", 1), ("fsdp", 1)), ((".*", "replicate"),), 8, (("data", 4), ("fsdp", 2))),
 ])
 def test_init_from_loads_exactly_on_another_device_count(tmp_path, src_devices, src_mesh, rules,
                                                          dst_devices, dst_mesh):
   saved = trained_params_on(jax.devices()[:src_devices], src_mesh, rules, tmp_path / "src")
-  trainer = built(tiny(mesh=dst_mesh, init_from=str(tmp_path / "src")),
-                  jax.devices()[:dst_devices])
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={dst_devices}")
+  out = tmp_path / "loaded.npz"
+  proc = subprocess.run(
+      [sys.executable, "-c", LOAD_SCRIPT, TINY, repr(dst_mesh), str(tmp_path / "src"), str(out)],
+      capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"devices {dst_devices} {dst_devices}" in proc.stdout
+  loaded = np.load(out)
+  saved_by_path = dict(named_leaves(saved))
+  assert sorted(loaded.files) == sorted(saved_by_path)
+  assert max(float(np.max(np.abs(loaded[k] - v))) for k, v in saved_by_path.items()) == 0.0
+
+
+def test_init_from_loads_onto_more_devices_in_process(tmp_path):
+  # The same kind in the other direction, in this 8-device process: written on 1 device.
+  saved = trained_params_on(jax.devices()[:1], (("data", 1), ("fsdp", 1)),
+                            ((".*", "replicate"),), tmp_path / "src")
+  trainer = built(tiny(mesh=(("data", 4), ("fsdp", 2)), init_from=str(tmp_path / "src")),
+                  jax.devices())
   params = initial_state(trainer, trainer.config)["params"]
-  kernel = params["model"]["image"]["projection"]["kernel"]
-  assert kernel.sharding == trainer.state_shardings["params"]["model"]["image"]["projection"][
-      "kernel"]
-  assert len(kernel.sharding.device_set) == dst_devices
-  diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))),
-                       jax.device_get(params), saved)
-  assert max(jax.tree.leaves(diffs)) == 0.0
+  assert len(params["model"]["image"]["projection"]["kernel"].sharding.device_set) == 8
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), saved)
 
 
 def test_init_from_a_params_only_checkpoint_and_a_step_directory(tmp_path):

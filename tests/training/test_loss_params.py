@@ -18,6 +18,7 @@ import optax
 import pytest
 
 from clip_jax.config import load_config_file
+from clip_jax.losses.registry import LOSSES, Objective, Param
 from clip_jax.metrics import read_metrics
 from clip_jax.training.loop import Trainer, train_and_evaluate
 
@@ -68,6 +69,38 @@ def test_max_scale_is_a_projection_and_the_scale_stays_learnable():
   assert scales[-1] < 70.0, scales  # it came down: the scale is still learned
   raw = float(jax.device_get(state["params"]["loss"]["scale"]))
   assert raw <= math.log(100.0) + 1e-6
+
+
+@pytest.fixture(scope="module")
+def pushing_objective():
+  """A test-only objective whose loss pushes its two bounded parameters out of their bounds:
+  L = -up + down (+ 0 x the embeddings, so the towers are part of the step)."""
+  name = "_test_push_bounds"
+  if name not in LOSSES:
+    @LOSSES.register(name, fields={})
+    def build(loss_config, *, axis_name):
+      del loss_config
+
+      def apply(outputs, params):
+        zero = 0.0 * sum(jax.numpy.sum(v) for v in outputs.values())
+        loss = jax.lax.pmean(zero, axis_name) - params["up"] + params["down"]
+        return loss, {"loss": loss, "up": params["up"], "down": params["down"]}
+
+      return Objective(init_params={"up": Param(0.0, high=0.25), "down": Param(0.0, low=-0.5)},
+                       apply=apply)
+  return name
+
+
+def test_bounds_hold_after_every_update(pushing_objective):
+  # Adam at lr 0.1 moves each parameter by about 0.1 a step; the projection keeps them on their
+  # bounds: exactly `high` and `low`, from the third step on.
+  config = tiny(dict(name=pushing_objective), learning_rate=0.1, warmup_steps=0,
+                end_lr_ratio=1.0, no_decay=(r"^loss/",))
+  _, state, history = train(config, 6)
+  assert [round(m["up"], 6) for m in history] == [0.0, 0.1, 0.2, 0.25, 0.25, 0.25]
+  assert [round(m["down"], 6) for m in history] == [0.0, -0.1, -0.2, -0.3, -0.4, -0.5]
+  params = jax.device_get(state["params"]["loss"])
+  assert float(params["up"]) == np.float32(0.25) and float(params["down"]) == np.float32(-0.5)
 
 
 def test_sigmoid_max_scale_projection_keeps_the_bias_learnable():
