@@ -246,7 +246,7 @@ def _literal(raw: str) -> Any:
 
 def switch_components(config: ml_collections.ConfigDict,
                       overrides: dict[str, str]) -> list[tuple[str, str]]:
-  """Switches components by name: each section whose `name` `requested` changes is rebuilt.
+  """Switches components by name: each section whose `name` the command line changes is rebuilt.
 
   A component switched by name (for example `--config.loss.name=softmax` on a sigmoid config)
   starts from ITS OWN declared defaults: the file's settings of the old component are dropped
