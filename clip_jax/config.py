@@ -8,6 +8,7 @@ values for every mistake it can see without building the model.
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
 import math
 import os
@@ -23,6 +24,7 @@ REQUIRED_INT_FIELDS = ("total_steps", "batch_size", "seed", "log_every_steps",
 
 # Optional top-level fields and their defaults.
 OPTIONAL_DEFAULTS: dict[str, Any] = {
+    "imports": (),                 # modules to import first: users' own registered components
     "eval_batch_size": 0,          # 0 -> batch_size
     "ckpt_keep": 3,                # keep the last K checkpoints ...
     "ckpt_keep_period": 0,         # ... plus every M-th step (0: none)
@@ -88,6 +90,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
   from clip_jax.mesh import parse_mesh_shape
   from clip_jax.models.registry import TOWERS
 
+  import_modules(config.get("imports", ()))
   _unknown(config, KNOWN_TOP_LEVEL, "config")
   for name in REQUIRED_INT_FIELDS + SECTIONS:
     if name not in config:
@@ -186,6 +189,26 @@ def add_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
       if key not in config:
         config[key] = value
   return config
+
+
+def import_modules(modules: Any) -> None:
+  """Imports `config.imports` (module names, e.g. ("my_pkg.my_losses",)) so that the components
+  they register (`@LOSSES.register(...)`, `@SOURCES.register(...)`, ...) can be named in the
+  config. Runs before the config is validated or a component is switched by name.
+
+  Raises:
+    ConfigError: `modules` is not a tuple of module names, or one cannot be imported (the
+      message names it and says to check PYTHONPATH).
+  """
+  if isinstance(modules, str) or not all(isinstance(m, str) and m for m in modules):
+    raise ConfigError(f"config.imports = {modules!r} must be a tuple of module names, e.g. "
+                      "('my_pkg.my_losses',)")
+  for name in modules:
+    try:
+      importlib.import_module(name)
+    except ImportError as e:
+      raise ConfigError(f"config.imports: cannot import {name!r} ({e}); install it or add its "
+                        "directory to PYTHONPATH") from None
 
 
 def component_sections(config: ml_collections.ConfigDict) -> list[tuple[str, Any, tuple[str, ...]]]:
@@ -319,7 +342,10 @@ def define_config_flag(help_text: str) -> Any:
     config = load(path)
     if not isinstance(config, ml_collections.ConfigDict):
       return config
-    _SWITCHES[:] = switch_components(config, command_line_values(_ARGV or sys.argv))
+    overrides = command_line_values(_ARGV or sys.argv)
+    import_modules(_literal(overrides["imports"]) if "imports" in overrides
+                   else config.get("imports", ()))
+    _SWITCHES[:] = switch_components(config, overrides)
     return add_defaults(config)
 
   parser.parse = parse

@@ -150,3 +150,47 @@ def test_switch_components_uses_the_new_components_defaults():
                                 .items() if k not in ("split", "label", "templates")}}
   with pytest.raises(ConfigError, match=r"config.loss.name = 'cosine' is not a known loss"):
     switch_components(load_config_file(TINY), {"loss.name": "cosine"})
+
+
+PLUGIN = '''
+import dataclasses
+import ml_collections
+from clip_jax.losses.registry import LOSSES
+from clip_jax.losses.sigmoid import SIGMOID_DEFAULTS, sigmoid_objective
+
+
+@LOSSES.register("plugin_sigmoid", fields=dict(SIGMOID_DEFAULTS, weight=2.0))
+def build(loss_config, *, axis_name):
+  fields = dict(loss_config.items())
+  weight = fields.pop("weight", 2.0)
+  inner = sigmoid_objective(ml_collections.ConfigDict(fields), axis_name=axis_name)
+
+  def apply(outputs, params):
+    loss, metrics = inner.apply(outputs, params)
+    return weight * loss, dict(metrics, loss=weight * loss, plugin_weight=weight)
+
+  return dataclasses.replace(inner, apply=apply)
+'''
+
+
+def test_user_module_from_config_imports_trains_from_the_cli(tmp_path):
+  (tmp_path / "plugin").mkdir()
+  (tmp_path / "plugin" / "my_losses.py").write_text(PLUGIN)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(tmp_path / "plugin"),
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  proc = subprocess.run(
+      [sys.executable, "-m", "clip_jax.train", "--config", TINY, "--workdir",
+       str(tmp_path / "run"), "--config.imports=('my_losses',)",
+       "--config.loss.name=plugin_sigmoid", "--config.loss.weight=3.0",
+       "--config.total_steps=2", "--config.eval_every_steps=2"],
+      capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = [l for l in read_metrics(str(tmp_path / "run" / "metrics.jsonl")) if "loss" in l][0]
+  assert line["plugin_weight"] == 3.0
+
+
+def test_unimportable_module_is_named():
+  config = _demo()
+  config.imports = ("no_such_module_xyz",)
+  with pytest.raises(ConfigError, match=r"config.imports: cannot import 'no_such_module_xyz'"):
+    validate_config(config, num_devices=8)
