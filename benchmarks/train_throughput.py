@@ -21,7 +21,8 @@ among the variants): forward, backward and optimizer update, summed over devices
       --config.batch_size=512 --remat off,on --peak_tflops 989
 
 `--devices N` uses the first N devices; on the CPU backend it first makes N simulated devices
-(XLA_FLAGS=--xla_force_host_platform_device_count=N, set before jax is imported). The CPU's
+(XLA_FLAGS=--xla_force_host_platform_device_count=N, set before the flags are parsed: parsing
+--config imports jax, and the backend reads XLA_FLAGS when it starts). The CPU's
 simulated devices share its cores, so their numbers show program costs, not scaling.
 """
 
@@ -38,7 +39,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-# jax is imported in run(), after --devices has set XLA_FLAGS.
+# jax's backend starts in run(), after _parse_flags has set XLA_FLAGS for --devices.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from clip_jax.config import define_config_flag, parse_flags_or_exit  # noqa: E402
 from clip_jax.registry import ConfigError  # noqa: E402
@@ -68,8 +69,22 @@ IMPLS = ("ring", "all_gather", "config")
 LOOP = re.compile(r"\bwhile\(")
 
 
+def _simulate_devices(argv: list[str]) -> None:
+  """Sets XLA_FLAGS for `--devices=N` (or `--devices N`) simulated CPU devices, N > 0."""
+  for i, arg in enumerate(argv[1:], start=1):
+    name, eq, value = arg.lstrip("-").partition("=")
+    if name != "devices":
+      continue
+    value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+    if value.isdigit() and int(value):
+      os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                 f" --xla_force_host_platform_device_count={value}").strip()
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
-  """The CLI parser, with configs/demo/emoji.py as the --config when none is given."""
+  """The CLI parser, with configs/demo/emoji.py as the --config when none is given; `--devices`
+  sets XLA_FLAGS first (parsing --config imports jax, whose backend reads XLA_FLAGS once)."""
+  _simulate_devices(argv)
   if not any(a in ("--config", "-config") or a.startswith(("--config=", "-config="))
              for a in argv[1:]):
     argv = [argv[0], f"--config={DEFAULT_CONFIG}", *argv[1:]]
@@ -248,11 +263,6 @@ def main(argv: list[str]) -> None:
 
 def run(impls: list[str], dtypes: list[str], remats: list[bool]) -> None:
   """Measures every (impl, dtype, remat) variant and prints the markdown table."""
-  if _DEVICES.value:
-    if "jax" in sys.modules:
-      raise RuntimeError("jax was imported before --devices could set XLA_FLAGS")
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={_DEVICES.value}").strip()
   import jax
   from ml_collections import config_flags
 

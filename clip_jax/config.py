@@ -47,15 +47,22 @@ _SWITCHES: list[tuple[str, str]] = []
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """Loads `get_config()` from a Python file (for tools and tests; the CLI uses absl flags)."""
-  if not os.path.exists(path):
-    raise ConfigError(f"--config {path!r}: no such file")
-  spec = importlib.util.spec_from_file_location("_clip_jax_config", path)
+  """Loads `get_config()` from a Python file (for tools and tests; the CLI uses absl flags).
+
+  As with `--config`, "file.py:arg" calls `get_config("arg")` (everything after the first ":").
+
+  Raises:
+    ConfigError: the file does not exist or has no get_config().
+  """
+  file_path, has_arg, arg = path.partition(":")
+  if not os.path.exists(file_path):
+    raise ConfigError(f"--config {file_path!r}: no such file")
+  spec = importlib.util.spec_from_file_location("_clip_jax_config", file_path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
-    raise ConfigError(f"--config {path!r} has no get_config() function")
-  return module.get_config()
+    raise ConfigError(f"--config {file_path!r} has no get_config() function")
+  return module.get_config(arg) if has_arg else module.get_config()
 
 
 def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -25,24 +25,38 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         step: int | None = None) -> dict[str, float]:
-  """Restores checkpoint `step` (latest if None) of `workdir` and runs the config's evaluators."""
+  """Restores checkpoint `step` (latest if None) of `workdir` and runs the config's evaluators.
+
+  Returns:
+    {"step": the checkpoint's step, **the evaluators' metrics}.
+
+  Raises:
+    ConfigError: `workdir` has no checkpoint, or none at `step` (the message lists the steps it
+      has), checked before anything is built.
+  """
   from clip_jax.checkpoint import Checkpointer
   from clip_jax.data import make_tokenizer, make_train_iterator
   from clip_jax.evals import make_evaluators
   from clip_jax.training.loop import Trainer, check_vocab, run_evals
 
-  trainer = Trainer(config)
-  config = trainer.config
-  tokenizer = make_tokenizer(config.data)
-  check_vocab(config, tokenizer)
-  trainer.build(next(make_train_iterator(config, tokenizer)))
   ckpt = Checkpointer(workdir, async_save=False)
-  step = ckpt.latest_step() if step is None else step
-  if step is None or step not in ckpt.all_steps():
-    raise ConfigError(f"--workdir {workdir!r} has no checkpoint"
-                      + (f" at step {step}; it has {ckpt.all_steps()}" if step else ""))
-  state, _ = ckpt.restore(step, trainer.abstract_state)
-  ckpt.close()
+  try:
+    available = ckpt.all_steps()
+    if not available:
+      raise ConfigError(f"--workdir {workdir!r} has no checkpoint in {ckpt.directory}; train "
+                        "there first, or give the workdir of a training run")
+    if step is not None and step not in available:
+      raise ConfigError(f"--step={step}: {ckpt.directory} has no checkpoint at step {step}; "
+                        f"available steps: {', '.join(map(str, available))}")
+    step = available[-1] if step is None else step
+    trainer = Trainer(config)
+    config = trainer.config
+    tokenizer = make_tokenizer(config.data)
+    check_vocab(config, tokenizer)
+    trainer.build(next(make_train_iterator(config, tokenizer)))
+    state, _ = ckpt.restore(step, trainer.abstract_state)
+  finally:
+    ckpt.close()
   metrics = run_evals(make_evaluators(config, tokenizer), trainer.embed, state["params"])
   return {"step": step, **metrics}
 

@@ -22,8 +22,11 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "(TPU pods, SLURM, Open MPI).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "HOST:PORT of process 0, for an explicit multi-process start.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --coordinator_address.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --coordinator_address.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Number of processes, with --coordinator_address.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "This process's index in [0, num_processes), with "
+                                   "--coordinator_address.")
 
 
 def main(argv: list[str]) -> None:
@@ -31,16 +34,14 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from clip_jax import distributed
-  from clip_jax.training.loop import train_and_evaluate
 
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                         auto=_MULTIHOST.value)
-
-  if _CONFIG.value is None:
-    print("Config error: --config is required, e.g. --config configs/demo/emoji.py",
-          file=sys.stderr)
-    sys.exit(2)
   try:
+    if _CONFIG.value is None:
+      raise ConfigError("--config is required, e.g. --config configs/demo/emoji.py")
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           auto=_MULTIHOST.value)
+    from clip_jax.training.loop import train_and_evaluate
+
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except ConfigError as e:
     print(f"Config error: {e}", file=sys.stderr)

@@ -1,8 +1,10 @@
 """Config mistakes stop at start-up with a message naming the field and the allowed values."""
 
+import glob
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -22,10 +24,30 @@ def _demo():
   return with_defaults(load_config_file(DEMO))
 
 
-def test_demo_configs_validate():
-  for name in ("emoji.py", "emoji_softmax.py"):
-    validate_config(with_defaults(load_config_file(os.path.join(ROOT, "configs", "demo", name))),
-                    num_devices=8)
+def documented_specs(path):
+  """`path`, plus "path:arg" for every variant `<file name>:arg` that the file's text mentions."""
+  with open(path) as f:
+    args = re.findall(rf"\b{re.escape(os.path.basename(path))}:(\w+)", f.read())
+  return [path] + [f"{path}:{arg}" for arg in sorted(set(args))]
+
+
+CONFIG_SPECS = [spec for path in sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.py"),
+                                                  recursive=True))
+                for spec in documented_specs(path)]
+
+
+def test_config_files_and_variants_are_found():
+  specs = {os.path.relpath(s, ROOT) for s in CONFIG_SPECS}
+  assert {"configs/demo/emoji.py", "configs/examples/three_towers.py",
+          "configs/examples/three_towers.py:pairwise"} <= specs
+
+
+@pytest.mark.parametrize("spec", CONFIG_SPECS, ids=lambda s: os.path.relpath(s, ROOT))
+def test_every_config_file_validates_on_8_devices(spec):
+  config = with_defaults(load_config_file(spec))
+  validate_config(config, num_devices=8)
+  if ":" in spec:  # the variant argument really reaches get_config()
+    assert config != with_defaults(load_config_file(spec.split(":")[0]))
 
 
 def _set(config, dotted, value):

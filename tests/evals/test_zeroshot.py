@@ -176,3 +176,38 @@ def test_prompts_and_ensemble_helpers():
   prompt_emb = np.array([[3, 0], [0, 2], [0, 5], [0, 1]], np.float32)  # C=2, T=2, unnormalised
   np.testing.assert_allclose(ensemble_class_embeddings(prompt_emb, 2),
                              [[2 ** -0.5, 2 ** -0.5], [0, 1]], atol=1e-6)
+
+
+def test_nan_scores_count_as_minus_inf():
+  # C = 3 axis classes. Images 0 and 1 are clean hits; image 2 (label 1) and image 3 (label 2)
+  # have NaN embeddings; class 2's embedding is NaN, so image 4 (label 2, aimed at class 2) can
+  # only rank last, and image 5 (label 0) wins because the NaN class 2 cannot beat it.
+  eye = np.eye(3, dtype=np.float32)
+  class_emb = eye.copy()
+  class_emb[2] = np.nan
+  image_emb = np.stack([eye[0], eye[1], np.full(3, np.nan), np.full(3, np.nan), eye[2],
+                        unit(np.array([0.6, 0.0, 0.8], np.float32))])
+  labels = np.array([0, 1, 1, 2, 2, 0])
+  np.testing.assert_array_equal(true_class_ranks(image_emb, class_emb, labels),
+                                [0, 0, 2, 2, 2, 0])
+  m = classification_metrics(image_emb, class_emb, labels, ks=(1, 2, 3))
+  assert m == {"top1": 0.5, "top2": 0.5, "top3": 1.0,
+               "mean_per_class_recall": pytest.approx((1.0 + 0.5 + 0.0) / 3)}
+
+
+def test_all_nan_embeddings_score_zero():
+  nan = np.full((4, 2), np.nan, np.float32)
+  m = classification_metrics(nan, np.eye(3, 2, dtype=np.float32), np.array([0, 1, 2, 0]))
+  assert m == {"top1": 0.0, "top5": 1.0, "mean_per_class_recall": 0.0}
+
+
+def test_mean_per_class_recall_averages_over_present_classes():
+  # 5 class names, but only classes 0 and 3 have labelled images: class 0 has 3 images of which
+  # 1 is right, class 3 has 1 image, right. Recall (1/3 + 1) / 2 = 2/3; averaging over all 5
+  # names would give 4/15, the image-weighted top-1 is 2/4.
+  class_emb = np.eye(5, dtype=np.float32)
+  image_emb = np.eye(5, dtype=np.float32)[[0, 1, 2, 3, 4]]
+  labels = np.array([0, 0, 0, 3, -1])  # the last image is unlabelled
+  m = classification_metrics(image_emb, class_emb, labels, ks=(1,))
+  assert m["top1"] == 0.5
+  assert m["mean_per_class_recall"] == pytest.approx(2 / 3, abs=1e-12)

@@ -1,5 +1,8 @@
-"""Fault tolerance: exact resume after SIGKILL and SIGTERM at random steps, resharding restore,
-fallback from a corrupted checkpoint, and the divergence guard's clean stop."""
+"""Fault tolerance: exact resume after SIGKILL, SIGTERM and SIGINT at seeded random steps,
+resharding restore, fallback from a corrupted checkpoint, and the divergence guard's clean stop.
+
+The signal steps are drawn from a fixed seed (set CLIP_JAX_TEST_SEED to draw others); each test
+prints its step, so a failure can be replayed."""
 
 import json
 import os
@@ -28,6 +31,23 @@ def train_cli(workdir, *overrides):
        *overrides], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
 
 
+def signal_step(test_id: str) -> int:
+  """The step in [5, 22] at which test `test_id` signals its run, seeded by CLIP_JAX_TEST_SEED."""
+  seed = os.environ.get("CLIP_JAX_TEST_SEED", "0")
+  step = random.Random(f"{seed}/{test_id}").randint(5, 22)
+  print(f"{test_id}: signal at step {step} (CLIP_JAX_TEST_SEED={seed})")
+  return step
+
+
+def test_signal_steps_are_reproducible(monkeypatch):
+  ids = [f"test_{i}" for i in range(10)]
+  monkeypatch.setenv("CLIP_JAX_TEST_SEED", "7")
+  steps = [signal_step(i) for i in ids]
+  assert [signal_step(i) for i in ids] == steps and all(5 <= s <= 22 for s in steps)
+  monkeypatch.setenv("CLIP_JAX_TEST_SEED", "8")
+  assert [signal_step(i) for i in ids] != steps
+
+
 def training_lines(workdir):
   return [line for line in read_metrics(os.path.join(workdir, "metrics.jsonl"))
           if "loss" in line]
@@ -53,7 +73,7 @@ def assert_same_training(lines, reference):
 
 @pytest.mark.parametrize("async_save", [False, True])
 def test_sigkill_then_restart_matches_uninterrupted(tmp_path, reference, async_save):
-  kill_at = random.Random().randint(5, 22)
+  kill_at = signal_step(f"sigkill-async={async_save}")
   proc = train_cli(tmp_path, f"--config.debug_signal=SIGKILL@{kill_at}",
                    f"--config.ckpt_async={async_save}")
   assert proc.returncode == -9, proc.stderr[-2000:]
@@ -68,10 +88,12 @@ def test_sigkill_then_restart_matches_uninterrupted(tmp_path, reference, async_s
   assert_same_training(training_lines(tmp_path), reference)
 
 
-def test_sigterm_checkpoints_and_exits_zero(tmp_path, reference):
-  stop_at = random.Random().randint(5, 22)
-  proc = train_cli(tmp_path, f"--config.debug_signal=SIGTERM@{stop_at}")
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_stop_signal_checkpoints_and_exits_zero(tmp_path, reference, signal_name):
+  stop_at = signal_step(signal_name)
+  proc = train_cli(tmp_path, f"--config.debug_signal={signal_name}@{stop_at}")
   assert proc.returncode == 0, proc.stderr[-2000:]
+  assert f"{signal_name} received" in proc.stderr
   assert f"Stopped at step {stop_at} of 24" in proc.stdout
   assert Checkpointer(tmp_path, async_save=False).latest_step() == stop_at
   proc = train_cli(tmp_path)

@@ -1,0 +1,74 @@
+"""`python -m clip_jax.evaluate` on a tiny trained run: it reproduces the training evals at the
+chosen checkpoint, and a step without a checkpoint is a one-line error naming the steps there are."""
+
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from clip_jax.config import load_config_file
+from clip_jax.metrics import read_metrics
+from clip_jax.training.loop import train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "tests", "configs", "tiny.py")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  """A run of 8 steps with checkpoints and evals (retrieval and classification) at 4 and 8."""
+  workdir = tmp_path_factory.mktemp("trained")
+  config = load_config_file(TINY)
+  config.update(total_steps=8, eval_every_steps=4, ckpt_every_steps=4, ckpt_async=False)
+  config.evals.shapes = ml_collections.ConfigDict(dict(
+      name="zeroshot_classification", split="heldout", label="shape",
+      templates=("{}", "a {} shape.")))
+  train_and_evaluate(config, str(workdir))
+  return workdir
+
+
+def evaluate_cli(workdir, *args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "clip_jax.evaluate", "--workdir", str(workdir),
+                         *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+
+
+def training_evals(workdir):
+  """step -> the eval metrics that training logged at that step."""
+  return {l["step"]: {k: v for k, v in l.items() if k != "step"}
+          for l in read_metrics(os.path.join(workdir, "metrics.jsonl")) if "heldout/mean_recall" in l}
+
+
+def assert_same_metrics(got, want):
+  assert set(got) == set(want)
+  for key, value in want.items():
+    assert got[key] == pytest.approx(value, abs=1e-5), key
+
+
+@pytest.mark.parametrize("step", [None, 4])
+def test_evaluate_reproduces_training_evals(workdir, step):
+  evals = training_evals(workdir)
+  assert sorted(evals) == [4, 8]
+  assert evals[4] != evals[8]  # the two checkpoints are told apart by their metrics
+  proc = evaluate_cli(workdir, *([f"--step={step}"] if step else []))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  printed = json.loads(proc.stdout.strip().splitlines()[-1])
+  with open(os.path.join(workdir, "eval_results.jsonl")) as f:
+    assert json.loads(f.read().splitlines()[-1]) == printed  # the JSON written to the workdir
+  assert printed.pop("step") == (step or 8)
+  assert_same_metrics(printed, evals[step or 8])
+  if step is None:
+    with open(os.path.join(workdir, "final_metrics.json")) as f:
+      assert_same_metrics(printed, json.load(f))
+
+
+@pytest.mark.parametrize("step", [5, 0])
+def test_missing_step_is_one_line_exit_2(workdir, step):
+  proc = evaluate_cli(workdir, f"--step={step}")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      f"Config error: --step={step}: {workdir}/checkpoints has no checkpoint at step {step}; "
+      "available steps: 4, 8"]
