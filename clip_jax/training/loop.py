@@ -5,7 +5,8 @@
 Every `log_every_steps` a training line goes to `<workdir>/metrics.jsonl`, every
 `eval_every_steps` (and at the end) the evaluators run, every `ckpt_every_steps` (and at the end)
 a checkpoint is written. Starting again with the same workdir resumes from the latest checkpoint,
-including the data iterator's position.
+including the data iterator's position. The workdir may be local or on object storage
+(`gs://bucket/run`): every file goes through `clip_jax.fs`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from clip_jax import config as config_lib
+from clip_jax import fs
 from clip_jax import mesh as mesh_lib
 from clip_jax.checkpoint import Checkpointer, load_params_from
 from clip_jax.data import make_tokenizer, make_train_iterator
@@ -119,15 +121,19 @@ def check_vocab(config: ml_collections.ConfigDict, tokenizer) -> None:
 
 
 def _check_workdir(workdir: str) -> None:
+  """Creates `workdir` (local or object storage) and writes, then deletes, a probe file in it.
+
+  Raises:
+    ConfigError: naming `workdir` and the cause, if that fails.
+  """
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test_{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise ConfigError(f"--workdir {workdir!r} is not writable ({e}); choose a directory you can "
-                      "write to") from None
+    fs.makedirs(workdir)
+    probe = fs.join(workdir, f".write_test_{jax.process_index()}_{os.getpid()}")
+    fs.write_text(probe, "ok")
+    fs.remove(probe)
+  except Exception as e:  # noqa: BLE001  (object stores raise their own error types)
+    raise ConfigError(f"--workdir {workdir!r} is not writable ({type(e).__name__}: {e}); choose "
+                      "a directory you can write to") from None
 
 
 def run_evals(evaluators: dict[str, Any], embed, params) -> dict[str, float]:
@@ -167,8 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config = trainer.config
   is_main = jax.process_index() == 0
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    fs.write_text(fs.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
   tokenizer = make_tokenizer(config.data)
   check_vocab(config, tokenizer)
@@ -244,6 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           # Never let a checkpoint of a diverging run rotate out the good ones.
           if check_divergence(metrics, step) == 0:
             saved = ckpt.save(step, state, data_iter.get_state(), force=True, wait=stop)
+            writer.sync()  # object storage: the bucket's metrics.jsonl reaches this step
         if stop:
           where = (f"checkpoint written to {ckpt.directory}/{step}" if saved else
                    f"no checkpoint written (non-finite steps); the latest is step "
@@ -256,8 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpt.close()
     writer.close()
   if is_main:
-    plot_metrics(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "metrics.png"))
+    plot_metrics(fs.join(workdir, "metrics.jsonl"), fs.join(workdir, "metrics.png"))
     if step >= config.total_steps and step > start:  # a rerun of a finished run keeps its file
-      with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-        json.dump(final, f, indent=2)
+      fs.write_text(fs.join(workdir, "final_metrics.json"), json.dumps(final, indent=2))
   return final

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from clip_jax import checkpoint as checkpoint_lib
+from clip_jax import fs as fs_lib
 from clip_jax.checkpoint import CheckpointError, Checkpointer
 from clip_jax.config import load_config_file
 from clip_jax.metrics import read_metrics
@@ -43,7 +43,7 @@ def test_full_disk_at_save_keeps_old_checkpoints(tmp_path, monkeypatch):
   class Full:
     free = 1 << 20
 
-  monkeypatch.setattr(checkpoint_lib.shutil, "disk_usage", lambda path: Full)
+  monkeypatch.setattr(fs_lib.shutil, "disk_usage", lambda path: Full)
   with pytest.raises(CheckpointError) as e:
     ckpt.save(8, state, {"step": 8}, force=True)
   message = str(e.value)
