@@ -3,9 +3,10 @@
 Cache directory: `config.data.cache_dir` if non-empty, else `$CLIP_JAX_CACHE`, else
 `~/.cache/clip_jax`. It must be a local directory (each machine keeps its own copy): its files
 are memory-mapped and npm unpacks into it, so an object-storage path (gs://...) is refused with
-a ConfigError rather than turned into a local "gs:" directory. Everything written there goes to a temporary sibling first and is then
-renamed into place, so an interrupted run never leaves a half-written file under its final name,
-and several processes filling the same cache at once end up with one complete copy.
+a ConfigError rather than turned into a local "gs:" directory. Everything written there goes to
+a temporary sibling first and is then renamed into place, so an interrupted run never leaves a
+half-written file under its final name, and several processes filling the same cache at once end
+up with one complete copy.
 """
 
 from __future__ import annotations
