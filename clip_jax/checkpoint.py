@@ -62,14 +62,17 @@ class Checkpointer:
     keep: how many of the latest checkpoints to keep.
     keep_period: also keep every checkpoint whose step is a multiple of this (0: none).
     async_save: write in the background while training goes on.
+    read_only: for readers such as the evaluate CLI (which never call `save`): create nothing and
+      leave orbax's temporary directories alone, so a reader beside a running training job
+      cannot remove a save in progress.
   """
 
   def __init__(self, workdir: fs.PathLike, *, keep: int = 3, keep_period: int = 0,
-               async_save: bool = True):
+               async_save: bool = True, read_only: bool = False):
     self.directory = fs.join(fs.resolve(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, keep_period=keep_period or None, create=True,
-        enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+        max_to_keep=keep, keep_period=keep_period or None, create=not read_only,
+        enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data"))
 

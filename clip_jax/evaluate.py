@@ -40,7 +40,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   from clip_jax.evals import make_evaluators
   from clip_jax.training.loop import Trainer, check_vocab, run_evals
 
-  ckpt = Checkpointer(workdir, async_save=False)
+  ckpt = Checkpointer(workdir, async_save=False, read_only=True)
   try:
     available = ckpt.all_steps()
     if not available:

@@ -72,3 +72,20 @@ def test_missing_step_is_one_line_exit_2(workdir, step):
   assert proc.stderr.strip().splitlines() == [
       f"Config error: --step={step}: {workdir}/checkpoints has no checkpoint at step {step}; "
       "available steps: 4, 8"]
+
+
+def test_evaluate_leaves_a_save_in_progress_alone(workdir):
+  # A training job beside the evaluation may be writing a checkpoint: orbax's temporary
+  # directory must survive the evaluation (a reader cleaning it up would lose that save).
+  from clip_jax.evaluate import evaluate_checkpoint
+
+  in_progress = workdir / "checkpoints" / "12.orbax-checkpoint-tmp-1764400000000000"
+  (in_progress / "state").mkdir(parents=True)
+  (in_progress / "state" / "partial").write_bytes(b"being written")
+  config = json.load(open(workdir / "config.json"))
+  metrics = evaluate_checkpoint(ml_collections.ConfigDict(config), str(workdir), step=8)
+  assert metrics["step"] == 8
+  assert (in_progress / "state" / "partial").read_bytes() == b"being written"
+  (in_progress / "state" / "partial").unlink()
+  (in_progress / "state").rmdir()
+  in_progress.rmdir()
