@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from clip_jax import fs
 from clip_jax.mesh import compile_rules, named_leaves, path_to_str
@@ -133,6 +134,7 @@ class Checkpointer:
       CheckpointError: if checkpoints exist but none can be read (nothing is moved then).
     """
     steps = self.all_steps()
+    self._check_same_model(steps, abstract_state)
     unreadable = []
     for step in reversed(steps):
       try:
@@ -152,6 +154,27 @@ class Checkpointer:
           f"none of the checkpoints {steps} in {self.directory} can be restored; move the "
           "directory away to start from scratch, or fix the files.")
     return None
+
+  def _check_same_model(self, steps: Sequence[int], abstract_state: Any) -> None:
+    """Raises ConfigError when the newest checkpoint whose metadata can be read holds params of
+    other names or shapes than this config's model: the workdir belongs to another run (read
+    as "unreadable" by orbax, which would hide the cause)."""
+    want = {name: tuple(leaf.shape) for name, leaf in named_leaves(abstract_state)
+            if name.startswith("params/")}
+    for step in reversed(steps):
+      try:
+        saved, _ = _saved_params_metadata(fs.join(self.directory, str(step), "state"))
+      except Exception:  # noqa: BLE001  (unreadable metadata: restore_latest reports it)
+        continue
+      saved = {f"params/{name}": tuple(m.shape) for name, m in saved.items()}
+      for name in sorted(set(want) | set(saved)):
+        if want.get(name) != saved.get(name):
+          raise ConfigError(
+              f"{self.directory}/{step} holds a run of another model: {name} has shape "
+              f"{saved.get(name, 'absent')} there but {want.get(name, 'absent')} in this "
+              "config. Use a new --workdir, or start from its params with "
+              "--config.init_from and config.init_from_rules.")
+      return
 
   def _move_aside(self, steps: Sequence[int]) -> None:
     """Moves unreadable step directories to `<workdir>/checkpoints_unreadable/` (process 0)."""
@@ -204,8 +227,9 @@ def _state_dirs(path: str) -> list[str]:
 def _saved_params_metadata(state_dir: str) -> tuple[dict[str, Any], bool]:
   """({"/"-joined param path: array metadata (shape, dtype)}, whether the params sit under a
   "params" key (a train state) rather than at the top (a converted params tree))."""
-  with ocp.PyTreeCheckpointer() as ckptr:
-    tree = ckptr.metadata(state_dir).item_metadata.tree
+  # The item handler reads the tree metadata alone (the checkpointer would also look for the
+  # step's metadata file, one level up, and warn when reading a bare params tree).
+  tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir)).tree
   if not isinstance(tree, dict):
     raise ValueError(f"{state_dir} does not hold a tree of arrays")
   return dict(named_leaves(tree["params"] if "params" in tree else tree)), "params" in tree

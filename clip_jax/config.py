@@ -184,7 +184,10 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
           f"; did you mean {name.rsplit('.', 1)[0]}.{suggestion.group(1)}?" if suggestion
           else "; see the config file for the known fields")
     else:
-      message = f"{name}: " + str(e).replace("\\n", " ").strip()
+      # A ConfigError raised while the --config file was read comes wrapped by absl as
+      # "flag --config=<file>: <message>"; the message alone names the field.
+      text = re.sub(r"^flag --config=[^:]*: ", "", str(e).replace("\\n", " ").strip())
+      message = text if re.match(r"^-*config[.:]", text) else f"{name}: {text}"
     print(f"Config error: {message}", file=sys.stderr)
     sys.exit(2)
 
@@ -327,6 +330,25 @@ def switch_components(config: ml_collections.ConfigDict,
   return notes
 
 
+def add_overridden_fields(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
+  """Adds each field the command line overrides that the file's section lacks but its component
+  declares (e.g. `--config.loss.max_scale=100` on a sigmoid config that never sets it), with the
+  component's default (or the command line's value where there is none), so that the flag
+  parser can then apply the override. Changes `config` in place."""
+  for path, registry, _ in component_sections(config):
+    section = _section(config, path)
+    if section is None or not hasattr(section, "get") or section.get("name") not in registry:
+      continue
+    declared = registry.fields(section.name) or {}
+    for key, raw in overrides.items():
+      field = key[len(path) + 1:] if key.startswith(f"{path}.") else ""
+      if field and "." not in field and field in declared and field not in section:
+        default = declared[field]
+        with config.unlocked():
+          section[field] = (_literal(raw) if default is REQUIRED or default is None
+                            else default)
+
+
 def define_config_flag(help_text: str) -> Any:
   """Defines the absl `--config` flag: a get_config() file plus `--config.<field>=` overrides.
 
@@ -353,6 +375,7 @@ def define_config_flag(help_text: str) -> Any:
     import_modules(_literal(overrides["imports"]) if "imports" in overrides
                    else config.get("imports", ()))
     _SWITCHES[:] = switch_components(config, overrides)
+    add_overridden_fields(config, overrides)
     return add_defaults(config)
 
   parser.parse = parse

@@ -192,3 +192,16 @@ def test_run_completes_after_falling_back_from_a_corrupted_checkpoint(tmp_path, 
   # Starting again keeps working (the moved-aside step stays where it is).
   train_and_evaluate(config, str(tmp_path))
   assert os.listdir(tmp_path / "checkpoints_unreadable") == ["8"]
+
+
+def test_restart_with_another_model_is_a_named_error_and_keeps_the_run(tmp_path):
+  config = tiny(total_steps=4, eval_every_steps=4, ckpt_async=False)
+  train_and_evaluate(config, str(tmp_path))
+  saved_config = (tmp_path / "config.json").read_text()
+  config.model.towers.image.width = 24
+  with pytest.raises(ConfigError, match=r"checkpoints/4 holds a run of another model: "
+                                        r"params/model/image/.* has shape .* there but .* in "
+                                        r"this config"):
+    train_and_evaluate(config, str(tmp_path))
+  assert (tmp_path / "config.json").read_text() == saved_config  # the run's config is kept
+  assert Checkpointer(tmp_path, async_save=False, read_only=True).all_steps() == [4]

@@ -216,3 +216,20 @@ def test_unimportable_module_is_named():
   config.imports = ("no_such_module_xyz",)
   with pytest.raises(ConfigError, match=r"config.imports: cannot import 'no_such_module_xyz'"):
     validate_config(config, num_devices=8)
+
+
+def test_a_declared_field_the_file_lacks_is_overridable(tmp_path):
+  # tests/configs/tiny.py sets only the sigmoid loss's name; max_scale is sigmoid's own field.
+  proc = _train_cli(tmp_path, TINY, "--config.loss.max_scale=5.0", "--config.total_steps=2",
+                    "--config.eval_every_steps=2")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.load(open(tmp_path / "config.json"))["loss"]["max_scale"] == 5.0
+  first = [l for l in read_metrics(str(tmp_path / "metrics.jsonl")) if "loss" in l][0]
+  assert first["scale"] == pytest.approx(5.0, rel=1e-5)  # exp(log 10) projected to the bound
+
+
+def test_cli_unknown_component_name_is_one_clean_line(tmp_path):
+  proc = _cli("--workdir", str(tmp_path), "--config.loss.name=cosine")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      "Config error: config.loss.name = 'cosine' is not a known loss; choose one of: ")

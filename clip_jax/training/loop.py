@@ -172,8 +172,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   trainer = Trainer(config)
   config = trainer.config
   is_main = jax.process_index() == 0
-  if is_main:
-    fs.write_text(fs.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
   tokenizer = make_tokenizer(config.data)
   check_vocab(config, tokenizer)
@@ -198,6 +196,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     start, state = 0, initial_state(trainer, config)
     pending = first  # drawn to learn the shapes: it is the first training batch
+  if is_main:  # only once the run has started or resumed: a failed start keeps the old file
+    fs.write_text(fs.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
     print(f"Model: {state_lib.param_count(state['params']):,} parameters on a mesh "
           f"{dict(trainer.mesh.shape)}; batch {config.batch_size}.", flush=True)
 
