@@ -2,11 +2,13 @@
 
 Builds `clip_jax.training.loop.Trainer` from a config (default configs/demo/emoji.py) for every
 variant: loss implementation (ring vs all_gather, overriding config.loss.impl), compute dtype
-(float32 vs bfloat16) and remat (off vs on). Each variant's train step is compiled ahead of time
-(`train_step.lower(state, batch).compile()`, timed as "compile s") and then run on a few random
-global batches of the config's shapes built beforehand (no data loading in the timed loop):
-`--warmup` steps, then `--steps` steps each timed to completion. The table gives the median
-ms/step, examples/s, and examples/s relative to the first variant.
+(float32 vs bfloat16), remat (off vs on) and micro-batching (config.microbatch_size: 0 = off,
+else the global examples per micro-batch; the same global batch, the same result). Each
+variant's train step is compiled ahead of time (`train_step.lower(state, batch).compile()`,
+timed as "compile s") and then run on a few random global batches of the config's shapes built
+beforehand (no data loading in the timed loop): `--warmup` steps, then `--steps` steps each
+timed to completion. The table gives the median ms/step, examples/s, and examples/s relative to
+the first variant.
 
 FLOPs come from XLA (`compiled.cost_analysis()["flops"]`, which counts one device's program;
 times the devices, divided by the batch). XLA counts a while loop's body once, so a program with
@@ -19,6 +21,7 @@ among the variants): forward, backward and optimizer update, summed over devices
   python benchmarks/train_throughput.py --devices 8 --steps 20 --dtypes float32,bfloat16
   python benchmarks/train_throughput.py --config configs/demo/emoji_softmax.py \
       --config.batch_size=512 --remat off,on --peak_tflops 989
+  python benchmarks/train_throughput.py --impls config --microbatch 0,64 --steps 20
 
 `--devices N` uses the first N devices; on the CPU backend it first makes N simulated devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=N, set before the flags are parsed: parsing
@@ -56,6 +59,8 @@ _IMPLS = flags.DEFINE_list("impls", ["ring", "all_gather"],
                            "Loss implementations (config.loss.impl); 'config' keeps the file's.")
 _DTYPES = flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes: float32, bfloat16.")
 _REMAT = flags.DEFINE_list("remat", ["off"], "Remat settings: off, on.")
+_MICRO = flags.DEFINE_list("microbatch", ["0"],
+                           "config.microbatch_size values (global examples; 0: off).")
 _PEAK = flags.DEFINE_float("peak_tflops", None,
                            "Peak TFLOP/s of one device, for MFU (no default: MFU is n/a).")
 _INTERLEAVE = flags.DEFINE_bool(
@@ -116,15 +121,17 @@ def _set_impl(loss_config: Any, impl: str) -> int:
   return count
 
 
-def variant_config(base: ml_collections.ConfigDict, impl: str, dtype: str,
-                   remat: bool) -> ml_collections.ConfigDict:
-  """A copy of `base` with the loss impl ("config": unchanged), compute dtype and remat set."""
+def variant_config(base: ml_collections.ConfigDict, impl: str, dtype: str, remat: bool,
+                   microbatch_size: int = 0) -> ml_collections.ConfigDict:
+  """A copy of `base` with the loss impl ("config": unchanged), compute dtype, remat and
+  micro-batch size set."""
   config = ml_collections.ConfigDict(base.to_dict())
   if impl != "config" and not _set_impl(config.loss, impl):
     raise ConfigError(f"config.loss.name = {config.loss.name!r} has no sigmoid or softmax "
                       "objective whose impl could be set; use --impls=config")
   config.model.dtype = dtype
   config.model.remat = remat
+  config.microbatch_size = microbatch_size
   return config
 
 
@@ -253,16 +260,18 @@ def main(argv: list[str]) -> None:
     impls = _choices("impls", _IMPLS.value, IMPLS)
     dtypes = _choices("dtypes", _DTYPES.value, ("float32", "bfloat16"))
     remats = [v == "on" for v in _choices("remat", _REMAT.value, ("off", "on"))]
+    if not _MICRO.value or not all(v.isdigit() for v in _MICRO.value):
+      raise ConfigError(f"--microbatch={','.join(_MICRO.value)}: give sizes >= 0 (0: off)")
     if _STEPS.value < 1 or _WARMUP.value < 0:
       raise ConfigError("--steps must be >= 1 and --warmup >= 0")
-    run(impls, dtypes, remats)
+    run(impls, dtypes, remats, [int(v) for v in _MICRO.value])
   except ConfigError as e:
     print(f"Config error: {e}", file=sys.stderr)
     sys.exit(2)
 
 
-def run(impls: list[str], dtypes: list[str], remats: list[bool]) -> None:
-  """Measures every (impl, dtype, remat) variant and prints the markdown table."""
+def run(impls: list[str], dtypes: list[str], remats: list[bool], micros: list[int]) -> None:
+  """Measures every (impl, dtype, remat, micro-batch) variant and prints the markdown table."""
   import jax
   from ml_collections import config_flags
 
@@ -272,13 +281,15 @@ def run(impls: list[str], dtypes: list[str], remats: list[bool]) -> None:
                       f"{len(available)} devices")
   devices = available[:_DEVICES.value or len(available)]
   base = _CONFIG.value
-  specs = [(impl, dtype, remat) for impl in impls for dtype in dtypes for remat in remats]
-  label = lambda impl, dtype, remat: f"{impl} {dtype} remat={'on' if remat else 'off'}"
+  specs = [(impl, dtype, remat, micro) for impl in impls for dtype in dtypes for remat in remats
+           for micro in micros]
+  label = lambda impl, dtype, remat, micro: (f"{impl} {dtype} remat={'on' if remat else 'off'} "
+                                             f"micro={micro or 'off'}")
   rows = measure([(label(*spec), variant_config(base, *spec)) for spec in specs], devices,
                  _INSTANCE_IDS.value, _WARMUP.value, _STEPS.value, _INTERLEAVE.value)
 
   # Model FLOPs: from a loop-free program (all_gather loss) without remat's recomputation.
-  reference = next((r for r, (impl, _, remat) in zip(rows, specs)
+  reference = next((r for r, (impl, _, remat, _) in zip(rows, specs)
                     if impl == "all_gather" and not remat and not r.loops), None)
   if reference is None:
     print("compiling the all_gather float32 variant for the model FLOPs ...", file=sys.stderr,
@@ -301,22 +312,24 @@ def run(impls: list[str], dtypes: list[str], remats: list[bool]) -> None:
         f"(XLA, all_gather, fwd + bwd + optimizer, all devices): "
         f"{_si(model_flops) + 'FLOP' if model_flops else 'n/a'}; peak "
         f"{f'{_PEAK.value:g} TFLOP/s per device' if _PEAK.value else 'n/a'}\n")
-  print("| loss impl | dtype | remat | compile s | ms/step | examples/s | vs first | "
+  print("| loss impl | dtype | remat | micro-batch | compile s | ms/step | examples/s | vs first | "
         "temp MiB/device | XLA FLOP/example | MFU |")
-  print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
-  for r, (impl, dtype, remat) in zip(rows, specs):
+  print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+  for r, (impl, dtype, remat, micro) in zip(rows, specs):
     speed = r.batch_size / r.median
     flops = (f"{_si(r.flops * r.devices / r.batch_size)}{' †' if r.loops else ''}"
              if r.flops else "n/a")
     mfu = (f"{100 * model_flops * speed / (_PEAK.value * 1e12 * r.devices):.2f}%"
            if model_flops and _PEAK.value else "n/a")
     temp = f"{r.temp_bytes / 2**20:.1f}" if r.temp_bytes is not None else "n/a"
-    print(f"| {impl} | {dtype} | {'on' if remat else 'off'} | {r.compile_s:.1f} | "
+    print(f"| {impl} | {dtype} | {'on' if remat else 'off'} | {micro or 'off'} | "
+          f"{r.compile_s:.1f} | "
           f"{r.median * 1e3:.1f} | {speed:,.0f} | {speed / base_speed:.2f}x | {temp} | {flops} | "
           f"{mfu} |")
   if any(r.loops for r in rows):
-    print("\n† the program has while loops (the ring loss); XLA counts a loop body once, so this "
-          "count is too low. MFU uses the model FLOPs above for every variant.")
+    print("\n† the program has while loops (the ring loss, micro-batches); XLA counts a loop "
+          "body once, so this count is too low. MFU uses the model FLOPs above for every "
+          "variant.")
 
 if __name__ == "__main__":
   app.run(main, flags_parser=_parse_flags)

@@ -26,6 +26,7 @@ REQUIRED_INT_FIELDS = ("total_steps", "batch_size", "seed", "log_every_steps",
 OPTIONAL_DEFAULTS: dict[str, Any] = {
     "imports": (),                 # modules to import first: users' own registered components
     "eval_batch_size": 0,          # 0 -> batch_size
+    "microbatch_size": 0,          # > 0: global examples per micro-batch of the step (0: off)
     "ckpt_keep": 3,                # keep the last K checkpoints ...
     "ckpt_keep_period": 0,         # ... plus every M-th step (0: none)
     "ckpt_async": True,            # write checkpoints in the background
@@ -83,8 +84,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
 
   Raises:
     ConfigError: naming the field and the allowed values, for unknown fields, bad integers, a
-      global batch not divisible by the batch shards or processes, a mesh that does not match the
-      devices, and unknown loss, tower, data source or evaluator names.
+      global batch not divisible by the batch shards or processes, a `microbatch_size` that
+      does not cut it into micro-batches divisible by the batch shards, a mesh that does not
+      match the devices, and unknown loss, tower, data source or evaluator names.
   """
   # Imported here: these modules register the names that validation checks against.
   import clip_jax.data  # noqa: F401
@@ -126,6 +128,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
       raise ConfigError(f"config.{field} = {value} is not divisible by the {process_count} "
                         "processes")
 
+  _check_microbatch_size(config.get("microbatch_size", 0), config.batch_size, shards,
+                         batch_axes, num_devices)
   SOURCES.get(config.data.name)
   LOSSES.get(config.loss.name)
   _unknown(config.optim, OPTIM_FIELDS, "config.optim")
@@ -138,6 +142,22 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
     TOWERS.get(tower.name, field=f"config.model.towers.{modality}.name")
   for eval_name, eval_config in (config.evals or {}).items():
     EVALUATORS.get(eval_config.name, field=f"config.evals.{eval_name}.name")
+
+
+def _check_microbatch_size(micro: Any, batch_size: int, shards: int,
+                           batch_axes: tuple[str, ...], num_devices: int) -> None:
+  """`config.microbatch_size` (global, 0 = off) divides the batch and is split over the shards."""
+  if isinstance(micro, bool) or not isinstance(micro, int) or micro < 0:
+    raise ConfigError(f"config.microbatch_size = {micro!r} must be 0 (off) or a positive "
+                      "integer: the global number of examples per micro-batch")
+  if micro and (batch_size % micro or micro % shards):
+    fits = [m for m in range(shards, batch_size + 1, shards) if batch_size % m == 0]
+    closest = min(fits, key=lambda m: abs(m - micro))
+    raise ConfigError(
+        f"config.microbatch_size = {micro} must divide config.batch_size = {batch_size} and be a "
+        f"multiple of the {shards} batch shards (mesh axes {batch_axes} over {num_devices} "
+        f"devices), since every micro-batch is sharded like the batch; use e.g. {closest}, or "
+        "0 to turn micro-batching off")
 
 
 def parse_flags_or_exit(argv: list[str]) -> list[str]:

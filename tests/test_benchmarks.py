@@ -46,13 +46,14 @@ def test_loss_memory_prints_table_and_targets():
 
 def test_train_throughput_prints_table():
   proc = run_script("train_throughput.py", "--config", TINY, "--devices", "2", "--impls",
-                    "all_gather", "--steps", "1", "--warmup", "0", "--batches", "1")
+                    "all_gather", "--steps", "1", "--warmup", "0", "--batches", "1",
+                    "--microbatch", "0,8")
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "backend cpu, 2 device(s)" in proc.stdout and "global batch 16" in proc.stdout
   flops = re.search(r"all devices\): (\S+ \S+)FLOP", proc.stdout).group(1)
   rows = table_rows(proc.stdout, ("all_gather",))
-  assert len(rows) == 1
-  impl, dtype, remat, compile_s, ms, speed, rel, temp, row_flops, mfu = rows[0]
+  assert [r[3] for r in rows] == ["off", "8"]  # the micro-batch column
+  impl, dtype, remat, micro, compile_s, ms, speed, rel, temp, row_flops, mfu = rows[0]
   assert (impl, dtype, remat, rel, mfu) == ("all_gather", "float32", "off", "1.00x", "n/a")
   assert row_flops == flops.strip()  # the only variant is the model-FLOPs reference
   assert float(compile_s) > 0 and float(ms) > 0 and float(temp) >= 0

@@ -97,7 +97,7 @@ class Trainer:
     self.train_step = make_train_step(
         self.model, self.objective, self.tx, self.schedule, self.mesh, self.batch_axes,
         self.state_shardings, self.batch_keys, frozen=self.frozen,
-        debug_nan_steps=tuple(config.debug_nan_steps))
+        debug_nan_steps=tuple(config.debug_nan_steps), microbatch_size=config.microbatch_size)
     self.embed = make_embed_fn(self.model, self.mesh, self.batch_axes,
                                config.eval_batch_size or config.batch_size)
 
@@ -198,8 +198,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     pending = first  # drawn to learn the shapes: it is the first training batch
   if is_main:  # only once the run has started or resumed: a failed start keeps the old file
     fs.write_text(fs.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    micro = (f" in {config.batch_size // config.microbatch_size} micro-batches of "
+             f"{config.microbatch_size}" if config.microbatch_size else "")
     print(f"Model: {state_lib.param_count(state['params']):,} parameters on a mesh "
-          f"{dict(trainer.mesh.shape)}; batch {config.batch_size}.", flush=True)
+          f"{dict(trainer.mesh.shape)}; batch {config.batch_size}{micro}.", flush=True)
 
   writer = MetricsWriter(workdir, resume_step=start, enabled=is_main)
   bar = ProgressBar(config.total_steps, initial_step=start, enabled=is_main)

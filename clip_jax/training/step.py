@@ -14,11 +14,16 @@ Frozen parameters (`config.optim.freeze`, and an objective's `Param(learned=Fals
 gradient, so they do not count in `grad_norm` and XLA drops their backward computation. The
 objective's bounded parameters (`Param(low=..., high=...)`) are projected into their bounds
 after the update.
+
+With `microbatch_size` > 0 the gradients come from `make_microbatch_grad_fn` (gradient caching:
+the same loss and gradients with the towers' activations held for one micro-batch at a time);
+everything after the gradients is the same step.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
@@ -26,34 +31,161 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from clip_jax.losses.registry import Objective, project
 from clip_jax.training.state import State
 
 
+def sharded_objective(objective: Objective, mesh: Mesh, batch_axes: Sequence[str]) -> Callable:
+  """(outputs, loss_params) -> (loss, metrics): `objective.apply` in shard_map over the batch
+  axes. `outputs` are global `[B, ...]` arrays sharded over `batch_axes` on dimension 0; the loss
+  and metrics are replicated scalars."""
+  batch_axes = tuple(batch_axes)
+  return jax.shard_map(objective.apply, mesh=mesh, in_specs=(P(batch_axes), P()),
+                       out_specs=(P(), P()), axis_names=frozenset(batch_axes))
+
+
 def make_loss_fn(model: nn.Module, objective: Objective, mesh: Mesh,
                  batch_axes: Sequence[str]) -> Callable:
   """(params, batch) -> (loss, metrics): the towers then the sharded objective."""
-  batch_axes = tuple(batch_axes)
+  apply_objective = sharded_objective(objective, mesh, batch_axes)
 
   def loss_fn(params, batch):
     outputs = dict(model.apply({"params": params["model"]}, batch, train=True))
     for key in objective.batch_keys:  # e.g. instance ids, sharded like the embeddings
       outputs[key] = batch[key]
-    sharded = jax.shard_map(
-        objective.apply, mesh=mesh, in_specs=(P(batch_axes), P()), out_specs=(P(), P()),
-        axis_names=frozenset(batch_axes))
-    return sharded(outputs, params["loss"])
+    return apply_objective(outputs, params["loss"])
 
   return loss_fn
+
+
+def split_microbatches(x: jax.Array, num_micro: int, shards: int) -> jax.Array:
+  """[B, ...] -> [k, B / k, ...]: micro-batch j takes rows j*m/S .. (j+1)*m/S - 1 (m = B / k)
+  of every device's shard of B / S rows (S batch shards), so each micro-batch is spread over all
+  S shards, in order, and the split moves no data between devices."""
+  rows = x.shape[0] // (shards * num_micro)
+  x = x.reshape((shards, num_micro, rows) + x.shape[1:])
+  return jnp.swapaxes(x, 0, 1).reshape((num_micro, shards * rows) + x.shape[3:])
+
+
+def merge_microbatches(x: jax.Array, shards: int) -> jax.Array:
+  """The inverse of `split_microbatches`: [k, m, ...] -> [k * m, ...] in the batch's order."""
+  num_micro, m = x.shape[:2]
+  x = x.reshape((num_micro, shards, m // shards) + x.shape[2:])
+  return jnp.swapaxes(x, 0, 1).reshape((num_micro * m,) + x.shape[3:])
+
+
+def make_microbatch_grad_fn(model: nn.Module, objective: Objective, mesh: Mesh,
+                            batch_axes: Sequence[str], microbatch_size: int,
+                            frozen: Any = None) -> Callable:
+  """(params, batch) -> ((loss, metrics), grads), equal to `value_and_grad(make_loss_fn(...))`
+  on the same global batch, with the towers' activations held for one micro-batch at a time.
+
+  Gradient caching (Gao, Zhang, Han & Callan 2021, "Scaling Deep Contrastive Learning Batch Size
+  under Memory Limited Setup"), in three passes over the k = B / `microbatch_size` micro-batches
+  (`lax.scan`s; each micro-batch is sharded over the batch axes like a whole batch, see
+  `split_microbatches`):
+
+  1. embed every micro-batch with every tower, keeping only the embeddings `[B, d]` float32
+     (nothing is differentiated, so no activations are saved);
+  2. the objective over the whole global batch, in shard_map as in the plain step, and its
+     gradients dL/de with respect to every modality's embeddings and dL/dtheta_loss;
+  3. for each micro-batch, run the towers again under `jax.vjp` seeded with that micro-batch's
+     rows of dL/de, and sum the parameter gradients (float32, like the params).
+
+  Since L depends on a tower's parameters only through the embeddings,
+  dL/dtheta = sum_j (de_j/dtheta)^T dL/de_j: the plain step's gradient, summed in another order.
+  A tower whose parameters are all frozen is embedded in pass 1 only and gets a zero gradient;
+  a partly frozen tower is run again (the zeroing of its frozen leaves happens in the step).
+  The towers take no random numbers (no dropout), so both passes compute the same embeddings; a
+  stochastic tower would need the same key for a micro-batch in both passes.
+
+  Cost: one more forward of each trained tower per step. Memory: besides the state and the
+  batch, the activations of one micro-batch, the `[B, d]` embeddings and their gradients, the
+  objective's own buffers, and one float32 gradient accumulator like the model params.
+
+  Args:
+    batch_axes: the mesh axes the batch is sharded over, on dimension 0.
+    microbatch_size: examples per micro-batch over all devices; it must divide the global
+      batch, and the number of batch shards must divide it (the config check says so at
+      start-up). Global, like the batch size (and open_clip's batch / accum_freq), so that a
+      config describes the same step on every mesh (the same number of micro-batches, each
+      spread over all batch shards) and more devices only lower the memory per device.
+    frozen: a bool pytree like the params (True: frozen), or None.
+
+  Raises:
+    ValueError (at trace time): the global batch is not a multiple of `microbatch_size`.
+  """
+  from clip_jax.models import MultiTower
+
+  batch_axes = tuple(batch_axes)
+  shards = math.prod(mesh.shape[a] for a in batch_axes)
+  apply_objective = sharded_objective(objective, mesh, batch_axes)
+  modalities = tuple(model.towers)
+  trained = tuple(m for m in modalities
+                  if frozen is None or not all(jax.tree.leaves(frozen["model"][m])))
+  sharded = lambda x, spec: lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+  micro_spec, batch_spec = P(None, batch_axes), P(batch_axes)
+
+  def embed(tower_params, inputs, modality):
+    return model.apply({"params": {modality: tower_params}}, sharded(inputs, batch_spec),
+                       modality, train=True, method=MultiTower.embed)
+
+  def grad_fn(params, batch):
+    global_batch = batch[modalities[0]].shape[0]
+    if global_batch % microbatch_size:
+      raise ValueError(f"the global batch of {global_batch} is not a multiple of "
+                       f"config.microbatch_size = {microbatch_size}")
+    num_micro = global_batch // microbatch_size
+    micro = {m: sharded(split_microbatches(batch[m], num_micro, shards), micro_spec)
+             for m in modalities}
+    towers = params["model"]
+
+    def forward(_, inputs):
+      return None, {m: embed(towers[m], inputs[m], m) for m in modalities}
+
+    _, embeddings = lax.scan(forward, None, micro)
+    embeddings = {m: sharded(merge_microbatches(e, shards), batch_spec)
+                  for m, e in embeddings.items()}
+    extras = {key: batch[key] for key in objective.batch_keys}
+    (loss, metrics), (embedding_grads, loss_grads) = jax.value_and_grad(
+        lambda e, p: apply_objective({**e, **extras}, p), argnums=(0, 1), has_aux=True)(
+            embeddings, params["loss"])
+
+    def backward(acc, micro_j):
+      inputs, cotangents = micro_j
+      for m in trained:
+        _, pullback = jax.vjp(functools.partial(embed, inputs=inputs[m], modality=m), towers[m])
+        acc[m] = jax.tree.map(jnp.add, acc[m], pullback(cotangents[m])[0])
+      return acc, None
+
+    cotangents = {m: sharded(split_microbatches(embedding_grads[m], num_micro, shards),
+                             micro_spec) for m in trained}
+    zeros = {m: jax.tree.map(jnp.zeros_like, towers[m]) for m in modalities}
+    model_grads, _ = lax.scan(backward, {m: zeros[m] for m in trained},
+                              ({m: micro[m] for m in trained}, cotangents))
+    return (loss, metrics), {"model": dict(zeros, **model_grads), "loss": loss_grads}
+
+  return grad_fn
+
+
+def make_grad_fn(model: nn.Module, objective: Objective, mesh: Mesh, batch_axes: Sequence[str],
+                 microbatch_size: int = 0, frozen: Any = None) -> Callable:
+  """(params, batch) -> ((loss, metrics), grads) of the train step: `value_and_grad` of
+  `make_loss_fn` (microbatch_size 0), or `make_microbatch_grad_fn` (the same values)."""
+  if microbatch_size:
+    return make_microbatch_grad_fn(model, objective, mesh, batch_axes, microbatch_size, frozen)
+  return jax.value_and_grad(make_loss_fn(model, objective, mesh, batch_axes), has_aux=True)
 
 
 def make_train_step(model: nn.Module, objective: Objective, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, mesh: Mesh, batch_axes: Sequence[str],
                     state_shardings: Any, batch_keys: Sequence[str], frozen: Any = None,
-                    debug_nan_steps: Sequence[int] = ()) -> Callable[[State, Mapping[str, jax.Array]],
-                                                          tuple[State, dict[str, jax.Array]]]:
+                    debug_nan_steps: Sequence[int] = (), microbatch_size: int = 0,
+                    ) -> Callable[[State, Mapping[str, jax.Array]],
+                                  tuple[State, dict[str, jax.Array]]]:
   """Builds the jitted, donated train step with explicit in/out shardings.
 
   Args:
@@ -61,13 +193,15 @@ def make_train_step(model: nn.Module, objective: Objective, tx: optax.GradientTr
     frozen: a bool pytree like the params (True: frozen, gets a zero gradient), or None.
     debug_nan_steps: test-only fault injection; the updates that would make `step` equal to one
       of these values see a NaN loss.
+    microbatch_size: 0: the towers see the whole global batch at once; > 0: gradients over
+      micro-batches of this many examples (global), see `make_microbatch_grad_fn`.
   """
-  loss_fn = make_loss_fn(model, objective, mesh, batch_axes)
+  grad_fn = make_grad_fn(model, objective, mesh, batch_axes, microbatch_size, frozen)
   batch_sharding = NamedSharding(mesh, P(tuple(batch_axes)))
   replicated = NamedSharding(mesh, P())
 
   def train_step(state, batch):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
+    (loss, metrics), grads = grad_fn(state["params"], batch)
     if debug_nan_steps:
       loss = jnp.where(jnp.isin(state["step"] + 1, jnp.asarray(debug_nan_steps)), jnp.nan, loss)
     if frozen is not None:
