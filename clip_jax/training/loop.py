@@ -196,12 +196,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     start, state = 0, initial_state(trainer, config)
     pending = first  # drawn to learn the shapes: it is the first training batch
-  if is_main:  # only once the run has started or resumed: a failed start keeps the old file
-    fs.write_text(fs.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
     micro = (f" in {config.batch_size // config.microbatch_size} micro-batches of "
              f"{config.microbatch_size}" if config.microbatch_size else "")
     print(f"Model: {state_lib.param_count(state['params']):,} parameters on a mesh "
           f"{dict(trainer.mesh.shape)}; batch {config.batch_size}{micro}.", flush=True)
+  if is_main:  # only once the run has started or resumed: a failed start keeps the old file
+    fs.write_text(fs.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
   writer = MetricsWriter(workdir, resume_step=start, enabled=is_main)
   bar = ProgressBar(config.total_steps, initial_step=start, enabled=is_main)
