@@ -18,11 +18,9 @@ from __future__ import annotations
 import collections
 import os
 import re
-from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -31,7 +29,6 @@ import pytest
 from clip_jax.checkpoint import Checkpointer
 from clip_jax.config import load_config_file, validate_config
 from clip_jax.data import make_tokenizer, make_train_iterator
-from clip_jax.models import TOWERS
 from clip_jax.registry import ConfigError
 from clip_jax.training.loop import Trainer
 from clip_jax.training.step import make_grad_fn
@@ -51,20 +48,6 @@ OBJECTIVES = {
 }
 
 
-@TOWERS.register("_test_microbatch_flat_tower")
-class FlatTower(nn.Module):
-  """A test-only tower that compiles fast: [B, ...] numbers -> flatten -> Dense -> [B, width]."""
-
-  width: int
-  dtype: Any = "float32"
-  remat: bool = False
-
-  @nn.compact
-  def __call__(self, x, *, train=False):
-    del train
-    return nn.Dense(self.width)(jnp.reshape(x, (x.shape[0], -1)).astype(jnp.float32))
-
-
 def make_config(objective: str, mesh, microbatch_size: int = 0,
                 towers: str = "tiny") -> ml_collections.ConfigDict:
   """tests/configs/tiny.py with a global batch of 32, `objective`, `microbatch_size`, and
@@ -75,7 +58,7 @@ def make_config(objective: str, mesh, microbatch_size: int = 0,
   c.optim.update(warmup_steps=0, end_lr_ratio=1.0, eps=1e-6)  # as tests/training/test_step.py
   c.loss = ml_collections.ConfigDict(OBJECTIVES[objective])
   if towers == "flat":
-    c.model.towers.image = ml_collections.ConfigDict(dict(name="_test_microbatch_flat_tower",
+    c.model.towers.image = ml_collections.ConfigDict(dict(name="_test_flat_tower",
                                                           width=16))
     c.model.towers.text = ml_collections.ConfigDict(c.model.towers.image.to_dict())
   if objective == "mv_infonce":

@@ -18,9 +18,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -28,7 +26,6 @@ import pytest
 
 from clip_jax.config import load_config_file
 from clip_jax.losses.registry import LOSSES
-from clip_jax.models import TOWERS
 from clip_jax.training.loop import Trainer
 
 TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
@@ -53,20 +50,6 @@ OBJECTIVES = {
     "mv_dhel": dict(name="mv_dhel", modalities=THREE, learn_scale=True),
     "gram": dict(name="gram", modalities=THREE),
 }
-
-
-@TOWERS.register("_test_flat_tower")
-class FlatTower(nn.Module):
-  """A test-only tower that compiles fast: [B, ...] numbers -> flatten -> Dense -> [B, width]."""
-
-  width: int
-  dtype: Any = "float32"
-  remat: bool = False
-
-  @nn.compact
-  def __call__(self, x, *, train=False):
-    del train
-    return nn.Dense(self.width)(jnp.reshape(x, (x.shape[0], -1)).astype(jnp.float32))
 
 
 def test_every_registered_objective_is_covered():
