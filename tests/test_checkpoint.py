@@ -154,24 +154,13 @@ def test_init_from_error_paths(tmp_path):
     load_params_from(src, fresh, shardings)
 
 
-def truncate_state_files(step_dir):
-  truncated = 0
-  for root, _, files in os.walk(os.path.join(step_dir, "state")):
-    for name in files:
-      path = os.path.join(root, name)
-      if os.path.getsize(path) > 64 and not name.endswith(".json") and "METADATA" not in name:
-        with open(path, "r+b") as f:
-          f.truncate(os.path.getsize(path) // 3)
-        truncated += 1
-  assert truncated
-
-
 @pytest.mark.parametrize("restart_steps", [8, 12])
 def test_run_completes_after_falling_back_from_a_corrupted_checkpoint(tmp_path, capsys,
-                                                                     restart_steps):
+                                                                     restart_steps,
+                                                                     truncate_checkpoint):
   config = tiny(total_steps=8, ckpt_every_steps=4, eval_every_steps=8, ckpt_async=False)
   train_and_evaluate(config, str(tmp_path))
-  truncate_state_files(tmp_path / "checkpoints" / "8")
+  truncate_checkpoint(tmp_path / "checkpoints" / "8")
   capsys.readouterr()
 
   config.total_steps = restart_steps

@@ -11,7 +11,7 @@ kept) and is counted in `bad_steps`; a skipped step does not advance the learnin
 and the logged `learning_rate` is the rate applied in that step.
 
 Frozen parameters (`config.optim.freeze`, and an objective's `Param(learned=False)`) get a zero
-gradient, so they do not count in `grad_norm` and XLA drops their backward computation. The
+gradient, so they do not count in `grad_norm`. The
 objective's bounded parameters (`Param(low=..., high=...)`) are projected into their bounds
 after the update.
 

@@ -143,7 +143,7 @@ def test_restore_onto_another_mesh(tmp_path, src, dst):
   np.testing.assert_allclose(loss_b, loss_a, rtol=1e-5)
 
 
-def test_corrupted_latest_checkpoint_falls_back(tmp_path, capsys):
+def test_corrupted_latest_checkpoint_falls_back(tmp_path, capsys, truncate_checkpoint):
   trainer = _trainer(jax.devices(), fsdp=2)
   state = trainer.init_state()
   ckpt = Checkpointer(tmp_path, async_save=False)
@@ -151,17 +151,7 @@ def test_corrupted_latest_checkpoint_falls_back(tmp_path, capsys):
   state, _ = _steps(trainer, state, 1)
   ckpt.save(8, state, {"step": 8}, force=True)
   ckpt.close()
-  # Truncate every data file of the latest checkpoint's state.
-  latest = os.path.join(tmp_path, "checkpoints", "8", "state")
-  truncated = 0
-  for root, _, files in os.walk(latest):
-    for name in files:
-      path = os.path.join(root, name)
-      if os.path.getsize(path) > 64 and not name.endswith(".json") and "METADATA" not in name:
-        with open(path, "r+b") as f:
-          f.truncate(os.path.getsize(path) // 3)
-        truncated += 1
-  assert truncated
+  truncate_checkpoint(os.path.join(tmp_path, "checkpoints", "8"))
   ckpt = Checkpointer(tmp_path)
   step, _, data = ckpt.restore_latest(trainer.abstract_state)
   ckpt.close()
