@@ -6,7 +6,8 @@ objectives of `clip_jax.losses.objectives`.
 
 The loss functions themselves run inside `jax.shard_map` over the batch axes (or on whole-batch
 arrays with `axis_name=None`) and return the loss over the global batch; see `sigmoid_loss` and
-`softmax_loss`.
+`softmax_loss`. Every loss computes with `collectives` (the batch-axis collectives) and `numerics`
+(`dot_t`, `logsumexp`).
 """
 
 from __future__ import annotations

@@ -37,13 +37,15 @@ blocks); the per-term sums are reduced with psum.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from clip_jax.losses.objectives import _common as C
-from clip_jax.losses.registry import LOSSES, Objective, scale_param
+from clip_jax.losses import collectives as C
+from clip_jax.losses.numerics import dot_t, logsumexp
+from clip_jax.losses.objectives.fields import Fields
+from clip_jax.losses.registry import LOSSES, Objective, scaled_objective
 
 Array = jax.Array
 
@@ -62,7 +64,7 @@ def _sq_dists(a: Array, b_all: Array) -> Array:
   """||a_i - b_j||^2 for local `[n, d]` rows a and `[N, d]` columns b_all -> `[n, N]`."""
   a2 = jnp.sum(a * a, axis=-1)[:, None]
   b2 = jnp.sum(b_all * b_all, axis=-1)[None, :]
-  return jnp.maximum(a2 + b2 - 2.0 * C.dot_t(a, b_all), 0.0)
+  return jnp.maximum(a2 + b2 - 2.0 * dot_t(a, b_all), 0.0)
 
 
 def contrastive_gap_loss(x: Array, y: Array, t: Array, *, axis_name: C.AxisName = None,
@@ -86,13 +88,13 @@ def contrastive_gap_loss(x: Array, y: Array, t: Array, *, axis_name: C.AxisName 
   n = x.shape[0]
   rows, total = C.global_rows(n, axis_name)
   C.require_global_batch(total, 2, "contrastive_gap")
-  x_all, y_all = C.gather(x, axis_name), C.gather(y, axis_name)
+  x_all, y_all = C.all_gather(x, axis_name), C.all_gather(y, axis_name)
   off_diag = rows[:, None] != jnp.arange(total)[None, :]
 
   # CLIP: both directions share the positive logits t x_i.y_i.
   pos = t * jnp.sum(x * y, axis=-1)
-  lse_xy = C.logsumexp(t * C.dot_t(x, y_all), axis=1)
-  lse_yx = C.logsumexp(t * C.dot_t(y, x_all), axis=1)
+  lse_xy = logsumexp(t * dot_t(x, y_all), axis=1)
+  lse_yx = logsumexp(t * dot_t(y, x_all), axis=1)
   clip = C.psum(jnp.sum(lse_xy + lse_yx - 2.0 * pos), axis_name) / (2 * total)
 
   align = C.psum(jnp.sum(jnp.sum((x - y) ** 2, axis=-1)), axis_name) / total
@@ -123,23 +125,21 @@ def contrastive_gap_objective(loss_config: Any, *, axis_name: C.AxisName) -> Obj
   Params: {"scale": t'}. Metrics: loss, scale (t), clip, align, uniform, uniform_<x>,
   uniform_<y>, cross_uniform.
   """
-  f = C.Fields(loss_config, CONTRASTIVE_GAP_DEFAULTS)
+  f = Fields(loss_config, CONTRASTIVE_GAP_DEFAULTS)
   modalities = f.modalities(count=2)
   weights = {k: f.number(k, low=0.0)
              for k in ("align_weight", "uniform_weight", "cross_uniform_weight")}
   uniformity_t = f.number("uniformity_t", low=0.0, low_open=True)
-  init_scale = f.number("init_scale")
-  learn_scale = f.boolean("learn_scale")
 
-  def apply(outputs: Mapping[str, Array],
-            loss_params: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
-    x, y = C.get_embeddings(outputs, modalities)
-    t = C.temperature(loss_params["scale"], learn_scale)
+  def loss_fn(embeddings, t, outputs):
+    del outputs
+    x, y = embeddings
     loss, m = contrastive_gap_loss(x, y, t, axis_name=axis_name, uniformity_t=uniformity_t,
                                    **weights)
-    metrics = {"loss": loss, "scale": t, "clip": m["clip"], "align": m["align"],
-               "uniform": m["uniform"], f"uniform_{modalities[0]}": m["uniform_x"],
-               f"uniform_{modalities[1]}": m["uniform_y"], "cross_uniform": m["cross_uniform"]}
-    return loss, metrics
+    return loss, {"clip": m["clip"], "align": m["align"], "uniform": m["uniform"],
+                  f"uniform_{modalities[0]}": m["uniform_x"],
+                  f"uniform_{modalities[1]}": m["uniform_y"],
+                  "cross_uniform": m["cross_uniform"]}
 
-  return Objective(init_params={"scale": scale_param(init_scale, learn_scale=learn_scale)}, apply=apply, modalities=modalities)
+  return scaled_objective(loss_fn, modalities=modalities, init_scale=f.number("init_scale"),
+                          learn_scale=f.boolean("learn_scale"))

@@ -22,7 +22,8 @@ from typing import Any, Mapping
 import jax
 import ml_collections
 
-from clip_jax.losses.objectives import _common as C
+from clip_jax.losses.collectives import AxisName
+from clip_jax.losses.objectives.fields import Fields, as_tuple
 from clip_jax.losses.registry import LOSSES, Objective
 from clip_jax.registry import ConfigError
 
@@ -52,7 +53,7 @@ def _pair_config(pair_loss: Any, pair: tuple[str, str], field: str) -> ml_collec
 
 
 @LOSSES.register("pairwise", fields=PAIRWISE_DEFAULTS)
-def pairwise_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
+def pairwise_objective(loss_config: Any, *, axis_name: AxisName) -> Objective:
   """A weighted sum of a two-modality objective over pairs of modalities.
 
   Config fields (defaults in PAIRWISE_DEFAULTS): modalities (>= 2; the default pairs and the
@@ -60,14 +61,14 @@ def pairwise_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
   (ConfigDict with `name` and that objective's fields; `modalities` is set per pair);
   pair_weights (one number >= 0 per pair; () = all 1).
   """
-  f = C.Fields(loss_config, PAIRWISE_DEFAULTS)
+  f = Fields(loss_config, PAIRWISE_DEFAULTS)
   modalities = f.modalities(at_least=2)
   raw_pairs = f.raw("pairs")
   pairs = (tuple(itertools.combinations(modalities, 2)) if not raw_pairs
-           else C._as_tuple(raw_pairs))
+           else as_tuple(raw_pairs))
   checked = []
   for pair in pairs or (None,):
-    pair_t = C._as_tuple(pair) if not isinstance(pair, str) else None
+    pair_t = as_tuple(pair) if not isinstance(pair, str) else None
     if (pair_t is None or len(pair_t) != 2 or pair_t[0] == pair_t[1]
         or any(m not in modalities for m in pair_t)):
       raise ConfigError(
@@ -78,7 +79,7 @@ def pairwise_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
   if len(set(keys)) != len(keys):
     raise ConfigError(f"{f.field('pairs')} has a pair twice: {raw_pairs!r}")
   raw_weights = f.raw("pair_weights")
-  weights = C._as_tuple(raw_weights) if raw_weights else (1.0,) * len(checked)
+  weights = as_tuple(raw_weights) if raw_weights else (1.0,) * len(checked)
   if (weights is None or len(weights) != len(checked)
       or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
                  for w in weights)):
