@@ -6,7 +6,9 @@ objectives of `clip_jax.losses.objectives`.
 
 The loss functions themselves run inside `jax.shard_map` over the batch axes (or on whole-batch
 arrays with `axis_name=None`) and return the loss over the global batch; see `sigmoid_loss` and
-`softmax_loss`.
+`softmax_loss`. Every loss computes with `collectives` (the batch-axis collectives) and `numerics`
+(`dot_t`, `logsumexp`); an objective with a CLIP or SigLIP term calls `softmax_loss` or
+`sigmoid_loss` for it, so the term runs on the ring with column chunks where configured.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ Each term is built by its own registered factory from its ConfigDict without `we
 parameters live under its term name (`params["loss"][term]`). Metrics: "loss" (the weighted
 total), f"loss/{term}" (each term's unweighted loss) and each term's other metrics as
 f"{term}/{metric}".
+
+`weighted_sum` is the sum itself, `term_fields` and `build_term` build one term; the "pairwise"
+objective (clip_jax.losses.objectives.pairwise) is the same sum over pairs of modalities.
 """
 
 from __future__ import annotations
@@ -23,6 +26,73 @@ from clip_jax.losses import registry as reg
 from clip_jax.registry import REQUIRED
 
 Array = jax.Array
+
+
+def term_fields(term_config: Any, field: str) -> dict[str, Any]:
+  """A shallow dict copy of one term's config, which must name a registered loss.
+
+  Raises:
+    ConfigError: naming `field` when `term_config` is not a mapping with a string `name`.
+  """
+  if not hasattr(term_config, "items") or not isinstance(term_config.get("name"), str):
+    raise reg.ConfigError(
+        f"{field} must be a ConfigDict with a `name` field (a registered loss); "
+        f"got {term_config!r}")
+  return dict(term_config.items())
+
+
+def build_term(fields: Mapping[str, Any], field: str, *, axis_name: reg.AxisName
+               ) -> reg.Objective:
+  """Builds the registered objective `fields["name"]` from `fields`, as one term of a sum.
+
+  Args:
+    fields: the term's config (see `term_fields`), without keys of the sum such as `weight`.
+    field: how the term's config is spelt in error messages, e.g. "config.loss.terms.clip".
+    axis_name: the batch axes, passed on to the term's factory.
+
+  Raises:
+    ConfigError: naming `field` (the factory's own messages say "config.loss."; they are
+      rewritten to point at the term).
+  """
+  factory = reg.LOSSES.get(fields["name"], field=f"{field}.name")
+  try:
+    return factory(ml_collections.ConfigDict(dict(fields)), axis_name=axis_name)
+  except reg.ConfigError as e:
+    raise reg.ConfigError(str(e).replace("config.loss.", f"{field}.")) from e
+
+
+def weighted_sum(terms: Mapping[str, tuple[float, reg.Objective]], *,
+                 term_loss: str = "loss/{term}") -> reg.Objective:
+  """The objective L = sum_k w_k L_k of named, already built objectives.
+
+  Args:
+    terms: {term name: (weight, objective)}; a term's parameters live under its name.
+    term_loss: the metric name of each term's unweighted loss, a format string of `term`.
+
+  Returns:
+    The Objective. Its modalities and batch keys are those of the terms, in the terms' order;
+    its metrics are "loss" (the weighted total), each term's loss under `term_loss` and each
+    term's other metrics as f"{term}/{metric}".
+  """
+  def apply(outputs: Mapping[str, Array],
+            loss_params: Mapping[str, Any]) -> tuple[Array, dict[str, Array]]:
+    total = 0.0
+    metrics: dict[str, Array] = {}
+    for term, (weight, objective) in terms.items():
+      loss, term_metrics = objective.apply(outputs, loss_params.get(term, {}))
+      total = total + weight * loss
+      metrics[term_loss.format(term=term)] = loss
+      metrics.update({f"{term}/{key}": value for key, value in term_metrics.items()
+                      if key != "loss"})
+    metrics["loss"] = total
+    return total, metrics
+
+  objectives = [objective for _, objective in terms.values()]
+  return reg.Objective(
+      init_params={term: dict(objective.init_params) for term, (_, objective) in terms.items()},
+      apply=apply,
+      modalities=tuple(dict.fromkeys(m for o in objectives for m in o.modalities)),
+      batch_keys=tuple(dict.fromkeys(k for o in objectives for k in o.batch_keys)))
 
 
 @reg.LOSSES.register("composite", fields={"terms": REQUIRED})
@@ -40,42 +110,8 @@ def composite_objective(loss_config: Any, *, axis_name: reg.AxisName) -> reg.Obj
     if not isinstance(term, str) or not term or "/" in term:
       raise reg.ConfigError(f"config.loss.terms: term names must be non-empty strings without "
                             f"'/'; got {term!r}")
-    if not hasattr(term_config, "items") or "name" not in term_config:
-      raise reg.ConfigError(
-          f"{field} must be a ConfigDict with a `name` field (a registered loss); "
-          f"got {term_config!r}")
-    sub = {k: v for k, v in term_config.items()}
+    sub = term_fields(term_config, field)
     weight = sub.pop("weight", 1.0)
     reg.check_number(f"{field}.weight", weight)
-    if isinstance(weight, int):
-      weight = float(weight)
-    factory = reg.LOSSES.get(sub["name"], field=f"{field}.name")
-    try:
-      objective = factory(ml_collections.ConfigDict(sub), axis_name=axis_name)
-    except reg.ConfigError as e:
-      # The term's factory names its fields config.loss.<field>; point at the term instead.
-      raise reg.ConfigError(str(e).replace("config.loss.", f"{field}.")) from e
-    terms[term] = (weight, objective)
-
-  modalities: list[str] = []
-  for _, objective in terms.values():
-    modalities += [m for m in objective.modalities if m not in modalities]
-
-  def apply(outputs: Mapping[str, Array],
-            loss_params: Mapping[str, Any]) -> tuple[Array, dict[str, Array]]:
-    total = 0.0
-    metrics: dict[str, Array] = {}
-    for term, (weight, objective) in terms.items():
-      loss, term_metrics = objective.apply(outputs, loss_params.get(term, {}))
-      total = total + weight * loss
-      metrics[f"loss/{term}"] = loss
-      for key, value in term_metrics.items():
-        if key != "loss":
-          metrics[f"{term}/{key}"] = value
-    metrics["loss"] = total
-    return total, metrics
-
-  return reg.Objective(
-      init_params={term: dict(objective.init_params) for term, (_, objective) in terms.items()},
-      apply=apply, modalities=tuple(modalities),
-      batch_keys=tuple(dict.fromkeys(k for _, o in terms.values() for k in o.batch_keys)))
+    terms[term] = (float(weight), build_term(sub, field, axis_name=axis_name))
+  return weighted_sum(terms)

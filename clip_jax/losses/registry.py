@@ -25,15 +25,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
+from clip_jax.losses.collectives import AxisName
 from clip_jax.registry import ConfigError, Registry
 
 Array = jax.Array
-AxisName = str | tuple[str, ...] | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,15 +194,25 @@ def check_modalities(field: str, value: Any, count: int | None = 2) -> tuple[str
   return names
 
 
-def get_modalities(outputs: Mapping[str, Array], modalities: tuple[str, ...],
+def get_embeddings(outputs: Mapping[str, Array], modalities: Sequence[str],
                    field: str = "config.loss.modalities") -> list[Array]:
-  """The embeddings of `modalities` from the model outputs, with a clear error if one is absent."""
+  """The float32 `[n, d]` embeddings of `modalities` from the model outputs.
+
+  Raises:
+    ConfigError: naming `field` when a modality is not among the outputs.
+    ValueError: when the embeddings are not all `[n, d]` of one shape.
+  """
   missing = [m for m in modalities if m not in outputs]
   if missing:
     raise ConfigError(
-        f"{field} = {modalities!r} asks for {', '.join(missing)}, but the model outputs only "
-        f"have: {', '.join(sorted(outputs))}")
-  return [outputs[m] for m in modalities]
+        f"{field} = {tuple(modalities)!r} asks for {', '.join(missing)}, but the model outputs "
+        f"only have: {', '.join(sorted(outputs))}")
+  embs = [jnp.asarray(outputs[m], jnp.float32) for m in modalities]
+  for m, e in zip(modalities, embs):
+    if e.ndim != 2 or e.shape != embs[0].shape:
+      raise ValueError(f"embeddings must all be [n, d] of one shape; {m!r} has {e.shape}, "
+                       f"{modalities[0]!r} has {embs[0].shape}")
+  return embs
 
 
 # The fields shared by the pairwise contrastive objectives (sigmoid, softmax), with their defaults;
@@ -216,15 +227,21 @@ CONTRASTIVE_DEFAULTS: dict[str, Any] = dict(
 )
 
 
-def check_contrastive_fields(fields: Mapping[str, Any], field: str = "config.loss") -> None:
-  """Validates the fields shared by the pairwise contrastive objectives (sigmoid, softmax)."""
-  check_modalities(f"{field}.modalities", fields["modalities"])
+def check_impl(fields: Mapping[str, Any], field: str = "config.loss") -> None:
+  """Validates `impl` ("ring" | "all_gather") and `chunk_size` (ring only) of an objective
+  whose CLIP or SigLIP term runs on `softmax_loss` / `sigmoid_loss`."""
   check_choice(f"{field}.impl", fields["impl"], ("ring", "all_gather"))
   if fields["chunk_size"] is not None:
     check_number(f"{field}.chunk_size", fields["chunk_size"], low=0, integer=True)
   if fields["chunk_size"] and fields["impl"] != "ring":
     raise ConfigError(f"{field}.chunk_size applies to {field}.impl = 'ring' only; "
                       f"got impl {fields['impl']!r} with chunk_size {fields['chunk_size']}")
+
+
+def check_contrastive_fields(fields: Mapping[str, Any], field: str = "config.loss") -> None:
+  """Validates the fields shared by the pairwise contrastive objectives (sigmoid, softmax)."""
+  check_modalities(f"{field}.modalities", fields["modalities"])
+  check_impl(fields, field)
   check_number(f"{field}.label_smoothing", fields["label_smoothing"], low=0.0, high=1.0,
                high_open=True)
   check_number(f"{field}.init_scale", fields["init_scale"])
@@ -232,6 +249,46 @@ def check_contrastive_fields(fields: Mapping[str, Any], field: str = "config.los
   check_number(f"{field}.max_scale", fields["max_scale"], low=0.0)
 
 
-def temperature(raw_scale: Array) -> Array:
-  """t = exp(t') in float32. Fixing or bounding t is the trainer's job (see `scale_param`)."""
-  return jnp.exp(jnp.asarray(raw_scale, jnp.float32))
+def temperature(raw_scale: Array, learned: bool = True) -> Array:
+  """t = exp(t') in float32; without a gradient unless `learned`.
+
+  A fixed scale (`scale_param(learn_scale=False)`) is also left out of the optimizer by the
+  trainer; the stop_gradient makes the objective mean the same when it is differentiated
+  directly. Bounding t is the trainer's job (see `scale_param`).
+  """
+  t = jnp.exp(jnp.asarray(raw_scale, jnp.float32))
+  return t if learned else lax.stop_gradient(t)
+
+
+ScaledLoss = Callable[[list[Array], Array, Mapping[str, Array]], tuple[Array, dict[str, Array]]]
+
+
+def scaled_objective(loss_fn: ScaledLoss, *, modalities: tuple[str, ...], init_scale: float,
+                     learn_scale: bool, max_scale: float = 0.0,
+                     read: Sequence[str] | None = None,
+                     batch_keys: tuple[str, ...] = ()) -> Objective:
+  """An objective whose one parameter is a temperature, {"scale": t'} with t = exp(t').
+
+  Args:
+    loss_fn: (embeddings, t, outputs) -> (loss, metrics): the float32 `[n, d]` embeddings of
+      `read` in that order, the scale t (see `temperature`) and all the outputs.
+    modalities: the objective's modalities (`Objective.modalities`).
+    init_scale, learn_scale, max_scale: the scale's `Param` (see `scale_param`).
+    read: the modalities handed to `loss_fn`, in order (default `modalities`).
+    batch_keys: see `Objective`.
+
+  Returns:
+    The Objective; its metrics are "loss", "scale" (t) and those of `loss_fn`.
+  """
+  read = modalities if read is None else tuple(read)
+
+  def apply(outputs: Mapping[str, Array],
+            loss_params: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
+    t = temperature(loss_params["scale"], learn_scale)
+    loss, metrics = loss_fn(get_embeddings(outputs, read), t, outputs)
+    return loss, {"loss": loss, "scale": t, **metrics}
+
+  return Objective(
+      init_params={"scale": scale_param(init_scale, learn_scale=learn_scale,
+                                        max_scale=max_scale)},
+      apply=apply, modalities=modalities, batch_keys=batch_keys)

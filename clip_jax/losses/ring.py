@@ -1,8 +1,8 @@
-"""Collective helpers shared by the contrastive losses: batch-axis bookkeeping and the ring.
+"""The ring that the memory-flat contrastive losses (sigmoid, softmax) run on.
 
 The losses run inside `jax.shard_map` over one or more batch axes (or on whole-batch arrays with
-`axis_name=None`). Everything here degrades gracefully to the single-device case: with
-`axes=None` collectives are the identity and the ring has one block.
+`axis_name=None`; see `clip_jax.losses.collectives`). With `axes=None` the ring has one block and
+nothing is sent.
 
 Ring order: device k (k = the linearised index `lax.axis_index(axes)` over all batch axes) sends
 to device (k + 1) mod D. After s shifts, device k holds the block that device (k - s) mod D
@@ -23,72 +23,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from clip_jax.losses.collectives import Axes
+
 Array = jax.Array
-AxisName = str | Sequence[str] | None
-Axes = tuple[str, ...] | None
 
 IMPLS = ("ring", "all_gather")
 # Without column chunks, a travelling block is sent in this many pieces (see Layout.piece).
 RING_PIECES = 8
-
-
-def normalize_axes(axis_name: AxisName) -> Axes:
-  """Returns the batch axes as a tuple of names, or None for the single-device case."""
-  if axis_name is None:
-    return None
-  if isinstance(axis_name, str):
-    return (axis_name,)
-  axes = tuple(axis_name)
-  if not axes:
-    return None
-  if not all(isinstance(a, str) for a in axes):
-    raise TypeError(f"axis_name must be a string or a tuple of strings, got {axis_name!r}")
-  return axes
-
-
-def axis_size(axes: Axes) -> int:
-  """Number of devices D along the batch axes (1 for None); a static Python int."""
-  return 1 if axes is None else int(lax.axis_size(axes))
-
-
-def axis_index(axes: Axes) -> Array | int:
-  """Linearised index of this device along the batch axes (0 for None)."""
-  return 0 if axes is None else lax.axis_index(axes)
-
-
-def psum(x: Any, axes: Axes) -> Any:
-  """Sum over the batch axes (identity for None)."""
-  return x if axes is None else lax.psum(x, axes)
-
-
-def all_gather(x: Array, axes: Axes) -> Array:
-  """Concatenates the local `[n, ...]` shards into the global `[D * n, ...]` array, in index order."""
-  return x if axes is None else lax.all_gather(x, axes, tiled=True)
-
-
-def vary(tree: Any, axes: Axes) -> Any:
-  """Marks every leaf as device-varying along all batch axes (no-op where it already is).
-
-  Inside `shard_map(..., check_vma=True)` a replicated value (e.g. the scale) that enters a
-  `custom_vjp` must be cast to varying first: the custom backward then returns a per-device
-  partial gradient, and the transpose of this cast is the `psum` that adds the partials.
-  """
-  if axes is None:
-    return tree
-
-  def cast(x):
-    x = jnp.asarray(x)
-    have = jax.typeof(x).manual_axis_type.varying
-    missing = tuple(a for a in axes if a not in have)
-    return lax.pcast(x, missing, to="varying") if missing else x
-
-  return jax.tree.map(cast, tree)
 
 
 def shift(tree: Any, axes: Axes, size: int) -> Any:
@@ -253,11 +200,6 @@ def after(tree: Any, *deps: Any) -> Any:
   before the update by a data dependency, XLA updates it in place instead of copying it first.
   """
   return lax.optimization_barrier((tree, deps))[0]
-
-
-def dot_t(a: Array, b: Array) -> Array:
-  """a @ b.T in float32: `[m, d] x [k, d] -> [m, k]`."""
-  return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
 
 
 def check_args(x: Array, y: Array, impl: str, label_smoothing: float) -> None:

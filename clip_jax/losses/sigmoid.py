@@ -39,14 +39,16 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from clip_jax.losses import collectives as C
 from clip_jax.losses import ring as R
 from clip_jax.losses import registry as reg
+from clip_jax.losses.numerics import dot_t
 
 Array = jax.Array
 
 
 def sigmoid_loss(x: Array, y: Array, scale: Array | float, bias: Array | float, *,
-                 axis_name: R.AxisName = None, impl: str = "ring", chunk_size: int | None = None,
+                 axis_name: C.AxisName = None, impl: str = "ring", chunk_size: int | None = None,
                  label_smoothing: float = 0.0) -> Array:
   """The SigLIP loss over the global batch (see the module docstring for the formula).
 
@@ -68,11 +70,11 @@ def sigmoid_loss(x: Array, y: Array, scale: Array | float, bias: Array | float, 
     enclosing `shard_map` replicated (in_specs `P()`).
   """
   R.check_args(x, y, impl, label_smoothing)
-  axes = R.normalize_axes(axis_name)
+  axes = C.normalize_axes(axis_name)
   t = jnp.asarray(scale, jnp.float32)
   b = jnp.asarray(bias, jnp.float32)
   eps = float(label_smoothing)
-  size = R.axis_size(axes)
+  size = C.axis_size(axes)
   n = x.shape[0]
   if impl == "all_gather":
     if chunk_size:
@@ -80,18 +82,18 @@ def sigmoid_loss(x: Array, y: Array, scale: Array | float, bias: Array | float, 
     local = _all_gather_sum(x, y, t, b, axes=axes, eps=eps)
   else:
     lay = R.layout(n, chunk_size)
-    x, y, t, b = R.vary((x, y, t, b), axes)
+    x, y, t, b = C.vary((x, y, t, b), axes)
     local = _ring_sum(x, y, t, b, axes, size, eps, lay)
-  return R.psum(local, axes) / (n * size)
+  return C.psum(local, axes) / (n * size)
 
 
 def _all_gather_sum(x, y, t, b, *, axes, eps):
   """Sum of the per-pair losses of the local rows against all N columns."""
   n = x.shape[0]
-  y_all = R.all_gather(y, axes)
-  u = t * R.dot_t(x, y_all) + b
+  y_all = C.all_gather(y, axes)
+  u = t * dot_t(x, y_all) + b
   cols = jnp.arange(y_all.shape[0])
-  rows = R.axis_index(axes) * n + jnp.arange(n)
+  rows, _ = C.global_rows(n, axes)
   z = jnp.where(rows[:, None] == cols[None, :], 1.0, -1.0)
   return jnp.sum(jax.nn.softplus(-z * u) + (0.5 * eps) * z * u)
 
@@ -120,14 +122,14 @@ def _ring_fwd(x, y, t, b, axes, size, eps, lay):
     def chunk_body(k, carry):
       y_blk, total = carry
       z, valid = _signs(n, k, lay.chunk, s == 0)
-      u = t * R.dot_t(x, R.take_chunk(y_blk, k, lay.chunk)) + b
+      u = t * dot_t(x, R.take_chunk(y_blk, k, lay.chunk)) + b
       pair = jax.nn.softplus(-z * u) + (0.5 * eps) * z * u
       total = total + jnp.sum(jnp.where(valid[None, :], pair, 0.0))
       return exchange(R.after(y_blk, total), k), total
 
     return R.chunk_loop(lay.num_chunks, chunk_body, (y_blk, total))
 
-  zero = R.vary(jnp.zeros((), jnp.float32), axes)
+  zero = C.vary(jnp.zeros((), jnp.float32), axes)
   _, total = R.ring_loop(size, step, R.pad_rows(y, lay.rows), zero, axes, lay)
   return total, (x, y, t, b, total)
 
@@ -146,7 +148,7 @@ def _ring_bwd(axes, size, eps, lay, res, g):
       (y_blk, dy_blk), (dx, dt, db) = carry
       z, valid = _signs(n, k, lay.chunk, s == 0)
       y_c = R.take_chunk(y_blk, k, lay.chunk)
-      u = t * R.dot_t(x, y_c) + b
+      u = t * dot_t(x, y_c) + b
       # d pair / d u = -z sigmoid(-z u) + (eps / 2) z, times the incoming cotangent.
       du = g * jnp.where(valid[None, :], z * ((0.5 * eps) - jax.nn.sigmoid(-z * u)), 0.0)
       du_y = du @ y_c.astype(jnp.float32)  # [n, d]
@@ -158,7 +160,7 @@ def _ring_bwd(axes, size, eps, lay, res, g):
 
     return R.chunk_loop(lay.num_chunks, chunk_body, (travelling, local))
 
-  zeros = lambda shape: R.vary(jnp.zeros(shape, jnp.float32), axes)
+  zeros = lambda shape: C.vary(jnp.zeros(shape, jnp.float32), axes)
   travelling = (R.pad_rows(y, lay.rows), zeros((lay.rows, y.shape[1])))
   local = (zeros(x.shape), zeros(()), zeros(()))
   (_, dy), (dx, dt, db) = R.ring_loop(size, step, travelling, local, axes, lay)
@@ -178,14 +180,14 @@ SIGMOID_DEFAULTS: dict[str, Any] = dict(
 
 
 @reg.LOSSES.register("sigmoid", fields=SIGMOID_DEFAULTS)
-def sigmoid_objective(loss_config: Any, *, axis_name: R.AxisName) -> reg.Objective:
+def sigmoid_objective(loss_config: Any, *, axis_name: C.AxisName) -> reg.Objective:
   """The SigLIP objective between two modalities.
 
   Config fields (defaults in SIGMOID_DEFAULTS): modalities (x, y), impl ("ring" | "all_gather"),
   chunk_size (0 = whole blocks), label_smoothing, init_scale (t' with t = exp(t')), init_bias,
-  learn_scale (False: t stays exp(init_scale), outside the optimizer), max_scale (0 = no bound,
-  else t' is projected into (-inf, log max_scale] after each update), use_bias (False: b = 0 and
-  no bias parameter).
+  learn_scale (False: t stays exp(init_scale), outside the optimizer, no gradient), max_scale
+  (0 = no bound, else t' is projected into (-inf, log max_scale] after each update), use_bias
+  (False: b = 0 and no bias parameter).
 
   Params: {"scale": t', "bias": b} ("bias" only with use_bias). Metrics: loss, scale (t) and
   bias (with use_bias).
@@ -202,8 +204,8 @@ def sigmoid_objective(loss_config: Any, *, axis_name: R.AxisName) -> reg.Objecti
 
   def apply(outputs: Mapping[str, jax.Array],
             loss_params: Mapping[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
-    x, y = reg.get_modalities(outputs, modalities)
-    t = reg.temperature(loss_params["scale"])
+    x, y = reg.get_embeddings(outputs, modalities)
+    t = reg.temperature(loss_params["scale"], f["learn_scale"])
     b = jnp.asarray(loss_params["bias"], jnp.float32) if f["use_bias"] else jnp.float32(0.0)
     loss = sigmoid_loss(x, y, t, b, axis_name=axis_name, impl=f["impl"],
                         chunk_size=f["chunk_size"] or None, label_smoothing=f["label_smoothing"])

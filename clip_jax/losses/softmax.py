@@ -33,19 +33,20 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
+from clip_jax.losses import collectives as C
 from clip_jax.losses import ring as R
 from clip_jax.losses import registry as reg
+from clip_jax.losses.numerics import dot_t, logsumexp
 
 Array = jax.Array
 
 
-def softmax_loss(x: Array, y: Array, scale: Array | float, *, axis_name: R.AxisName = None,
+def softmax_loss(x: Array, y: Array, scale: Array | float, *, axis_name: C.AxisName = None,
                  impl: str = "ring", chunk_size: int | None = None,
                  label_smoothing: float = 0.0) -> Array:
   """The symmetric CLIP loss over the global batch (see the module docstring for the formula).
@@ -67,10 +68,10 @@ def softmax_loss(x: Array, y: Array, scale: Array | float, *, axis_name: R.AxisN
     `shard_map` replicated (in_specs `P()`).
   """
   R.check_args(x, y, impl, label_smoothing)
-  axes = R.normalize_axes(axis_name)
+  axes = C.normalize_axes(axis_name)
   t = jnp.asarray(scale, jnp.float32)
   eps = float(label_smoothing)
-  size = R.axis_size(axes)
+  size = C.axis_size(axes)
   n = x.shape[0]
   total = n * size
   if impl == "all_gather":
@@ -79,7 +80,7 @@ def softmax_loss(x: Array, y: Array, scale: Array | float, *, axis_name: R.AxisN
     row_lse, col_lse = _all_gather_lse(x, y, t, axes)
   else:
     lay = R.layout(n, chunk_size)
-    xv, yv, tv = R.vary((x, y, t), axes)
+    xv, yv, tv = C.vary((x, y, t), axes)
     row_lse, col_lse = _ring_lse(xv, yv, tv, axes, size, lay)
   # Both directions share the positive logits l_ii; subtract them row by row (not from the sum
   # of the logsumexps) to keep float32 cancellation small when lse_i ~ l_ii.
@@ -90,23 +91,16 @@ def softmax_loss(x: Array, y: Array, scale: Array | float, *, axis_name: R.AxisN
     x_sum = jnp.sum(x.astype(jnp.float32), axis=0)
     y_sum = jnp.sum(y.astype(jnp.float32), axis=0)
     local = local - (eps / total) * t * (
-        jnp.dot(x_sum, R.psum(y_sum, axes)) + jnp.dot(y_sum, R.psum(x_sum, axes)))
-  return R.psum(local, axes) / (2 * total)
-
-
-def _logsumexp(a: Array, axis: int) -> Array:
-  m = jnp.max(a, axis=axis)
-  m = jnp.where(jnp.isfinite(m), m, 0.0)
-  m = lax.stop_gradient(m)
-  return m + jnp.log(jnp.sum(jnp.exp(a - jnp.expand_dims(m, axis)), axis=axis))
+        jnp.dot(x_sum, C.psum(y_sum, axes)) + jnp.dot(y_sum, C.psum(x_sum, axes)))
+  return C.psum(local, axes) / (2 * total)
 
 
 def _all_gather_lse(x, y, t, axes):
   """`[n]` logsumexps of the local x rows (over all y) and the local y rows (over all x)."""
-  x_all = R.all_gather(x, axes)
-  y_all = R.all_gather(y, axes)
-  return (_logsumexp(t * R.dot_t(x, y_all), axis=1),
-          _logsumexp(t * R.dot_t(y, x_all), axis=1))
+  x_all = C.all_gather(x, axes)
+  y_all = C.all_gather(y, axes)
+  return (logsumexp(t * dot_t(x, y_all), axis=1),
+          logsumexp(t * dot_t(y, x_all), axis=1))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
@@ -122,18 +116,18 @@ def _ring_fwd(x, y, t, axes, size, lay):
   def step(s, travelling, row_lse, exchange):
     def chunk_body(k, carry):
       (y_blk, col_lse), row_lse = carry
-      logits = t * R.dot_t(x, R.take_chunk(y_blk, k, lay.chunk))  # [n, chunk]
+      logits = t * dot_t(x, R.take_chunk(y_blk, k, lay.chunk))  # [n, chunk]
       valid = k * lay.chunk + jnp.arange(lay.chunk) < n
       row_lse = jnp.logaddexp(
-          row_lse, _logsumexp(jnp.where(valid[None, :], logits, -jnp.inf), axis=1))
+          row_lse, logsumexp(jnp.where(valid[None, :], logits, -jnp.inf), axis=1))
       # Padded columns get finite garbage, dropped at the end.
-      col_c = jnp.logaddexp(R.take_chunk(col_lse, k, lay.chunk), _logsumexp(logits, axis=0))
+      col_c = jnp.logaddexp(R.take_chunk(col_lse, k, lay.chunk), logsumexp(logits, axis=0))
       col_lse = R.set_chunk(col_lse, k, lay.chunk, col_c)
       return exchange(R.after((y_blk, col_lse), row_lse), k), row_lse
 
     return R.chunk_loop(lay.num_chunks, chunk_body, (travelling, row_lse))
 
-  neg_inf = lambda m: R.vary(jnp.full((m,), -jnp.inf, jnp.float32), axes)
+  neg_inf = lambda m: C.vary(jnp.full((m,), -jnp.inf, jnp.float32), axes)
   travelling = (R.pad_rows(y, lay.rows), neg_inf(lay.rows))
   (_, col_lse), row_lse = R.ring_loop(size, step, travelling, neg_inf(n), axes, lay)
   col_lse = R.shift_all(col_lse, lay, axes, size)[:n]  # column statistics of block k+1 go home
@@ -150,7 +144,7 @@ def _ring_bwd(axes, size, lay, res, cotangents):
     def chunk_body(k, carry):
       (y_blk, col_blk, g_blk, dy_blk), (dx, dt) = carry
       y_c = R.take_chunk(y_blk, k, lay.chunk)
-      logits = t * R.dot_t(x, y_c)
+      logits = t * dot_t(x, y_c)
       valid = k * lay.chunk + jnp.arange(lay.chunk) < n
       col_c = R.take_chunk(col_blk, k, lay.chunk)
       g_c = R.take_chunk(g_blk, k, lay.chunk)
@@ -168,7 +162,7 @@ def _ring_bwd(axes, size, lay, res, cotangents):
 
     return R.chunk_loop(lay.num_chunks, chunk_body, (travelling, local))
 
-  zeros = lambda shape: R.vary(jnp.zeros(shape, jnp.float32), axes)
+  zeros = lambda shape: C.vary(jnp.zeros(shape, jnp.float32), axes)
   # The column terms of a travelling block belong to its owner: their logsumexps and cotangents
   # travel with the block.
   travelling = (R.pad_rows(y, lay.rows), R.pad_rows(col_lse, lay.rows),
@@ -189,13 +183,13 @@ SOFTMAX_DEFAULTS: dict[str, Any] = dict(
 
 
 @reg.LOSSES.register("softmax", fields=SOFTMAX_DEFAULTS)
-def softmax_objective(loss_config: Any, *, axis_name: R.AxisName) -> reg.Objective:
+def softmax_objective(loss_config: Any, *, axis_name: C.AxisName) -> reg.Objective:
   """The CLIP objective between two modalities.
 
   Config fields (defaults in SOFTMAX_DEFAULTS): modalities (x, y), impl ("ring" | "all_gather"),
   chunk_size (0 = whole blocks), label_smoothing, init_scale (t' with t = exp(t')), learn_scale
-  (False: t stays exp(init_scale), outside the optimizer), max_scale (0 = no bound; CLIP uses
-  100: t' is projected into (-inf, log 100] after each update, as open_clip clamps it).
+  (False: t stays exp(init_scale), outside the optimizer, no gradient), max_scale (0 = no bound;
+  CLIP uses 100: t' is projected into (-inf, log 100] after each update, as open_clip clamps it).
 
   Params: {"scale": t'}. Metrics: loss, scale (t).
   """
@@ -203,15 +197,12 @@ def softmax_objective(loss_config: Any, *, axis_name: R.AxisName) -> reg.Objecti
   reg.check_contrastive_fields(f)
   modalities = reg.check_modalities("config.loss.modalities", f["modalities"])
 
-  def apply(outputs: Mapping[str, jax.Array],
-            loss_params: Mapping[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
-    x, y = reg.get_modalities(outputs, modalities)
-    t = reg.temperature(loss_params["scale"])
-    loss = softmax_loss(x, y, t, axis_name=axis_name, impl=f["impl"],
-                        chunk_size=f["chunk_size"] or None, label_smoothing=f["label_smoothing"])
-    return loss, {"loss": loss, "scale": t}
+  def loss_fn(embeddings, t, outputs):
+    del outputs
+    x, y = embeddings
+    return softmax_loss(x, y, t, axis_name=axis_name, impl=f["impl"],
+                        chunk_size=f["chunk_size"] or None,
+                        label_smoothing=f["label_smoothing"]), {}
 
-  init_params = {"scale": reg.scale_param(f["init_scale"], learn_scale=f["learn_scale"],
-                                          max_scale=f["max_scale"])}
-  return reg.Objective(init_params=init_params, apply=apply,
-                       modalities=modalities)
+  return reg.scaled_objective(loss_fn, modalities=modalities, init_scale=f["init_scale"],
+                              learn_scale=f["learn_scale"], max_scale=f["max_scale"])

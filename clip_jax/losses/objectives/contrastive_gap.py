@@ -30,25 +30,33 @@ inside the loss; ours hand it unit vectors, so the gradients are compared w.r.t.
 Squared distances are computed as ||a||^2 + ||b||^2 - 2 a.b (exactly ||a - b||^2; no
 renormalisation is assumed).
 
-Sharding: each device computes its n local rows against the all-gathered x and y (`[n, N]`
-blocks); the per-term sums are reduced with psum.
+Sharding: the CLIP term is `softmax_loss` (impl "all_gather" by default, or "ring" with optional
+column chunks); for the other terms each device computes its n local rows against the
+all-gathered x and y (`[n, N]` blocks), reduced with psum. Those terms hold `[n, N]` blocks
+whatever the CLIP term does, so "all_gather" is the default: the ring saves the CLIP term's two
+blocks at the price of D sequential steps.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from clip_jax.losses.objectives import _common as C
-from clip_jax.losses.registry import LOSSES, Objective, scale_param
+from clip_jax.losses import collectives as C
+from clip_jax.losses.numerics import dot_t
+from clip_jax.losses.objectives.fields import Fields
+from clip_jax.losses.registry import LOSSES, Objective, check_impl, scaled_objective
+from clip_jax.losses.softmax import softmax_loss
 
 Array = jax.Array
 
 CONTRASTIVE_GAP_DEFAULTS: dict[str, Any] = dict(
     modalities=("image", "text"),
+    impl="all_gather",
+    chunk_size=0,
     align_weight=1.0,
     uniform_weight=1.0,
     cross_uniform_weight=1.0,
@@ -62,12 +70,13 @@ def _sq_dists(a: Array, b_all: Array) -> Array:
   """||a_i - b_j||^2 for local `[n, d]` rows a and `[N, d]` columns b_all -> `[n, N]`."""
   a2 = jnp.sum(a * a, axis=-1)[:, None]
   b2 = jnp.sum(b_all * b_all, axis=-1)[None, :]
-  return jnp.maximum(a2 + b2 - 2.0 * C.dot_t(a, b_all), 0.0)
+  return jnp.maximum(a2 + b2 - 2.0 * dot_t(a, b_all), 0.0)
 
 
 def contrastive_gap_loss(x: Array, y: Array, t: Array, *, axis_name: C.AxisName = None,
                          align_weight: float = 1.0, uniform_weight: float = 1.0,
                          cross_uniform_weight: float = 1.0, uniformity_t: float = 2.0,
+                         impl: str = "all_gather", chunk_size: int | None = None,
                          ) -> tuple[Array, dict[str, Array]]:
   """CLIP + alignment + uniformity (+ cross-uniformity) over the global batch.
 
@@ -78,6 +87,7 @@ def contrastive_gap_loss(x: Array, y: Array, t: Array, *, axis_name: C.AxisName 
     axis_name: batch axes of the enclosing shard_map, or None for whole-batch arrays.
     align_weight, uniform_weight, cross_uniform_weight: weights of the extra terms.
     uniformity_t: the Gaussian-kernel parameter of the uniformity terms (2 in the paper).
+    impl, chunk_size: how the CLIP term runs (see `softmax_loss`).
 
   Returns:
     (scalar loss, metrics) identical on every device; metrics: clip, align, uniform,
@@ -86,14 +96,10 @@ def contrastive_gap_loss(x: Array, y: Array, t: Array, *, axis_name: C.AxisName 
   n = x.shape[0]
   rows, total = C.global_rows(n, axis_name)
   C.require_global_batch(total, 2, "contrastive_gap")
-  x_all, y_all = C.gather(x, axis_name), C.gather(y, axis_name)
+  x_all, y_all = C.all_gather(x, axis_name), C.all_gather(y, axis_name)
   off_diag = rows[:, None] != jnp.arange(total)[None, :]
 
-  # CLIP: both directions share the positive logits t x_i.y_i.
-  pos = t * jnp.sum(x * y, axis=-1)
-  lse_xy = C.logsumexp(t * C.dot_t(x, y_all), axis=1)
-  lse_yx = C.logsumexp(t * C.dot_t(y, x_all), axis=1)
-  clip = C.psum(jnp.sum(lse_xy + lse_yx - 2.0 * pos), axis_name) / (2 * total)
+  clip = softmax_loss(x, y, t, axis_name=axis_name, impl=impl, chunk_size=chunk_size)
 
   align = C.psum(jnp.sum(jnp.sum((x - y) ** 2, axis=-1)), axis_name) / total
 
@@ -117,29 +123,30 @@ def contrastive_gap_loss(x: Array, y: Array, t: Array, *, axis_name: C.AxisName 
 def contrastive_gap_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
   """CLIP + uniformity + alignment (+ cross-modal uniformity) between two modalities.
 
-  Config fields (defaults in CONTRASTIVE_GAP_DEFAULTS): modalities (x, y); align_weight,
+  Config fields (defaults in CONTRASTIVE_GAP_DEFAULTS): modalities (x, y); impl ("all_gather" |
+  "ring") and chunk_size (ring only, 0 = whole blocks) of the CLIP term; align_weight,
   uniform_weight, cross_uniform_weight (>= 0); uniformity_t (> 0); init_scale (t'); learn_scale.
 
   Params: {"scale": t'}. Metrics: loss, scale (t), clip, align, uniform, uniform_<x>,
   uniform_<y>, cross_uniform.
   """
-  f = C.Fields(loss_config, CONTRASTIVE_GAP_DEFAULTS)
+  f = Fields(loss_config, CONTRASTIVE_GAP_DEFAULTS)
   modalities = f.modalities(count=2)
   weights = {k: f.number(k, low=0.0)
              for k in ("align_weight", "uniform_weight", "cross_uniform_weight")}
   uniformity_t = f.number("uniformity_t", low=0.0, low_open=True)
-  init_scale = f.number("init_scale")
-  learn_scale = f.boolean("learn_scale")
+  check_impl(f.values, f.prefix)
+  clip_impl = dict(impl=f.raw("impl"), chunk_size=f.raw("chunk_size") or None)
 
-  def apply(outputs: Mapping[str, Array],
-            loss_params: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
-    x, y = C.get_embeddings(outputs, modalities)
-    t = C.temperature(loss_params["scale"], learn_scale)
+  def loss_fn(embeddings, t, outputs):
+    del outputs
+    x, y = embeddings
     loss, m = contrastive_gap_loss(x, y, t, axis_name=axis_name, uniformity_t=uniformity_t,
-                                   **weights)
-    metrics = {"loss": loss, "scale": t, "clip": m["clip"], "align": m["align"],
-               "uniform": m["uniform"], f"uniform_{modalities[0]}": m["uniform_x"],
-               f"uniform_{modalities[1]}": m["uniform_y"], "cross_uniform": m["cross_uniform"]}
-    return loss, metrics
+                                   **weights, **clip_impl)
+    return loss, {"clip": m["clip"], "align": m["align"], "uniform": m["uniform"],
+                  f"uniform_{modalities[0]}": m["uniform_x"],
+                  f"uniform_{modalities[1]}": m["uniform_y"],
+                  "cross_uniform": m["cross_uniform"]}
 
-  return Objective(init_params={"scale": scale_param(init_scale, learn_scale=learn_scale)}, apply=apply, modalities=modalities)
+  return scaled_objective(loss_fn, modalities=modalities, init_scale=f.number("init_scale"),
+                          learn_scale=f.boolean("learn_scale"))

@@ -34,14 +34,16 @@ the weights and for each direction's logits; reduced with psum / N.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from clip_jax.losses.objectives import _common as C
-from clip_jax.losses.registry import LOSSES, Objective, scale_param
+from clip_jax.losses import collectives as C
+from clip_jax.losses.numerics import dot_t, logsumexp
+from clip_jax.losses.objectives.fields import Fields
+from clip_jax.losses.registry import LOSSES, Objective, scaled_objective
 
 Array = jax.Array
 
@@ -75,14 +77,14 @@ def cwcl_loss(p: Array, q: Array, t: Array, *, axis_name: C.AxisName = None,
     raise ValueError(f"directions must be one of {DIRECTIONS}; got {directions!r}")
   n = p.shape[0]
   _, total = C.global_rows(n, axis_name)
-  p_all, q_all = C.gather(p, axis_name), C.gather(q, axis_name)
+  p_all, q_all = C.all_gather(p, axis_name), C.all_gather(q, axis_name)
   q_const, q_all_const = lax.stop_gradient(q), lax.stop_gradient(q_all)
-  w = 0.5 * (C.dot_t(q_const, q_all_const) + 1.0)  # [n, N] teacher similarity of rows i, j
+  w = 0.5 * (dot_t(q_const, q_all_const) + 1.0)  # [n, N] teacher similarity of rows i, j
   targets = w / jnp.sum(w, axis=1, keepdims=True)
 
   def direction(anchor, others_all):
-    logits = t * C.dot_t(anchor, others_all)
-    log_probs = logits - C.logsumexp(logits, axis=1)[:, None]
+    logits = t * dot_t(anchor, others_all)
+    log_probs = logits - logsumexp(logits, axis=1)[:, None]
     return -C.psum(jnp.sum(targets * log_probs), axis_name) / total
 
   metrics = {}
@@ -108,19 +110,16 @@ def cwcl_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
   The trainer must freeze the teacher tower (config.optim.freeze) for the paper's setting; the
   weights w_ij never pass gradients to it either way.
   """
-  f = C.Fields(loss_config, CWCL_DEFAULTS)
+  f = Fields(loss_config, CWCL_DEFAULTS)
   modalities = f.modalities(count=2)
   teacher = f.choice("teacher_modality", modalities)
   student = modalities[1] if teacher == modalities[0] else modalities[0]
   directions = f.choice("directions", DIRECTIONS)
-  init_scale = f.number("init_scale")
-  learn_scale = f.boolean("learn_scale")
 
-  def apply(outputs: Mapping[str, Array],
-            loss_params: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
-    p, q = C.get_embeddings(outputs, (student, teacher))
-    t = C.temperature(loss_params["scale"], learn_scale)
-    loss, metrics = cwcl_loss(p, q, t, axis_name=axis_name, directions=directions)
-    return loss, {"loss": loss, "scale": t, **metrics}
+  def loss_fn(embeddings, t, outputs):
+    del outputs
+    p, q = embeddings
+    return cwcl_loss(p, q, t, axis_name=axis_name, directions=directions)
 
-  return Objective(init_params={"scale": scale_param(init_scale, learn_scale=learn_scale)}, apply=apply, modalities=modalities)
+  return scaled_objective(loss_fn, modalities=modalities, read=(student, teacher),
+                          init_scale=f.number("init_scale"), learn_scale=f.boolean("learn_scale"))

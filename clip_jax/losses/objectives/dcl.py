@@ -53,13 +53,15 @@ logit blocks per device, reduced with psum / 2N.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from clip_jax.losses.objectives import _common as C
-from clip_jax.losses.registry import LOSSES, Objective, scale_param
+from clip_jax.losses import collectives as C
+from clip_jax.losses.numerics import dot_t, logsumexp
+from clip_jax.losses.objectives.fields import Fields
+from clip_jax.losses.registry import LOSSES, Objective, scaled_objective
 
 Array = jax.Array
 
@@ -96,23 +98,23 @@ def dcl_loss(x: Array, y: Array, t: Array, *, axis_name: C.AxisName = None,
   n = x.shape[0]
   rows, total = C.global_rows(n, axis_name)
   C.require_global_batch(total, 2, "dcl")
-  x_all, y_all = C.gather(x, axis_name), C.gather(y, axis_name)
+  x_all, y_all = C.all_gather(x, axis_name), C.all_gather(y, axis_name)
   pos = jnp.sum(x * y, axis=-1)  # [n] x_i . y_i
   neg_mask = rows[:, None] != jnp.arange(total)[None, :]  # j != i
 
   def negatives(anchor, other_all, own_all):
-    logits = t * C.dot_t(anchor, other_all)
+    logits = t * dot_t(anchor, other_all)
     if intra_modal_negatives:
-      logits = jnp.concatenate([logits, t * C.dot_t(anchor, own_all)], axis=1)
+      logits = jnp.concatenate([logits, t * dot_t(anchor, own_all)], axis=1)
       mask = jnp.concatenate([neg_mask, neg_mask], axis=1)
     else:
       mask = neg_mask
-    return C.masked_logsumexp(logits, mask, axis=1)  # [n]
+    return logsumexp(logits, axis=1, mask=mask)  # [n]
 
   metrics = {}
   if weighting == "dclw":
-    pos_all = C.gather(pos, axis_name) / sigma  # [N]
-    w = 2.0 - total * jnp.exp(pos / sigma - C.logsumexp(pos_all, axis=0))
+    pos_all = C.all_gather(pos, axis_name) / sigma  # [N]
+    w = 2.0 - total * jnp.exp(pos / sigma - logsumexp(pos_all, axis=0))
     if detach_weights:
       w = jax.lax.stop_gradient(w)
     metrics.update(weight_min=C.pmin(jnp.min(w), axis_name),
@@ -140,21 +142,18 @@ def dcl_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
   Params: {"scale": t'}. Metrics: loss, x_to_y, y_to_x, scale (t), and with DCLW weight_min,
   weight_max.
   """
-  f = C.Fields(loss_config, DCL_DEFAULTS)
+  f = Fields(loss_config, DCL_DEFAULTS)
   modalities = f.modalities(count=2)
   weighting = f.choice("weighting", ("none", "dclw"))
   sigma = f.number("sigma", low=0.0, low_open=True)
   detach_weights = f.boolean("detach_weights")
   intra = f.boolean("intra_modal_negatives")
-  init_scale = f.number("init_scale")
-  learn_scale = f.boolean("learn_scale")
 
-  def apply(outputs: Mapping[str, Array],
-            loss_params: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
-    x, y = C.get_embeddings(outputs, modalities)
-    t = C.temperature(loss_params["scale"], learn_scale)
-    loss, metrics = dcl_loss(x, y, t, axis_name=axis_name, weighting=weighting, sigma=sigma,
-                             detach_weights=detach_weights, intra_modal_negatives=intra)
-    return loss, {"loss": loss, "scale": t, **metrics}
+  def loss_fn(embeddings, t, outputs):
+    del outputs
+    x, y = embeddings
+    return dcl_loss(x, y, t, axis_name=axis_name, weighting=weighting, sigma=sigma,
+                    detach_weights=detach_weights, intra_modal_negatives=intra)
 
-  return Objective(init_params={"scale": scale_param(init_scale, learn_scale=learn_scale)}, apply=apply, modalities=modalities)
+  return scaled_objective(loss_fn, modalities=modalities, init_scale=f.number("init_scale"),
+                          learn_scale=f.boolean("learn_scale"))

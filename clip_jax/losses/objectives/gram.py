@@ -56,13 +56,15 @@ psum / N.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from clip_jax.losses.objectives import _common as C
-from clip_jax.losses.registry import LOSSES, Objective, scale_param
+from clip_jax.losses import collectives as C
+from clip_jax.losses.numerics import dot_t, logsumexp
+from clip_jax.losses.objectives.fields import Fields
+from clip_jax.losses.registry import LOSSES, Objective, scaled_objective
 from clip_jax.registry import ConfigError
 
 Array = jax.Array
@@ -155,18 +157,18 @@ def gram_loss(anchor: Array, others: list[Array], t: Array, *, axis_name: C.Axis
     raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}")
   n = anchor.shape[0]
   rows, total = C.global_rows(n, axis_name)
-  anchor_all = C.gather(anchor, axis_name)
-  others_all = [C.gather(o, axis_name) for o in others]
+  anchor_all = C.all_gather(anchor, axis_name)
+  others_all = [C.all_gather(o, axis_name) for o in others]
   local_gram = _self_gram([anchor, *others])  # [n] entries of the local examples
   global_gram = _self_gram([anchor_all, *others_all])  # [N] entries of all examples
 
   # A2D: local anchors i (rows) against the data tuples j of the global batch (columns).
   a2d = _volumes(local_gram[0][0][:, None],
-                 [C.dot_t(anchor, o_all, precision=_HI) for o_all in others_all],
+                 [dot_t(anchor, o_all, precision=_HI) for o_all in others_all],
                  [[global_gram[r][s][None, :] for s in range(1, k)] for r in range(1, k)])
   # D2A: local data tuples i (rows) against the anchors j of the global batch (columns).
   d2a = _volumes(global_gram[0][0][None, :],
-                 [C.dot_t(o, anchor_all, precision=_HI) for o in others],
+                 [dot_t(o, anchor_all, precision=_HI) for o in others],
                  [[local_gram[r][s][:, None] for s in range(1, k)] for r in range(1, k)])
 
   diag = rows[:, None] == jnp.arange(total)[None, :]
@@ -176,7 +178,7 @@ def gram_loss(anchor: Array, others: list[Array], t: Array, *, axis_name: C.Axis
 
   def direction(volumes):
     # CE(-t V_i., i) with smoothed targets: lse - (1 - eps) (-t V_ii) - (eps / N) sum_j (-t V_ij).
-    rows_ce = (C.logsumexp(-t * volumes, axis=1) + (1.0 - eps) * t * pos_volume
+    rows_ce = (logsumexp(-t * volumes, axis=1) + (1.0 - eps) * t * pos_volume
                + (eps / total) * t * jnp.sum(volumes, axis=1))
     return C.psum(jnp.sum(rows_ce), axis_name) / total
 
@@ -202,7 +204,7 @@ def gram_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
   Params: {"scale": t'}. Metrics: loss, scale (t), anchor_to_data, data_to_anchor,
   positive_volume, negative_volume.
   """
-  f = C.Fields(loss_config, GRAM_DEFAULTS)
+  f = Fields(loss_config, GRAM_DEFAULTS)
   modalities = f.modalities(at_least=2)
   if len(modalities) > MAX_MODALITIES:
     raise ConfigError(f"{f.field('modalities')} must have at most {MAX_MODALITIES} modalities "
@@ -213,14 +215,11 @@ def gram_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
                       f"(or '' for the first); got {anchor!r}")
   order = (anchor, *[m for m in modalities if m != anchor])
   label_smoothing = f.number("label_smoothing", low=0.0, high=1.0, high_open=True)
-  init_scale = f.number("init_scale")
-  learn_scale = f.boolean("learn_scale")
 
-  def apply(outputs: Mapping[str, Array],
-            loss_params: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
-    a, *others = C.get_embeddings(outputs, order)
-    t = C.temperature(loss_params["scale"], learn_scale)
-    loss, metrics = gram_loss(a, others, t, axis_name=axis_name, label_smoothing=label_smoothing)
-    return loss, {"loss": loss, "scale": t, **metrics}
+  def loss_fn(embeddings, t, outputs):
+    del outputs
+    a, *others = embeddings
+    return gram_loss(a, others, t, axis_name=axis_name, label_smoothing=label_smoothing)
 
-  return Objective(init_params={"scale": scale_param(init_scale, learn_scale=learn_scale)}, apply=apply, modalities=modalities)
+  return scaled_objective(loss_fn, modalities=modalities, read=order,
+                          init_scale=f.number("init_scale"), learn_scale=f.boolean("learn_scale"))

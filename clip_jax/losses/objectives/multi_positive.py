@@ -39,13 +39,15 @@ devices of the row (or pair) losses and of the pair counts.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from clip_jax.losses.objectives import _common as C
-from clip_jax.losses.registry import LOSSES, Objective, scale_param
+from clip_jax.losses import collectives as C
+from clip_jax.losses.numerics import dot_t, logsumexp
+from clip_jax.losses.objectives.fields import Fields
+from clip_jax.losses.registry import LOSSES, Objective, scaled_objective
 from clip_jax.registry import ConfigError
 
 Array = jax.Array
@@ -86,16 +88,16 @@ def multi_positive_loss(x: Array, y: Array, ids: Array, t: Array, *,
     raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
   n = x.shape[0]
   _, total = C.global_rows(n, axis_name)
-  x_all, y_all = C.gather(x, axis_name), C.gather(y, axis_name)
+  x_all, y_all = C.all_gather(x, axis_name), C.all_gather(y, axis_name)
   ids = jnp.asarray(ids).reshape(n)
-  ids_all = C.gather(ids, axis_name)
+  ids_all = C.all_gather(ids, axis_name)
   positive = ids[:, None] == ids_all[None, :]  # [n, N]
   row_positives = jnp.sum(positive.astype(jnp.float32), axis=1)  # [n] |P(i)| >= 1
   num_pairs = C.psum(jnp.sum(row_positives), axis_name)
 
   def direction(anchor, others_all):
-    logits = t * C.dot_t(anchor, others_all)
-    neg_lse = C.masked_logsumexp(logits, ~positive, axis=1)  # [n], -inf without negatives
+    logits = t * dot_t(anchor, others_all)
+    neg_lse = logsumexp(logits, axis=1, mask=~positive)  # [n], -inf without negatives
     # Only the positive entries are kept; the others enter softplus as -inf (value and
     # gradient 0), so no masked entry can produce a NaN.
     terms = jax.nn.softplus(jnp.where(positive, neg_lse[:, None] - logits, -jnp.inf))
@@ -123,28 +125,22 @@ def multi_positive_objective(loss_config: Any, *, axis_name: C.AxisName) -> Obje
   The trainer must pass the batch's instance ids in `outputs[id_key]`, sharded like the
   embeddings.
   """
-  f = C.Fields(loss_config, MULTI_POSITIVE_DEFAULTS)
+  f = Fields(loss_config, MULTI_POSITIVE_DEFAULTS)
   modalities = f.modalities(count=2)
   id_key = f.raw("id_key")
   if not isinstance(id_key, str) or not id_key or id_key in modalities:
     raise ConfigError(f"{f.field('id_key')} must name an outputs entry other than the "
                       f"modalities, e.g. 'instance_id'; got {id_key!r}")
   reduction = f.choice("reduction", REDUCTIONS)
-  init_scale = f.number("init_scale")
-  learn_scale = f.boolean("learn_scale")
 
-  def apply(outputs: Mapping[str, Array],
-            loss_params: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
-    x, y = C.get_embeddings(outputs, modalities)
+  def loss_fn(embeddings, t, outputs):
+    x, y = embeddings
     if id_key not in outputs:
       raise ValueError(
           f"loss 'multi_positive' needs outputs[{id_key!r}] (`[n]` int instance ids, rows with "
           f"equal ids are positives); the outputs only have: {', '.join(sorted(outputs))}")
-    t = C.temperature(loss_params["scale"], learn_scale)
-    loss, metrics = multi_positive_loss(x, y, outputs[id_key], t, axis_name=axis_name,
-                                          reduction=reduction)
-    return loss, {"loss": loss, "scale": t, **metrics}
+    return multi_positive_loss(x, y, outputs[id_key], t, axis_name=axis_name,
+                               reduction=reduction)
 
-  return Objective(init_params={"scale": scale_param(init_scale, learn_scale=learn_scale)}, apply=apply, modalities=modalities,
-                   batch_keys=(id_key,))
-
+  return scaled_objective(loss_fn, modalities=modalities, init_scale=f.number("init_scale"),
+                          learn_scale=f.boolean("learn_scale"), batch_keys=(id_key,))

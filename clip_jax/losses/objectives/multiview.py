@@ -50,8 +50,10 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from clip_jax.losses.objectives import _common as C
-from clip_jax.losses.registry import LOSSES, Objective, scale_param
+from clip_jax.losses import collectives as C
+from clip_jax.losses.numerics import dot_t, logsumexp
+from clip_jax.losses.objectives.fields import Fields
+from clip_jax.losses.registry import LOSSES, Objective, scaled_objective
 
 Array = jax.Array
 
@@ -69,7 +71,7 @@ def _positive_lse(views: list[Array], t: Array) -> Array:
   """`[n]` log sum_{l != l'} exp(t U_il.U_il') over the ordered view pairs of each local row."""
   k = len(views)
   pos = [t * jnp.sum(views[l] * views[m], axis=-1) for l in range(k) for m in range(k) if m != l]
-  return C.logsumexp(jnp.stack(pos, axis=1), axis=1)
+  return logsumexp(jnp.stack(pos, axis=1), axis=1)
 
 
 def mv_infonce_loss(views: list[Array], t: Array, *, axis_name: C.AxisName = None,
@@ -92,14 +94,14 @@ def mv_infonce_loss(views: list[Array], t: Array, *, axis_name: C.AxisName = Non
     raise ValueError(f"mv_infonce needs at least 2 views; got {k}")
   n = views[0].shape[0]
   rows, total = C.global_rows(n, axis_name)
-  gathered = [C.gather(v, axis_name) for v in views]
-  blocks = [t * C.dot_t(views[l], gathered[m]) for l in range(k) for m in range(k) if m != l]
+  gathered = [C.all_gather(v, axis_name) for v in views]
+  blocks = [t * dot_t(views[l], gathered[m]) for l in range(k) for m in range(k) if m != l]
   masks = [jnp.ones((n, total), bool)] * len(blocks)
   if same_view_negatives:
-    blocks += [t * C.dot_t(views[l], gathered[l]) for l in range(k)]
+    blocks += [t * dot_t(views[l], gathered[l]) for l in range(k)]
     masks += [rows[:, None] != jnp.arange(total)[None, :]] * k
-  denominator = C.masked_logsumexp(jnp.concatenate(blocks, axis=1),
-                                   jnp.concatenate(masks, axis=1), axis=1)  # [n]
+  denominator = logsumexp(jnp.concatenate(blocks, axis=1), axis=1,
+                          mask=jnp.concatenate(masks, axis=1))  # [n]
   numerator = _positive_lse(views, t)
   align = -C.psum(jnp.sum(numerator), axis_name) / total
   uniform = C.psum(jnp.sum(denominator), axis_name) / total
@@ -129,9 +131,8 @@ def mv_dhel_loss(views: list[Array], t: Array, *, axis_name: C.AxisName = None,
   mask = rows[:, None] != jnp.arange(total)[None, :]
   energy = 0.0
   for v in views:
-    logits = t * C.dot_t(v, C.gather(v, axis_name))
-    energy = energy + (C.masked_logsumexp(logits, mask, axis=1) if exclude_self
-                       else C.logsumexp(logits, axis=1))
+    logits = t * dot_t(v, C.all_gather(v, axis_name))
+    energy = energy + logsumexp(logits, axis=1, mask=mask if exclude_self else None)
   numerator = _positive_lse(views, t)
   align = -C.psum(jnp.sum(numerator), axis_name) / total
   uniform = C.psum(jnp.sum(energy), axis_name) / total
@@ -140,25 +141,19 @@ def mv_dhel_loss(views: list[Array], t: Array, *, axis_name: C.AxisName = None,
 
 def _build(loss_config: Any, axis_name: C.AxisName, defaults: Mapping[str, Any],
            dhel: bool) -> Objective:
-  f = C.Fields(loss_config, defaults)
+  f = Fields(loss_config, defaults)
   modalities = f.modalities(at_least=2)
-  init_scale = f.number("init_scale")
-  learn_scale = f.boolean("learn_scale")
   exclude_self = f.boolean("exclude_self") if dhel else False
   same_view = False if dhel else f.boolean("same_view_negatives")
 
-  def apply(outputs: Mapping[str, Array],
-            loss_params: Mapping[str, Array]) -> tuple[Array, dict[str, Array]]:
-    views = C.get_embeddings(outputs, modalities)
-    t = C.temperature(loss_params["scale"], learn_scale)
+  def loss_fn(views, t, outputs):
+    del outputs
     if dhel:
-      loss, metrics = mv_dhel_loss(views, t, axis_name=axis_name, exclude_self=exclude_self)
-    else:
-      loss, metrics = mv_infonce_loss(views, t, axis_name=axis_name,
-                                      same_view_negatives=same_view)
-    return loss, {"loss": loss, "scale": t, **metrics}
+      return mv_dhel_loss(views, t, axis_name=axis_name, exclude_self=exclude_self)
+    return mv_infonce_loss(views, t, axis_name=axis_name, same_view_negatives=same_view)
 
-  return Objective(init_params={"scale": scale_param(init_scale, learn_scale=learn_scale)}, apply=apply, modalities=modalities)
+  return scaled_objective(loss_fn, modalities=modalities, init_scale=f.number("init_scale"),
+                          learn_scale=f.boolean("learn_scale"))
 
 
 @LOSSES.register("mv_infonce", fields=MV_INFONCE_DEFAULTS)

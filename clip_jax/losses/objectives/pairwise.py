@@ -11,22 +11,25 @@ unordered pair of `modalities`).
 Params: `{"<a>_<b>": <the pair objective's params>}`. Metrics: loss and `"<a>_<b>/<metric>"` for
 every metric of every pair objective.
 
+This is `composite`'s weighted sum (`clip_jax.losses.composite.weighted_sum`) with one term per
+pair, named "<a>_<b>", and each term's loss logged as "<a>_<b>/loss".
+
 Sharding: whatever each pair objective does (they are called with the same axis_name).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-from typing import Any, Mapping
+from typing import Any
 
-import jax
 import ml_collections
 
-from clip_jax.losses.objectives import _common as C
+from clip_jax.losses.collectives import AxisName
+from clip_jax.losses.composite import build_term, term_fields, weighted_sum
+from clip_jax.losses.objectives.fields import Fields, as_tuple
 from clip_jax.losses.registry import LOSSES, Objective
 from clip_jax.registry import ConfigError
-
-Array = jax.Array
 
 PAIRWISE_DEFAULTS: dict[str, Any] = dict(
     modalities=("image", "text", "audio"),
@@ -36,23 +39,8 @@ PAIRWISE_DEFAULTS: dict[str, Any] = dict(
 )
 
 
-def _pair_config(pair_loss: Any, pair: tuple[str, str], field: str) -> ml_collections.ConfigDict:
-  if isinstance(pair_loss, ml_collections.ConfigDict):
-    as_dict = pair_loss.to_dict()
-  elif isinstance(pair_loss, Mapping):
-    as_dict = dict(pair_loss)
-  else:
-    raise ConfigError(f"{field} must be a ConfigDict with a `name` field, e.g. "
-                      f"ConfigDict(dict(name='softmax')); got {pair_loss!r}")
-  if not isinstance(as_dict.get("name"), str):
-    raise ConfigError(f"{field}.name must name a two-modality loss, e.g. 'softmax'; "
-                      f"got {as_dict.get('name')!r}")
-  as_dict["modalities"] = tuple(pair)
-  return ml_collections.ConfigDict(as_dict)
-
-
 @LOSSES.register("pairwise", fields=PAIRWISE_DEFAULTS)
-def pairwise_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
+def pairwise_objective(loss_config: Any, *, axis_name: AxisName) -> Objective:
   """A weighted sum of a two-modality objective over pairs of modalities.
 
   Config fields (defaults in PAIRWISE_DEFAULTS): modalities (>= 2; the default pairs and the
@@ -60,14 +48,14 @@ def pairwise_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
   (ConfigDict with `name` and that objective's fields; `modalities` is set per pair);
   pair_weights (one number >= 0 per pair; () = all 1).
   """
-  f = C.Fields(loss_config, PAIRWISE_DEFAULTS)
+  f = Fields(loss_config, PAIRWISE_DEFAULTS)
   modalities = f.modalities(at_least=2)
   raw_pairs = f.raw("pairs")
   pairs = (tuple(itertools.combinations(modalities, 2)) if not raw_pairs
-           else C._as_tuple(raw_pairs))
+           else as_tuple(raw_pairs))
   checked = []
   for pair in pairs or (None,):
-    pair_t = C._as_tuple(pair) if not isinstance(pair, str) else None
+    pair_t = as_tuple(pair) if not isinstance(pair, str) else None
     if (pair_t is None or len(pair_t) != 2 or pair_t[0] == pair_t[1]
         or any(m not in modalities for m in pair_t)):
       raise ConfigError(
@@ -78,35 +66,20 @@ def pairwise_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
   if len(set(keys)) != len(keys):
     raise ConfigError(f"{f.field('pairs')} has a pair twice: {raw_pairs!r}")
   raw_weights = f.raw("pair_weights")
-  weights = C._as_tuple(raw_weights) if raw_weights else (1.0,) * len(checked)
+  weights = as_tuple(raw_weights) if raw_weights else (1.0,) * len(checked)
   if (weights is None or len(weights) != len(checked)
       or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
                  for w in weights)):
     raise ConfigError(f"{f.field('pair_weights')} must be one number >= 0 per pair "
                       f"({len(checked)} pairs); got {raw_weights!r}")
   pair_field = f.field("pair_loss")
-  objectives = {}
-  for key, pair in zip(keys, checked):
-    cfg = _pair_config(f.raw("pair_loss"), pair, pair_field)
-    if cfg.name == "pairwise":
-      raise ConfigError(f"{pair_field}.name cannot be 'pairwise'")
-    factory = LOSSES.get(cfg.name, field=f"{pair_field}.name")
-    objectives[key] = factory(cfg, axis_name=axis_name)
-  weight_of = dict(zip(keys, (float(w) for w in weights)))
-  used = tuple(m for m in modalities if any(m in p for p in checked))
-
-  def apply(outputs: Mapping[str, Array],
-            loss_params: Mapping[str, Any]) -> tuple[Array, dict[str, Array]]:
-    total = 0.0
-    metrics = {}
-    for key, objective in objectives.items():
-      loss, pair_metrics = objective.apply(outputs, loss_params[key])
-      total = total + weight_of[key] * loss
-      metrics.update({f"{key}/{name}": value for name, value in pair_metrics.items()})
-    metrics["loss"] = total
-    return total, metrics
-
-  init_params = {key: dict(obj.init_params) for key, obj in objectives.items()}
-  return Objective(init_params=init_params, apply=apply, modalities=used,
-                   batch_keys=tuple(dict.fromkeys(
-                       k for o in objectives.values() for k in o.batch_keys)))
+  pair_loss = term_fields(f.raw("pair_loss"), pair_field)
+  if pair_loss["name"] == "pairwise":
+    raise ConfigError(f"{pair_field}.name cannot be 'pairwise'")
+  terms = {key: (float(w), build_term(dict(pair_loss, modalities=pair), pair_field,
+                                      axis_name=axis_name))
+           for key, pair, w in zip(keys, checked, weights)}
+  summed = weighted_sum(terms, term_loss="{term}/loss")
+  # The modalities in the order of `modalities` (the sum lists them in the order of the pairs).
+  return dataclasses.replace(
+      summed, modalities=tuple(m for m in modalities if any(m in p for p in checked)))

@@ -101,9 +101,9 @@ CASES: dict[str, Case] = {
         lambda i: ref.dcl_ref(i["image"], i["text"], i["scale"], weighting="dclw"),
         metrics=("x_to_y", "y_to_x", "weight_min", "weight_max"),
         variants=("2", "8")),
-    "contrastive_gap": Case(
+    "contrastive_gap": Case(  # its CLIP term on the ring, in column chunks (default all_gather)
         dict(name="contrastive_gap", align_weight=0.5, uniform_weight=2.0,
-             cross_uniform_weight=1.5, learn_scale=True),
+             cross_uniform_weight=1.5, learn_scale=True, impl="ring", chunk_size=3),
         ("image", "text"),
         lambda i: ref.contrastive_gap_ref(i["image"], i["text"], i["scale"], align_weight=0.5,
                                           uniform_weight=2.0, cross_uniform_weight=1.5),
@@ -443,6 +443,8 @@ BAD_CONFIGS = [
     (dict(name="dcl", detach_weights=1), r"config\.loss\.detach_weights must be True or False"),
     (dict(name="contrastive_gap", align_weight=-1.0), r"config\.loss\.align_weight must be >= 0"),
     (dict(name="contrastive_gap", uniformity_t=0), r"config\.loss\.uniformity_t"),
+    (dict(name="contrastive_gap", chunk_size=4),
+     r"config\.loss\.chunk_size applies to config\.loss\.impl = 'ring' only"),
     (dict(name="cwcl", teacher_modality="audio"),
      r"config\.loss\.teacher_modality must be one of 'image', 'text'"),
     (dict(name="cwcl", directions="sideways"), r"config\.loss\.directions must be one of"),
