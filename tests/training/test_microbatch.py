@@ -6,7 +6,8 @@ instance ids ("multi_positive", two captions per unit). Global batch 32 in 2 or 
 of 16 or 8 examples, on 1 device or on 8 (data=4 x fsdp=2: 2 or 1 example per device and
 micro-batch). Compilation dominates the cost, so only sigmoid runs the tiny ViT and text
 transformer (their parameters sharded over fsdp on 8 devices); the other objectives run a
-test-only flatten-then-Dense tower.
+test-only flatten-then-Dense tower. Updated params come from one
+jitted optimizer update applied to each step's gradients (the same compilation for all).
 
 "Relative" for a tensor means relative to its largest entry: max|got - want| <= 1e-5 max|want|
 per leaf. Entries that are float noise (an attention bias with no true gradient) have no
@@ -55,7 +56,12 @@ def make_config(objective: str, mesh, microbatch_size: int = 0,
   c = load_config_file(TINY)
   c.mesh, c.batch_size, c.microbatch_size = mesh, BATCH, microbatch_size
   c.evals = ml_collections.ConfigDict()
-  c.optim.update(warmup_steps=0, end_lr_ratio=1.0, eps=1e-6)  # as tests/training/test_step.py
+  # eps = 1, the size of most gradients here: Adam's first step lr g / (|g| + eps) is then a
+  # smooth function of the gradient (its error at most lr / eps times the gradient's), so the
+  # updated params agree as closely as the gradients do. With eps << |g| the step is
+  # lr sign(g), and a gradient that is float noise near zero (summed in another order over
+  # micro-batches) would move its parameter by a random fraction of lr (see test_step.py).
+  c.optim.update(warmup_steps=0, end_lr_ratio=1.0, eps=1.0)
   c.loss = ml_collections.ConfigDict(OBJECTIVES[objective])
   if towers == "flat":
     c.model.towers.image = ml_collections.ConfigDict(dict(name="_test_flat_tower",
@@ -99,18 +105,30 @@ def gradients(trainer: Trainer, params, batch, microbatch_size: int):
   return jax.device_get(jax.jit(grad_fn)(params, trainer.global_batch(batch)))
 
 
+def make_update(tx: optax.GradientTransformation):
+  """(params, grads) -> params after `tx`'s first step, jitted once for all the gradients of
+  a test (host arrays of the same shapes: one compilation)."""
+  def update(params, grads):
+    updates, _ = tx.update(grads, tx.init(params), params)
+    return optax.apply_updates(params, updates)
+
+  return jax.jit(update)
+
+
 @pytest.mark.parametrize("objective", list(OBJECTIVES))
-def test_microbatched_gradients_equal_the_plain_step(objective):
-  """Loss, metrics and gradients (model and objective params) with 2 and 4 micro-batches, on 1
-  and 8 devices, against the plain step on 1 device (which the 8-device plain step equals:
-  tests/training/test_step.py)."""
+def test_microbatched_step_equals_the_plain_step(objective):
+  """Loss, metrics, gradients (model and objective params) and the params after the optimizer
+  step, with 2 and with 4 micro-batches, on 1 and on 8 devices, against the plain step on 1
+  device (which the 8-device plain step equals: tests/training/test_step.py)."""
   towers = "tiny" if objective == "sigmoid" else "flat"
   config = make_config(objective, ONE, towers=towers)
   [batch] = batches(config)
   assert ("instance_id" in batch) == (objective == "multi_positive")
   one = built(config, jax.devices()[:1], batch)
   params = jax.device_get(one.init_state()["params"])
+  update = make_update(one.tx)
   (want_loss, want_metrics), want_grads = gradients(one, params, batch, 0)
+  want_params = update(params, want_grads)
   eight = built(make_config(objective, EIGHT, towers=towers), jax.devices(), batch)
   for trainer in (one, eight):
     sharded = jax.device_put(params, trainer.state_shardings["params"])
@@ -122,7 +140,8 @@ def test_microbatched_gradients_equal_the_plain_step(objective):
       for key in metrics:
         np.testing.assert_allclose(metrics[key], want_metrics[key], rtol=RTOL,
                                    err_msg=what + key)
-      assert_close(grads, want_grads, what=what)
+      assert_close(grads, want_grads, what=what + "grads ")
+      assert_close(update(params, grads), want_params, what=what + "params ")
       trained = {m: float(np.max(np.abs(grads["model"][m]["projection"]["kernel"])))
                  for m in config.model.towers}
       assert min(trained.values()) > 0, trained  # every tower gets a gradient
