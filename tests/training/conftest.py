@@ -12,8 +12,10 @@ FLAT_TOWER = "_test_flat_tower"
 
 @TOWERS.register(FLAT_TOWER)
 class FlatTower(nn.Module):
-  """[B, ...] numbers -> flatten -> Dense -> [B, width]; for tests whose subject is not the towers
-  (compiling the real ViT and text transformer for every objective would dominate their time)."""
+  """[B, ...] numbers -> flatten -> Dense -> [B, width] float32; for tests whose subject is not
+  the towers (compiling the real ViT and text transformer for every objective would dominate
+  their time). Like the real towers it computes in `dtype` (params float32) and with `remat`
+  rematerialises its layer (`nn.remat`)."""
 
   width: int
   dtype: Any = "float32"
@@ -22,4 +24,7 @@ class FlatTower(nn.Module):
   @nn.compact
   def __call__(self, x, *, train=False):
     del train
-    return nn.Dense(self.width)(jnp.reshape(x, (x.shape[0], -1)).astype(jnp.float32))
+    dense_cls = nn.remat(nn.Dense) if self.remat else nn.Dense
+    x = jnp.reshape(x, (x.shape[0], -1)).astype(self.dtype)
+    dense = dense_cls(self.width, dtype=self.dtype, param_dtype=jnp.float32, name="dense")
+    return dense(x).astype(jnp.float32)

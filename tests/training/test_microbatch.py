@@ -5,8 +5,9 @@ image, text and the synthetic source's "sketch" view) and an objective that read
 instance ids ("multi_positive", two captions per unit). Global batch 32 in 2 or 4 micro-batches
 of 16 or 8 examples, on 1 device or on 8 (data=4 x fsdp=2: 2 or 1 example per device and
 micro-batch). Compilation dominates the cost, so only sigmoid runs the tiny ViT and text
-transformer (their parameters sharded over fsdp on 8 devices); the other objectives run a
-test-only flatten-then-Dense tower.
+transformer (their parameters sharded over fsdp on 8 devices); the other objectives, and
+bfloat16 with remat, run a test-only flatten-then-Dense tower. Updated params come from one
+jitted optimizer update applied to each step's gradients (the same compilation for all).
 
 "Relative" for a tensor means relative to its largest entry: max|got - want| <= 1e-5 max|want|
 per leaf. Entries that are float noise (an attention bias with no true gradient) have no
@@ -21,6 +22,7 @@ import re
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -55,7 +57,12 @@ def make_config(objective: str, mesh, microbatch_size: int = 0,
   c = load_config_file(TINY)
   c.mesh, c.batch_size, c.microbatch_size = mesh, BATCH, microbatch_size
   c.evals = ml_collections.ConfigDict()
-  c.optim.update(warmup_steps=0, end_lr_ratio=1.0, eps=1e-6)  # as tests/training/test_step.py
+  # eps = 1, the size of most gradients here: Adam's first step lr g / (|g| + eps) is then a
+  # smooth function of the gradient (its error at most lr / eps times the gradient's), so the
+  # updated params agree as closely as the gradients do. With eps << |g| the step is
+  # lr sign(g), and a gradient that is float noise near zero (summed in another order over
+  # micro-batches) would move its parameter by a random fraction of lr (see test_step.py).
+  c.optim.update(warmup_steps=0, end_lr_ratio=1.0, eps=1.0)
   c.loss = ml_collections.ConfigDict(OBJECTIVES[objective])
   if towers == "flat":
     c.model.towers.image = ml_collections.ConfigDict(dict(name="_test_flat_tower",
@@ -92,25 +99,45 @@ def assert_close(got, want, rtol: float = RTOL, what: str = "") -> None:
   jax.tree.map_with_path(check, got, want)
 
 
-def gradients(trainer: Trainer, params, batch, microbatch_size: int):
-  """((loss, metrics), grads) of the train step's gradient function, on the host."""
+def traced_grad_fn(trainer: Trainer, params, global_batch,
+                   microbatch_size: int) -> jax.stages.Traced:
+  """The train step's jitted gradient function traced for (params, global_batch)."""
   grad_fn = make_grad_fn(trainer.model, trainer.objective, trainer.mesh, trainer.batch_axes,
                          microbatch_size, trainer.frozen)
-  return jax.device_get(jax.jit(grad_fn)(params, trainer.global_batch(batch)))
+  return jax.jit(grad_fn).trace(params, global_batch)
+
+
+def gradients(trainer: Trainer, params, batch, microbatch_size: int):
+  """((loss, metrics), grads) of the train step's gradient function, on the host."""
+  global_batch = trainer.global_batch(batch)
+  traced = traced_grad_fn(trainer, params, global_batch, microbatch_size)
+  return jax.device_get(traced.lower().compile()(params, global_batch))
+
+
+def make_update(tx: optax.GradientTransformation):
+  """(params, grads) -> params after `tx`'s first step, jitted once for all the gradients of
+  a test (host arrays of the same shapes: one compilation)."""
+  def update(params, grads):
+    updates, _ = tx.update(grads, tx.init(params), params)
+    return optax.apply_updates(params, updates)
+
+  return jax.jit(update)
 
 
 @pytest.mark.parametrize("objective", list(OBJECTIVES))
-def test_microbatched_gradients_equal_the_plain_step(objective):
-  """Loss, metrics and gradients (model and objective params) with 2 and 4 micro-batches, on 1
-  and 8 devices, against the plain step on 1 device (which the 8-device plain step equals:
-  tests/training/test_step.py)."""
+def test_microbatched_step_equals_the_plain_step(objective):
+  """Loss, metrics, gradients (model and objective params) and the params after the optimizer
+  step, with 2 and with 4 micro-batches, on 1 and on 8 devices, against the plain step on 1
+  device (which the 8-device plain step equals: tests/training/test_step.py)."""
   towers = "tiny" if objective == "sigmoid" else "flat"
   config = make_config(objective, ONE, towers=towers)
   [batch] = batches(config)
   assert ("instance_id" in batch) == (objective == "multi_positive")
   one = built(config, jax.devices()[:1], batch)
   params = jax.device_get(one.init_state()["params"])
+  update = make_update(one.tx)
   (want_loss, want_metrics), want_grads = gradients(one, params, batch, 0)
+  want_params = update(params, want_grads)
   eight = built(make_config(objective, EIGHT, towers=towers), jax.devices(), batch)
   for trainer in (one, eight):
     sharded = jax.device_put(params, trainer.state_shardings["params"])
@@ -122,10 +149,57 @@ def test_microbatched_gradients_equal_the_plain_step(objective):
       for key in metrics:
         np.testing.assert_allclose(metrics[key], want_metrics[key], rtol=RTOL,
                                    err_msg=what + key)
-      assert_close(grads, want_grads, what=what)
+      assert_close(grads, want_grads, what=what + "grads ")
+      assert_close(update(params, grads), want_params, what=what + "params ")
       trained = {m: float(np.max(np.abs(grads["model"][m]["projection"]["kernel"])))
                  for m in config.model.towers}
       assert min(trained.values()) > 0, trained  # every tower gets a gradient
+
+
+# How a jaxpr names the primitive of `jax.checkpoint` (flax's nn.remat).
+REMAT = jax.make_jaxpr(jax.checkpoint(jnp.sin))(0.0).eqns[0].primitive.name
+
+
+def test_microbatched_step_equals_the_plain_step_in_bfloat16_with_remat():
+  """config.model dtype "bfloat16" and remat on (the test tower's Dense, rematerialised, and the
+  projections compute in bfloat16, in both steps: checked on their jaxprs), data=4 x fsdp=2,
+  4 micro-batches of one example per device: loss and metrics equal the plain step's to
+  1e-4 relative, gradients and updated params to 2e-2.
+
+  The tolerances are bfloat16's (8 significant bits, unit roundoff 2^-9 = 2e-3), not float32's.
+  With one example per device the partitioner splits the text projection's contraction over
+  fsdp (bfloat16 partial products, summed across devices), so embedding entries differ by one
+  bfloat16 unit and the loss by about 2e-5 (running the towers in float32 instead moves it by
+  3e-3). A weight gradient is a bfloat16 matmul (a bias's, a bfloat16 sum) rounded once per
+  micro-batch before the float32 sum over micro-batches, and at other points in the plain step:
+  the two differ by up to 5e-3 of a leaf's largest entry, about as much as the plain bfloat16
+  step differs from the float32 one (8e-3). A micro-batch lost or counted twice moves the
+  gradients by about a quarter.
+  """
+  config = make_config("sigmoid", EIGHT, towers="flat")
+  config.model.update(dtype="bfloat16", remat=True)
+  [batch] = batches(config)
+  trainer = built(config, jax.devices(), batch)
+  params = jax.device_get(trainer.init_state()["params"])
+  sharded = jax.device_put(params, trainer.state_shardings["params"])
+  global_batch = trainer.global_batch(batch)
+  update = make_update(trainer.tx)
+  results = []
+  for microbatch_size in (0, BATCH // 4):
+    traced = traced_grad_fn(trainer, sharded, global_batch, microbatch_size)
+    program, what = str(traced.jaxpr), f"microbatch_size {microbatch_size}: "
+    assert "bf16[" in program, what + "no bfloat16 computation"
+    assert f"{REMAT}[" in program, what + "no rematerialisation"
+    (loss, metrics), grads = jax.device_get(traced.lower().compile()(sharded, global_batch))
+    results.append((loss, metrics, grads, update(params, grads)))
+
+  (want_loss, want_metrics, want_grads, want_params), (loss, metrics, grads, new_params) = results
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-4)
+  assert metrics.keys() == want_metrics.keys()
+  for key in metrics:
+    np.testing.assert_allclose(metrics[key], want_metrics[key], rtol=1e-4, err_msg=key)
+  assert_close(grads, want_grads, rtol=2e-2, what="grads ")
+  assert_close(new_params, want_params, rtol=2e-2, what="params ")
 
 
 class ForwardCounter:
