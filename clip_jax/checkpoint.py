@@ -33,7 +33,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from clip_jax import fs
-from clip_jax.mesh import compile_rules, named_leaves, path_to_str
+from clip_jax.tree_paths import compile_rules, named_leaves, path_to_str
 from clip_jax.registry import ConfigError
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import optax
 
-from clip_jax.mesh import compile_rules, path_to_str
+from clip_jax.tree_paths import compile_rules, path_to_str
 from clip_jax.registry import ConfigError
 
 

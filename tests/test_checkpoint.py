@@ -18,7 +18,7 @@ import pytest
 
 from clip_jax.checkpoint import Checkpointer, load_params_from
 from clip_jax.config import load_config_file
-from clip_jax.mesh import named_leaves
+from clip_jax.tree_paths import named_leaves
 from clip_jax.metrics import read_metrics
 from clip_jax.registry import ConfigError
 from clip_jax.training.loop import Trainer, initial_state, train_and_evaluate
@@ -62,8 +62,7 @@ import sys
 import jax
 import numpy as np
 from clip_jax.config import load_config_file
-from clip_jax.mesh import named_leaves
-from clip_jax.mesh import named_leaves
+from clip_jax.tree_paths import named_leaves
 from clip_jax.training.loop import Trainer, initial_state
 config = load_config_file(sys.argv[1])
 config.mesh = eval(sys.argv[2])
