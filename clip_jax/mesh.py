@@ -1,14 +1,13 @@
-"""Device mesh from the config, regex sharding rules for parameters, and batch shardings.
+"""The device mesh from `config.mesh`, and the batch's sharding over `config.batch_axes`.
 
 The mesh uses `AxisType.Auto` on purpose: the towers are written for compiler-propagated
 (GSPMD) sharding, with explicit shardings at the jit boundary (state and batch) and explicit
-collectives only inside the loss's `shard_map`.
+collectives only inside the loss's `shard_map`. Parameter shardings: `clip_jax.sharding`.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Sequence
 
 import jax
@@ -16,8 +15,6 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from clip_jax.registry import ConfigError
-
-FSDP_AXIS = "fsdp"
 
 
 def parse_mesh_shape(mesh_config: Sequence[Sequence[Any]], num_devices: int) -> tuple[
@@ -72,118 +69,9 @@ def validate_batch_axes(mesh: Mesh, batch_axes: Sequence[str]) -> tuple[str, ...
   return batch_axes
 
 
-def batch_size_per_shard(mesh: Mesh, batch_axes: Sequence[str]) -> int:
-  """The number of batch shards: the product of the batch axes' sizes."""
-  return math.prod(mesh.shape[a] for a in batch_axes)
-
-
 def batch_sharding(mesh: Mesh, batch_axes: Sequence[str]) -> NamedSharding:
   """Sharding of a batch array `[B, ...]`: dimension 0 over the batch axes."""
   return NamedSharding(mesh, P(tuple(batch_axes)))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
-
-
-def path_to_str(path: tuple[Any, ...]) -> str:
-  """A pytree key path as a "/"-joined string, e.g. "model/image/encoder/block_0/mlp/kernel"."""
-  parts = []
-  for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-    else:
-      parts.append(str(key))
-  return "/".join(parts)
-
-
-def named_leaves(tree: Any) -> list[tuple[str, Any]]:
-  """[(path string, leaf)] for every leaf of `tree`."""
-  return [(path_to_str(p), leaf) for p, leaf in jax.tree.flatten_with_path(tree)[0]]
-
-
-def compile_rules(rules: Sequence[Sequence[Any]], field: str) -> list[tuple[re.Pattern, Any]]:
-  """Compiles (regex, value) rules, raising ConfigError naming `field` for bad regexes."""
-  compiled = []
-  for i, rule in enumerate(rules):
-    if len(rule) != 2:
-      raise ConfigError(f"{field}[{i}] = {rule!r} must be a (regex, value) pair")
-    pattern, value = rule
-    try:
-      compiled.append((re.compile(pattern), value))
-    except re.error as e:
-      raise ConfigError(f"{field}[{i}]: {pattern!r} is not a valid regex ({e})") from None
-  return compiled
-
-
-def _fsdp_spec(shape: tuple[int, ...], mesh: Mesh) -> P:
-  """Shards the largest dimension divisible by the fsdp axis size; replicates if none is."""
-  size = mesh.shape.get(FSDP_AXIS, 1)
-  if size == 1 or not shape:
-    return P()
-  for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
-    if shape[dim] % size == 0:
-      spec = [None] * len(shape)
-      spec[dim] = FSDP_AXIS
-      return P(*spec)
-  return P()
-
-
-def _rule_spec(value: Any, path: str, shape: tuple[int, ...], mesh: Mesh, field: str) -> P:
-  if value == "replicate":
-    return P()
-  if value == "fsdp":
-    return _fsdp_spec(shape, mesh)
-  if isinstance(value, (tuple, list)):
-    if len(value) > len(shape):
-      raise ConfigError(
-          f"{field}: spec {tuple(value)!r} has more entries than {path} has dimensions {shape}")
-    for dim, axes in enumerate(value):
-      for axis in (axes if isinstance(axes, (tuple, list)) else (axes,)):
-        if axis is not None and axis not in mesh.axis_names:
-          raise ConfigError(f"{field}: axis {axis!r} in {tuple(value)!r} is not a mesh axis "
-                            f"{mesh.axis_names}")
-      n = math.prod(mesh.shape[a] for a in (axes if isinstance(axes, (tuple, list)) else (axes,))
-                    if a is not None)
-      if shape[dim] % n:
-        raise ConfigError(f"{field}: {path} dimension {dim} (size {shape[dim]}) is not divisible "
-                          f"by the {n} devices of {axes!r}")
-    return P(*value)
-  raise ConfigError(
-      f"{field}: rule value {value!r} must be 'replicate', 'fsdp' or a PartitionSpec tuple")
-
-
-def param_partition_specs(tree: Any, rules: Sequence[Sequence[Any]], mesh: Mesh,
-                          field: str = "config.sharding_rules") -> Any:
-  """PartitionSpecs for every leaf of `tree` (arrays or ShapeDtypeStructs) from regex rules.
-
-  The first rule whose regex matches (re.search) the leaf's "/"-joined path wins; leaves no rule
-  matches, and scalars, are replicated.
-  """
-  compiled = compile_rules(rules, field)
-
-  def spec(path, leaf):
-    name = path_to_str(path)
-    shape = tuple(getattr(leaf, "shape", ()))
-    for pattern, value in compiled:
-      if pattern.search(name):
-        return _rule_spec(value, name, shape, mesh, field)
-    return P()
-
-  return jax.tree.map_with_path(spec, tree)
-
-
-def shardings_for(tree: Any, rules: Sequence[Sequence[Any]], mesh: Mesh) -> Any:
-  """NamedShardings for every leaf of `tree` from regex rules (see `param_partition_specs`)."""
-  specs = param_partition_specs(tree, rules, mesh)
-  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
-                      is_leaf=lambda x: isinstance(x, P))
-
-
-def host_local_batch_size(global_batch: int) -> int:
-  return global_batch // jax.process_count()
 
 
 def to_global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding,

@@ -1,4 +1,4 @@
-"""Mesh construction from the config and regex sharding rules."""
+"""Mesh construction from the config, and global batches sharded over the batch axes."""
 
 import jax
 import numpy as np
@@ -25,35 +25,6 @@ def test_mesh_fills_minus_one():
 def test_mesh_errors_name_the_field(mesh_config, message):
   with pytest.raises(ConfigError, match="config.mesh") as e:
     mesh_lib.make_mesh(mesh_config)
-  assert message in str(e.value)
-
-
-def test_rules_first_match_wins_and_fsdp_picks_largest_divisible_dim():
-  mesh = mesh_lib.make_mesh((("data", 4), ("fsdp", 2), ("tensor", 1)))
-  tree = {"model": {"image": {"kernel": np.zeros((6, 16)), "bias": np.zeros((16,))},
-                    "text": {"embedding": np.zeros((7, 3))}},
-          "loss": {"scale": np.zeros(())}}
-  rules = ((r"image/bias$", "replicate"), (r"text/", ("tensor", None)), (r".*", "fsdp"))
-  specs = mesh_lib.param_partition_specs(tree, rules, mesh)
-  assert specs["model"]["image"]["kernel"] == P(None, "fsdp")  # 16 is the largest, divisible
-  assert specs["model"]["image"]["bias"] == P()
-  assert specs["model"]["text"]["embedding"] == P("tensor", None)
-  assert specs["loss"]["scale"] == P()  # scalars are replicated
-  # 7 and 3 are not divisible by fsdp=2: replicated.
-  specs = mesh_lib.param_partition_specs(tree, ((".*", "fsdp"),), mesh)
-  assert specs["model"]["text"]["embedding"] == P()
-
-
-@pytest.mark.parametrize("rules, message", [
-    (((r"(", "fsdp"),), "not a valid regex"),
-    (((r".*", "shard_everything"),), "must be 'replicate', 'fsdp' or a PartitionSpec"),
-    (((r".*", ("model_parallel",)),), "is not a mesh axis"),
-    (((r"kernel", ("data",)),), "is not divisible"),
-])
-def test_rule_errors_name_the_field(rules, message):
-  mesh = mesh_lib.make_mesh((("data", 8),))
-  with pytest.raises(ConfigError, match="config.sharding_rules") as e:
-    mesh_lib.param_partition_specs({"kernel": np.zeros((6, 3))}, rules, mesh)
   assert message in str(e.value)
 
 

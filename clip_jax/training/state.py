@@ -24,7 +24,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from clip_jax.losses.registry import Objective, initial_values, project
-from clip_jax.mesh import shardings_for
+from clip_jax.sharding import shardings_for
 
 State = dict[str, Any]
 

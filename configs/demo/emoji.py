@@ -11,6 +11,8 @@ import math
 
 import ml_collections
 
+from clip_jax.sharding import TENSOR_PARALLEL_RULES
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -21,12 +23,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 100
   config.ckpt_every_steps = 100
 
-  # Device mesh: (axis name, size); -1 takes the remaining devices. Batch axes shard the batch.
+  # Device mesh: (axis name, size); -1 takes the remaining devices. Batch axes shard the batch;
+  # `tensor` (tensor parallelism for the transformer blocks) must not be one of them.
   config.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
   config.batch_axes = ("data", "fsdp")
-  # Parameter sharding: first matching regex on the "/"-joined parameter path wins.
-  # "replicate", "fsdp" (largest dimension divisible by the fsdp axis), or a tuple PartitionSpec.
-  config.sharding_rules = ((".*", "fsdp"),)
+  # Parameter sharding: first matching regex on the "/"-joined parameter path wins. Values:
+  # "replicate", "fsdp", "fsdp(min_size_mb=4)", "tensor(dim=0)", ... or a tuple PartitionSpec
+  # (README: Mesh and sharding). The tensor-parallel rules for attention and MLP come first.
+  config.sharding_rules = TENSOR_PARALLEL_RULES + ((".*", "fsdp"),)
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "emoji"

@@ -6,8 +6,10 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from clip_jax.config import load_config_file
+from clip_jax.sharding import TENSOR_PARALLEL_RULES
 from clip_jax.training.loop import Trainer
 
 
@@ -61,6 +63,25 @@ def test_sharded_step_equals_single_device(loss):
   # when that gradient is mostly float noise, so params agree to a small fraction of lr = 1e-2.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
                eight_params, one_params)
+
+
+def test_tensor_parallel_step_equals_data_parallel():
+  # Megatron-style rules over tensor=2 (with fsdp=2 x data=2) against the data x fsdp mesh of
+  # the test above, whose compiled step this one shares.
+  batches = [random_batch(16)]
+  dp_losses, dp_params, _ = run_steps(
+      tiny_config(mesh=(("data", 4), ("fsdp", 2))), jax.devices(), batches)
+  config = tiny_config(mesh=(("data", 2), ("fsdp", 2), ("tensor", 2)))
+  config.sharding_rules = TENSOR_PARALLEL_RULES + tuple(config.sharding_rules)
+  tp_losses, tp_params, state = run_steps(config, jax.devices(), batches)
+  block = state["params"]["model"]["text"]["encoder"]["transformer"]["block_0"]
+  assert block["mlp"]["fc1"]["kernel"].sharding.spec == P("fsdp", "tensor")
+  assert block["attn"]["out"]["kernel"].sharding.spec == P("tensor", "fsdp")
+  np.testing.assert_allclose(tp_losses, dp_losses, rtol=1e-5)
+  jax.tree.map_with_path(
+      lambda path, tp, dp: np.testing.assert_array_less(
+          np.max(np.abs(tp - dp)), 1e-5 * np.max(np.abs(dp)) + 1e-30,
+          err_msg=jax.tree_util.keystr(path)), tp_params, dp_params)
 
 
 def test_nan_step_is_skipped_and_counted():
