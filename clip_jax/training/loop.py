@@ -29,7 +29,8 @@ from clip_jax.checkpoint import Checkpointer, load_params_from
 from clip_jax.data import make_tokenizer, make_train_iterator
 from clip_jax.evals import make_evaluators
 from clip_jax.losses.registry import fixed_mask, make_objective
-from clip_jax.metrics import MetricsWriter, ProgressBar, plot_metrics
+from clip_jax.metrics import MetricsWriter, ProgressBar
+from clip_jax.plots import plot_metrics
 from clip_jax.models import make_model
 from clip_jax.optim import frozen_mask, make_optimizer
 from clip_jax.registry import ConfigError
