@@ -178,13 +178,18 @@ PLUGIN = '''
 import dataclasses
 import ml_collections
 from clip_jax.losses.registry import LOSSES
-from clip_jax.losses.sigmoid import SIGMOID_DEFAULTS, sigmoid_objective
+from clip_jax.losses.sigmoid import SigmoidFields, sigmoid_objective
 
 
-@LOSSES.register("plugin_sigmoid", fields=dict(SIGMOID_DEFAULTS, weight=2.0))
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PluginFields(SigmoidFields):
+  weight: float = 2.0
+
+
+@LOSSES.register("plugin_sigmoid", fields=PluginFields)
 def build(loss_config, *, axis_name):
-  fields = dict(loss_config.items())
-  weight = fields.pop("weight", 2.0)
+  weight = LOSSES.parse(loss_config, name="plugin_sigmoid").weight
+  fields = {k: v for k, v in loss_config.items() if k != "weight"}
   inner = sigmoid_objective(ml_collections.ConfigDict(fields), axis_name=axis_name)
 
   def apply(outputs, params):
