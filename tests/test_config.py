@@ -89,6 +89,25 @@ def test_config_mistakes_are_named(field, value, expected):
   assert expected in str(e.value)
 
 
+@pytest.mark.parametrize("field, closest", [
+    ("batch_sise", "batch_size"),
+    ("optim.warmup_step", "warmup_steps"),
+    ("model.embed_dims", "embed_dim"),
+    ("data.max_length", "max_len"),
+    ("data.heldout_fractoin", "heldout_fraction"),
+    ("data.tokenizer.vocabsize", "vocab_size"),
+    ("loss.init_bais", "init_bias"),
+    ("evals.heldout.splits", "split"),
+])
+def test_a_typo_in_any_section_is_named_with_the_closest_field(field, closest):
+  config = _demo()
+  _set(config, field, 1)
+  with pytest.raises(ConfigError) as e:
+    validate_config(config, num_devices=8)
+  assert f"config.{field} is not a" in str(e.value)
+  assert f"did you mean {closest!r}?" in str(e.value)
+
+
 def test_mesh_mismatch_names_device_count():
   config = _demo()
   config.mesh = (("data", 4), ("fsdp", 1))
