@@ -8,6 +8,7 @@ values for every mistake it can see without building the model.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import importlib.util
 import math
@@ -17,31 +18,52 @@ from typing import Any
 
 import ml_collections
 
+from clip_jax import schema
 from clip_jax.registry import REQUIRED, ConfigError
 
-REQUIRED_INT_FIELDS = ("total_steps", "batch_size", "seed", "log_every_steps",
-                       "eval_every_steps", "ckpt_every_steps")
 
-# Optional top-level fields and their defaults.
-OPTIONAL_DEFAULTS: dict[str, Any] = {
-    "imports": (),                 # modules to import first: users' own registered components
-    "eval_batch_size": 0,          # 0 -> batch_size
-    "microbatch_size": 0,          # > 0: global examples per micro-batch of the step (0: off)
-    "ckpt_keep": 3,                # keep the last K checkpoints ...
-    "ckpt_keep_period": 0,         # ... plus every M-th step (0: none)
-    "ckpt_async": True,            # write checkpoints in the background
-    "max_bad_steps": 5,            # stop after this many consecutive non-finite steps
-    "init_from": "",               # params-only initialisation from another checkpoint
-    "init_from_rules": (),         # ((regex, "load"|"init"), ...) for init_from
-    "debug_nan_steps": (),         # test-only fault injection: these steps' losses are NaN
-    "debug_signal": "",            # test-only fault injection: "SIGTERM@17" or "SIGKILL@17"
-    "distributed": None,           # multi-host settings (see launch/)
-}
-SECTIONS = ("mesh", "batch_axes", "sharding_rules", "data", "model", "loss", "optim", "evals")
-KNOWN_TOP_LEVEL = set(REQUIRED_INT_FIELDS) | set(OPTIONAL_DEFAULTS) | set(SECTIONS)
-OPTIM_FIELDS = {"learning_rate", "warmup_steps", "end_lr_ratio", "b1", "b2", "eps",
-                "weight_decay", "grad_clip_norm", "no_decay", "freeze"}
-MODEL_FIELDS = {"embed_dim", "dtype", "remat", "towers"}
+def _positive_int(value: Any, path: str) -> int:
+  """The check of a count such as `total_steps`: an int > 0."""
+  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    raise ConfigError(f"{path} = {value!r} must be a positive integer")
+  return value
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunFields:
+  """The top-level fields of a training config. The sections (mesh ... evals) are required
+  here and checked on their own: the mesh by `parse_mesh_shape`, `optim` by `OptimFields`, each
+  component by its registry's schema."""
+
+  total_steps: int = schema.field(check=_positive_int)
+  batch_size: int = schema.field(check=_positive_int)  # global
+  seed: int = schema.field()
+  log_every_steps: int = schema.field(check=_positive_int)
+  eval_every_steps: int = schema.field(check=_positive_int)
+  ckpt_every_steps: int = schema.field(check=_positive_int)
+  mesh: Any = schema.field()
+  batch_axes: Any = schema.field()
+  sharding_rules: Any = schema.field()
+  data: Any = schema.field()
+  model: Any = schema.field()
+  loss: Any = schema.field()
+  optim: Any = schema.field()
+  evals: Any = schema.field()
+  imports: Any = ()              # modules to import first: users' own registered components
+  eval_batch_size: int = 0       # 0 -> batch_size
+  microbatch_size: int = 0       # > 0: global examples per micro-batch of the step (0: off)
+  ckpt_keep: int = 3             # keep the last K checkpoints ...
+  ckpt_keep_period: int = 0      # ... plus every M-th step (0: none)
+  ckpt_async: bool = True        # write checkpoints in the background
+  max_bad_steps: int = 5         # stop after this many consecutive non-finite steps
+  init_from: str = ""            # params-only initialisation from another checkpoint
+  init_from_rules: Any = ()      # ((regex, "load"|"init"), ...) for init_from
+  debug_nan_steps: Any = ()      # test-only fault injection: these steps' losses are NaN
+  debug_signal: str = ""         # test-only fault injection: "SIGTERM@17" or "SIGKILL@17"
+  distributed: Any = None        # multi-host settings (see launch/)
+
+
+MODEL_FIELDS = ("embed_dim", "dtype", "remat", "towers")
 # The argv being parsed by `parse_flags_or_exit`, and the component switches it asked for.
 _ARGV: list[str] = []
 _SWITCHES: list[tuple[str, str]] = []
@@ -71,44 +93,33 @@ def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   return add_defaults(ml_collections.ConfigDict(config.to_dict()))
 
 
-def _unknown(section: ml_collections.ConfigDict, known: set[str], field: str) -> None:
-  extra = sorted(set(section.keys()) - known)
-  if extra:
-    raise ConfigError(
-        f"{field}.{extra[0]} is not a known field; known fields: {', '.join(sorted(known))}")
-
-
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
                     process_count: int = 1) -> None:
   """Checks a training config before anything is built.
 
   Raises:
-    ConfigError: naming the field and the allowed values, for unknown fields, bad integers, a
-      global batch not divisible by the batch shards or processes, a `microbatch_size` that
-      does not cut it into micro-batches divisible by the batch shards, a mesh that does not
-      match the devices, and unknown loss, tower, data source or evaluator names.
+    ConfigError: naming the field and the allowed values, for unknown fields (with the closest
+      known one) in any section, missing or invalid values (`RunFields`, `OptimFields` and every
+      component's schema; towers are checked by `make_model`), a global batch not divisible by
+      the batch shards or processes, a `microbatch_size` that does not cut it into micro-batches
+      divisible by the batch shards, a mesh that does not match the devices, and unknown loss,
+      tower, data source, tokenizer or evaluator names.
   """
   # Imported here: these modules register the names that validation checks against.
   import clip_jax.data  # noqa: F401
   import clip_jax.evals  # noqa: F401
   import clip_jax.losses  # noqa: F401
   import clip_jax.models  # noqa: F401
-  from clip_jax.data.registry import SOURCES
+  from clip_jax.data.registry import parse_data
+  from clip_jax.data.tokenizer import TOKENIZERS
   from clip_jax.evals.registry import EVALUATORS
   from clip_jax.losses.registry import LOSSES
   from clip_jax.mesh import parse_mesh_shape
   from clip_jax.models.registry import TOWERS
+  from clip_jax.optim import parse_optim
 
   import_modules(config.get("imports", ()))
-  _unknown(config, KNOWN_TOP_LEVEL, "config")
-  for name in REQUIRED_INT_FIELDS + SECTIONS:
-    if name not in config:
-      raise ConfigError(f"config.{name} is missing; every training config sets "
-                        f"{', '.join(REQUIRED_INT_FIELDS + SECTIONS)}")
-  for name in REQUIRED_INT_FIELDS:
-    value = config[name]
-    if not isinstance(value, int) or isinstance(value, bool) or (name != "seed" and value <= 0):
-      raise ConfigError(f"config.{name} = {value!r} must be a positive integer")
+  run = schema.parse(RunFields, config, "config")
 
   names, sizes = parse_mesh_shape(config.mesh, num_devices)
   axis_size = dict(zip(names, sizes))
@@ -118,8 +129,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
     raise ConfigError(f"config.batch_axes = {batch_axes!r} must be a non-empty subset of the "
                       f"mesh axes {names}")
   shards = math.prod(axis_size[a] for a in batch_axes)
-  for field in ("batch_size", "eval_batch_size"):
-    value = config.get(field) or 0
+  for field, value in (("batch_size", run.batch_size), ("eval_batch_size", run.eval_batch_size)):
     if value and value % shards:
       raise ConfigError(
           f"config.{field} = {value} is not divisible by the {shards} batch shards (mesh axes "
@@ -128,26 +138,26 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
       raise ConfigError(f"config.{field} = {value} is not divisible by the {process_count} "
                         "processes")
 
-  _check_microbatch_size(config.get("microbatch_size", 0), config.batch_size, shards,
-                         batch_axes, num_devices)
-  SOURCES.get(config.data.name)
-  LOSSES.get(config.loss.name)
-  _unknown(config.optim, OPTIM_FIELDS, "config.optim")
-  _unknown(config.model, MODEL_FIELDS, "config.model")
+  _check_microbatch_size(run.microbatch_size, run.batch_size, shards, batch_axes, num_devices)
+  parse_optim(config.optim)
+  schema.reject_unknown(config.model.keys(), MODEL_FIELDS, "config.model")
   if config.model.get("dtype", "float32") not in ("float32", "bfloat16"):
     raise ConfigError(f"config.model.dtype = {config.model.dtype!r}; choose float32 or bfloat16")
   if not config.model.towers:
     raise ConfigError("config.model.towers is empty; give at least two towers by modality")
-  for modality, tower in config.model.towers.items():
-    TOWERS.get(tower.name, field=f"config.model.towers.{modality}.name")
+  for modality, tower in config.model.towers.items():  # `make_model` checks their fields
+    TOWERS.select(tower, f"config.model.towers.{modality}")
+  LOSSES.parse(config.loss)
+  parse_data(config.data)
+  TOKENIZERS.parse(config.data.tokenizer, "config.data.tokenizer")
   for eval_name, eval_config in (config.evals or {}).items():
-    EVALUATORS.get(eval_config.name, field=f"config.evals.{eval_name}.name")
+    EVALUATORS.parse(eval_config, f"config.evals.{eval_name}")
 
 
-def _check_microbatch_size(micro: Any, batch_size: int, shards: int,
+def _check_microbatch_size(micro: int, batch_size: int, shards: int,
                            batch_axes: tuple[str, ...], num_devices: int) -> None:
   """`config.microbatch_size` (global, 0 = off) divides the batch and is split over the shards."""
-  if isinstance(micro, bool) or not isinstance(micro, int) or micro < 0:
+  if micro < 0:
     raise ConfigError(f"config.microbatch_size = {micro!r} must be 0 (off) or a positive "
                       "integer: the global number of examples per micro-batch")
   if micro and (batch_size % micro or micro % shards):
@@ -215,8 +225,8 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
 def add_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Adds the missing optional top-level fields to `config` in place; returns it."""
   with config.unlocked():
-    for key, value in OPTIONAL_DEFAULTS.items():
-      if key not in config:
+    for key, value in schema.defaults(RunFields).items():
+      if key not in config and value is not REQUIRED:
         config[key] = value
   return config
 
@@ -328,7 +338,7 @@ def switch_components(config: ml_collections.ConfigDict,
         "name") == new:
       continue
     registry.get(new, field=f"config.{path}.name")
-    declared = registry.fields(new) or {}
+    declared = registry.fields(new)
     old = dict(section.items())
     rebuilt = {"name": new}
     rebuilt.update({k: v for k, v in declared.items() if v is not REQUIRED and v is not None})
@@ -359,7 +369,7 @@ def add_overridden_fields(config: ml_collections.ConfigDict, overrides: dict[str
     section = _section(config, path)
     if section is None or not hasattr(section, "get") or section.get("name") not in registry:
       continue
-    declared = registry.fields(section.name) or {}
+    declared = registry.fields(section.name)
     for key, raw in overrides.items():
       field = key[len(path) + 1:] if key.startswith(f"{path}.") else ""
       if field and "." not in field and field in declared and field not in section:

@@ -15,28 +15,58 @@ Parameter paths are "/"-joined, e.g. "model/image/encoder/block_0/attn/query/ker
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import ml_collections
 import optax
 
+from clip_jax import schema
 from clip_jax.tree_paths import compile_rules, path_to_str
 from clip_jax.registry import ConfigError
 
 
-def make_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimFields:
+  """`config.optim` (see the module docstring).
+
+  Attributes:
+    learning_rate: the peak learning rate, > 0.
+    warmup_steps: in [0, config.total_steps].
+    end_lr_ratio: the final learning rate over the peak.
+    b1, b2, eps: AdamW's moment decays and epsilon.
+    weight_decay: decoupled weight decay.
+    grad_clip_norm: the global gradient norm to clip to (0 = no clipping).
+    no_decay, freeze: tuples of parameter-path regexes.
+  """
+
+  learning_rate: float = schema.field(check=schema.number(low=0.0, low_open=True))
+  warmup_steps: int = schema.field(check=schema.integer(low=0))
+  end_lr_ratio: float = 0.0
+  b1: float = schema.field()
+  b2: float = schema.field()
+  eps: float = schema.field()
+  weight_decay: float = schema.field()
+  grad_clip_norm: float = schema.field(0.0, schema.number(low=0.0))
+  no_decay: Any = ()
+  freeze: Any = ()
+
+
+def parse_optim(optim: ml_collections.ConfigDict) -> OptimFields:
+  """Reads `config.optim` (ConfigError naming an unknown, missing or invalid field)."""
+  return schema.parse(OptimFields, optim, "config.optim")
+
+
+def make_schedule(fields: OptimFields, total_steps: int) -> optax.Schedule:
   """Linear warmup then cosine decay (see the module docstring)."""
-  warmup = int(optim.warmup_steps)
-  if not 0 <= warmup <= total_steps:
-    raise ConfigError(f"config.optim.warmup_steps = {warmup} must be in [0, total_steps="
-                      f"{total_steps}]")
-  if optim.learning_rate <= 0:
-    raise ConfigError(f"config.optim.learning_rate = {optim.learning_rate} must be > 0")
+  if fields.warmup_steps > total_steps:
+    raise ConfigError(f"config.optim.warmup_steps = {fields.warmup_steps} must be in "
+                      f"[0, total_steps={total_steps}]")
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=optim.learning_rate, warmup_steps=warmup,
-      decay_steps=max(total_steps, warmup + 1),
-      end_value=optim.learning_rate * optim.get("end_lr_ratio", 0.0))
+      init_value=0.0, peak_value=fields.learning_rate, warmup_steps=fields.warmup_steps,
+      decay_steps=max(total_steps, fields.warmup_steps + 1),
+      end_value=fields.learning_rate * fields.end_lr_ratio)
 
 
 def _match_mask(params: Any, regexes: Any, field: str, *, require_match: bool) -> Any:
@@ -61,7 +91,7 @@ def frozen_mask(optim: ml_collections.ConfigDict, params: Any, fixed: Any = None
   Raises:
     ConfigError: a freeze regex matches no parameter.
   """
-  frozen = _match_mask(params, optim.get("freeze", ()), "config.optim.freeze",
+  frozen = _match_mask(params, parse_optim(optim).freeze, "config.optim.freeze",
                        require_match=True)
   if fixed is not None:
     frozen = jax.tree.map(lambda a, b: bool(a or b), frozen, fixed)
@@ -79,17 +109,17 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int, params: A
   Returns:
     (transformation, learning-rate schedule).
   """
-  schedule = make_schedule(optim, total_steps)
-  no_decay = _match_mask(params, optim.get("no_decay", ()), "config.optim.no_decay",
-                         require_match=False)
+  fields = parse_optim(optim)
+  schedule = make_schedule(fields, total_steps)
+  no_decay = _match_mask(params, fields.no_decay, "config.optim.no_decay", require_match=False)
   decay_mask = jax.tree.map(lambda m: not m, no_decay)
   if frozen is None:
     frozen = frozen_mask(optim, params)
   parts = []
-  if optim.get("grad_clip_norm", 0.0):
-    parts.append(optax.clip_by_global_norm(optim.grad_clip_norm))
-  parts.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                           weight_decay=optim.weight_decay, mask=decay_mask))
+  if fields.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(fields.grad_clip_norm))
+  parts.append(optax.adamw(schedule, b1=fields.b1, b2=fields.b2, eps=fields.eps,
+                           weight_decay=fields.weight_decay, mask=decay_mask))
   tx = optax.chain(*parts)
   if any(jax.tree.leaves(frozen)):
     labels = jax.tree.map(lambda f: "frozen" if f else "trained", frozen)

@@ -3,80 +3,122 @@
 Every pluggable part of clip_jax is looked up by the name given in the config. An unknown name
 stops with a message that names the config field and lists the registered names.
 
-Each entry also declares its config fields and their defaults (`REQUIRED` for a field without
-one), either at registration (`@SOURCES.register("emoji", fields={...})`) or through the
-registry's `fields_of` (towers: their dataclass fields; evaluators: their `FIELDS`). Switching a
-component by name on the command line starts the section from these defaults
-(`clip_jax.config.switch_components`).
+Each entry also declares its config fields: a schema dataclass (`clip_jax.schema`: types,
+defaults, checks) at registration (`@LOSSES.register("dcl", fields=DclFields)`), a plain
+{field: default or REQUIRED} mapping (fields not type-checked), or through the registry's
+`fields_of` (towers: their dataclass fields; evaluators: their `Fields`). `Registry.parse` reads
+a section against the selected entry's schema; switching a component by name on the command line
+starts the section from these defaults (`clip_jax.config.switch_components`).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
+from clip_jax import schema
+from clip_jax.schema import REQUIRED, ConfigError
+
+__all__ = ["REQUIRED", "ConfigError", "Registry"]
+
 T = TypeVar("T")
 
 
-class _Required:
-  def __repr__(self) -> str:
-    return "REQUIRED"
-
-
-REQUIRED: Any = _Required()  # the default of a config field that must be given
-
-
-class ConfigError(ValueError):
-  """A config mistake the user can fix; the message names the field and the allowed values."""
-
-
 class Registry(Generic[T]):
-  """Maps names to factories (classes or functions).
+  """Maps names to factories (classes or functions), each with a schema of its config fields.
 
   Args:
     kind: what is registered, used in error messages ("tower", "loss", ...).
     field: the config field that selects an entry, used in error messages
       (e.g. "config.model.towers.<modality>.name").
-    fields_of: optional entry -> {field: default or REQUIRED}, for entries registered without
-      `fields`.
+    fields_of: optional entry -> its schema dataclass or {field: default or REQUIRED}, for
+      entries registered without `fields`.
   """
 
   def __init__(self, kind: str, field: str,
-               fields_of: Callable[[T], Mapping[str, Any]] | None = None):
+               fields_of: Callable[[T], type | Mapping[str, Any]] | None = None):
     self.kind = kind
     self.field = field
     self._entries: dict[str, T] = {}
-    self._fields: dict[str, Mapping[str, Any]] = {}
+    self._schemas: dict[str, type] = {}
     self._fields_of = fields_of
 
   def register(self, name: str,
-               fields: Mapping[str, Any] | None = None) -> Callable[[T], T]:
+               fields: type | Mapping[str, Any] | None = None) -> Callable[[T], T]:
     """Decorator: registers the decorated class or function under `name`.
 
     Args:
-      fields: the entry's config fields (besides `name`) and their defaults, `REQUIRED` where
-        there is none.
+      fields: the entry's config fields besides `name`: a schema dataclass, or {field: default,
+        `REQUIRED` where there is none}. None: from `fields_of`, else no fields of its own.
     """
 
     def decorate(obj: T) -> T:
       if name in self._entries and self._entries[name] is not obj:
         raise ValueError(f"{self.kind} {name!r} is registered twice")
       self._entries[name] = obj
+      self._schemas.pop(name, None)
       if fields is not None:
-        self._fields[name] = dict(fields)
+        self._schemas[name] = self._as_schema(name, fields)
       return obj
 
     return decorate
 
-  def fields(self, name: str) -> dict[str, Any] | None:
-    """The declared config fields of entry `name` with their defaults (without `name`), or None
-    when the entry declares none."""
-    if name in self._fields:
-      declared = self._fields[name]
-    elif self._fields_of is not None:
-      declared = self._fields_of(self.get(name))
-    else:
-      return None
-    return {k: v for k, v in declared.items() if k != "name"}
+  @staticmethod
+  def _as_schema(name: str, declared: type | Mapping[str, Any]) -> type:
+    if isinstance(declared, Mapping):
+      return schema.from_defaults(f"{name}_fields",
+                                  {k: v for k, v in declared.items() if k != "name"})
+    return declared
+
+  def schema(self, name: str) -> type:
+    """The schema dataclass of entry `name`; raises ConfigError for an unknown name."""
+    entry = self.get(name)
+    if name not in self._schemas:
+      declared = self._fields_of(entry) if self._fields_of is not None else {}
+      self._schemas[name] = self._as_schema(name, declared)
+    return self._schemas[name]
+
+  def fields(self, name: str) -> dict[str, Any]:
+    """The config fields of entry `name` (without `name`) with their defaults or REQUIRED."""
+    return schema.defaults(self.schema(name))
+
+  def parse(self, section: Any, path: str | None = None, *, name: str | None = None) -> Any:
+    """Reads a config section that selects an entry by its `name` field (`schema.parse`).
+
+    Args:
+      section: ConfigDict or mapping with `name` and the entry's fields.
+      path: the section's config path (default: `field` without ".name").
+      name: read the section as this entry's (default: the section's `name`); a factory passes
+        its own name, so that a wrapper registered under another name can reuse it.
+
+    Returns:
+      An instance of the entry's schema dataclass.
+
+    Raises:
+      ConfigError: naming the field: not a ConfigDict, no or an unknown `name`, an unknown
+        field (with the closest known one), a missing required field or a failed check.
+    """
+    path = path or self.field.removesuffix(".name")
+    if name is None:
+      name = self.select(section, path)
+    given = {k: v for k, v in section.items() if k != "name"}
+    return schema.parse(self.schema(name), given, path, owner=f"{self.kind} {name!r}")
+
+  def select(self, section: Any, path: str | None = None) -> str:
+    """The registered name a config section selects by its `name` field.
+
+    Raises:
+      ConfigError: `section` is not a ConfigDict, or its `name` is missing or unknown (naming
+        `<path>.name` and the choices).
+    """
+    path = path or self.field.removesuffix(".name")
+    if not hasattr(section, "items"):
+      raise ConfigError(f"{path} = {section!r} must be a ConfigDict with a `name` (one of: "
+                        f"{', '.join(self.names())})")
+    name = section.get("name")
+    if name is None:
+      raise ConfigError(f"{path}.name is missing; choose one of: {', '.join(self.names())}")
+    self.get(name, field=f"{path}.name")
+    return name
 
   def get(self, name: str, field: str | None = None) -> T:
     """Returns the entry for `name`, or raises ConfigError naming the field and the choices."""

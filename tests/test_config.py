@@ -89,6 +89,25 @@ def test_config_mistakes_are_named(field, value, expected):
   assert expected in str(e.value)
 
 
+@pytest.mark.parametrize("field, closest", [
+    ("batch_sise", "batch_size"),
+    ("optim.warmup_step", "warmup_steps"),
+    ("model.embed_dims", "embed_dim"),
+    ("data.max_length", "max_len"),
+    ("data.heldout_fractoin", "heldout_fraction"),
+    ("data.tokenizer.vocabsize", "vocab_size"),
+    ("loss.init_bais", "init_bias"),
+    ("evals.heldout.splits", "split"),
+])
+def test_a_typo_in_any_section_is_named_with_the_closest_field(field, closest):
+  config = _demo()
+  _set(config, field, 1)
+  with pytest.raises(ConfigError) as e:
+    validate_config(config, num_devices=8)
+  assert f"config.{field} is not a" in str(e.value)
+  assert f"did you mean {closest!r}?" in str(e.value)
+
+
 def test_mesh_mismatch_names_device_count():
   config = _demo()
   config.mesh = (("data", 4), ("fsdp", 1))
@@ -178,13 +197,18 @@ PLUGIN = '''
 import dataclasses
 import ml_collections
 from clip_jax.losses.registry import LOSSES
-from clip_jax.losses.sigmoid import SIGMOID_DEFAULTS, sigmoid_objective
+from clip_jax.losses.sigmoid import SigmoidFields, sigmoid_objective
 
 
-@LOSSES.register("plugin_sigmoid", fields=dict(SIGMOID_DEFAULTS, weight=2.0))
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PluginFields(SigmoidFields):
+  weight: float = 2.0
+
+
+@LOSSES.register("plugin_sigmoid", fields=PluginFields)
 def build(loss_config, *, axis_name):
-  fields = dict(loss_config.items())
-  weight = fields.pop("weight", 2.0)
+  weight = LOSSES.parse(loss_config, name="plugin_sigmoid").weight
+  fields = {k: v for k, v in loss_config.items() if k != "weight"}
   inner = sigmoid_objective(ml_collections.ConfigDict(fields), axis_name=axis_name)
 
   def apply(outputs, params):

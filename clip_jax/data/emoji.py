@@ -21,7 +21,7 @@ image that is byte-identical to a held-out emoji's image), so the tokenizer neve
 Evaluation splits: "heldout" (each held-out emoji's base image and its name) and "train" (the same
 for the training emoji), with labels "category" (e.g. "Smileys & Emotion") and "subcategory".
 
-Config fields: config.data.{cache_dir, image_size, heldout_fraction (default 0.15)}.
+Config fields: `EmojiFields` (config.data.heldout_fraction, default 0.15, and `SourceFields`).
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ from typing import Any
 
 import numpy as np
 
+from clip_jax import schema
 from clip_jax.data import cache
 from clip_jax.data import registry as data_registry
 from clip_jax.data import transforms
-from clip_jax.data.registry import SOURCES, DataSource, EvalSet
-from clip_jax.registry import REQUIRED
+from clip_jax.data.registry import SOURCES, DataSource, EvalSet, SourceFields
 
 PACKAGE = "emoji-datasource-google"
 VERSION = "16.0.0"
@@ -277,12 +277,17 @@ class EmojiSource(DataSource):
         })
 
 
-@SOURCES.register("emoji", fields=dict(cache_dir="", image_size=REQUIRED,
-                                            heldout_fraction=DEFAULT_HELDOUT_FRACTION))
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EmojiFields(SourceFields):
+  """`config.data` of the emoji source: `SourceFields` and heldout_fraction, the share of the
+  base emoji held out for evaluation, in (0, 1)."""
+
+  heldout_fraction: float = schema.field(
+      DEFAULT_HELDOUT_FRACTION, schema.number(0.0, 1.0, low_open=True, high_open=True))
+
+
+@SOURCES.register("emoji", fields=EmojiFields)
 def build(data_config: Any) -> EmojiSource:
-  """The emoji source for `config.data` (fields: cache_dir, image_size, heldout_fraction)."""
-  image_size = data_registry.check_image_size(data_config)
-  fraction = data_registry.check_open_fraction(
-      data_registry.get_field(data_config, "heldout_fraction", DEFAULT_HELDOUT_FRACTION),
-      "config.data.heldout_fraction")
-  return EmojiSource(cache.resolve_cache_dir(data_config), image_size, fraction)
+  """The emoji source for `config.data` (fields: `EmojiFields`)."""
+  f: EmojiFields = data_registry.parse_source(data_config, "emoji")
+  return EmojiSource(cache.resolve_cache_dir(data_config), f.image_size, f.heldout_fraction)

@@ -41,6 +41,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from clip_jax import schema
 from clip_jax.data import registry as data_registry
 from clip_jax.data import transforms
 from clip_jax.data.registry import DataSource, EvalSet
@@ -117,7 +118,7 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
                         f"number of processes ({process_count})")
     if source.num_train < 1:
       raise ConfigError(f"data source {source.name!r} has no training examples with this config")
-    copies = data_registry.check_int(captions_per_example, "config.data.captions_per_example", 1)
+    copies = schema.integer(low=1)(captions_per_example, "config.data.captions_per_example")
     if global_batch_size % copies:
       raise ConfigError(f"config.batch_size = {global_batch_size} must be divisible by "
                         f"config.data.captions_per_example = {copies} (each unit fills that many "
@@ -315,26 +316,20 @@ def make_train_iterator(config: Any, tokenizer: Tokenizer, process_index: int = 
     A `TrainIterator` whose items are this process's slices ([config.batch_size // process_count]
     rows) of the global batches, with `get_state()` / `set_state()`.
   """
-  batch_size = data_registry.check_int(
-      data_registry.get_field(config, "batch_size", prefix="config"), "config.batch_size", 1)
-  seed = data_registry.check_int(data_registry.get_field(config, "seed", prefix="config"),
-                                 "config.seed")
-  data_config = data_registry.get_field(config, "data", prefix="config")
-  augment = data_registry.check_bool(
-      data_registry.get_field(data_config, "augment", False), "config.data.augment")
-  max_len = data_config.get("max_len", tokenizer.max_len)
-  if max_len != tokenizer.max_len:
-    raise ConfigError(f"config.data.max_len = {max_len!r} but the tokenizer encodes rows of "
-                      f"{tokenizer.max_len}; build it with make_tokenizer(config.data)")
-  extra_views = data_registry.get_field(data_config, "extra_views", ())
+  batch_size = schema.integer(low=1)(config.get("batch_size"), "config.batch_size")
+  seed = schema.integer()(config.get("seed"), "config.seed")
+  _, data = data_registry.parse_data(config.data)
+  if data.max_len != tokenizer.max_len:
+    raise ConfigError(f"config.data.max_len = {data.max_len!r} but the tokenizer encodes rows "
+                      f"of {tokenizer.max_len}; build it with make_tokenizer(config.data)")
+  extra_views = data.extra_views
   if isinstance(extra_views, str):  # e.g. --config.data.extra_views=sketch
     extra_views = (extra_views,) if extra_views else ()
-  captions_per_example = data_registry.get_field(data_config, "captions_per_example", 1)
-  source = data_registry.build_source(data_config)
+  source = data_registry.build_source(config.data)
   return TrainIterator(source, tokenizer, global_batch_size=batch_size, seed=seed,
                        process_index=process_index, process_count=process_count,
-                       augment=augment, extra_views=extra_views,
-                       captions_per_example=captions_per_example)
+                       augment=data.augment, extra_views=extra_views,
+                       captions_per_example=data.captions_per_example)
 
 
 def load_eval_split(data_config: Any, split: str = "heldout") -> EvalSet:

@@ -1,9 +1,18 @@
 """The registry of data sources, selected by `config.data.name`, and the interface they implement.
 
-A source is registered as a factory `fn(data_config) -> DataSource`:
+A source is registered as a factory `fn(data_config) -> DataSource` with the schema of its own
+`config.data` fields, a subclass of `SourceFields` (see `clip_jax.schema`); `config.data` also
+holds the tokenizer's and the pipeline's fields (`PipelineFields`), which `parse_source` leaves
+out:
 
-    @SOURCES.register("my_source")
-    def _build(data_config) -> DataSource: ...
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class MyFields(SourceFields):
+      path: str = schema.field(check=schema.string(nonempty=True))
+
+    @SOURCES.register("my_source", fields=MyFields)
+    def _build(data_config) -> DataSource:
+      f: MyFields = parse_source(data_config, "my_source")
+      ...
 
 A `DataSource` serves a fixed, finite list of training units by index (a unit is one image-text
 example, or one object with several images and captions to draw from) plus named evaluation
@@ -24,11 +33,51 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from clip_jax import schema
 from clip_jax.data import cache
-from clip_jax.registry import REQUIRED, ConfigError, Registry
+from clip_jax.registry import ConfigError, Registry
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SourceFields:
+  """The `config.data` fields every data source takes; a source's schema subclasses it (its
+  factory reads them with `parse_source`).
+
+  Attributes:
+    image_size: the side of every image in pixels, in [4, 4096].
+    cache_dir: the local data cache ("" = $CLIP_JAX_CACHE or ~/.cache/clip_jax; checked by
+      `cache.resolve_cache_dir`).
+  """
+
+  image_size: int = schema.field(check=schema.integer(4, 4096))
+  cache_dir: Any = ""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PipelineFields:
+  """The `config.data` fields of the tokenizer and the pipeline, not of the source.
+
+  Attributes:
+    tokenizer: the tokenizer's ConfigDict (`name` and its fields; `clip_jax.data.tokenizer`).
+    max_len: tokens per text row, in [2, 2**20].
+    augment: random whole-pixel shifts of the training images.
+    extra_views: names of the source's extra image views to add to every training batch
+      (checked against the source by the pipeline).
+    captions_per_example: rows per training unit (>= 1), each with another caption.
+  """
+
+  tokenizer: Any = schema.field()
+  max_len: int = schema.field(check=schema.integer(2, 1 << 20))
+  augment: bool = False
+  extra_views: Any = ()
+  captions_per_example: int = schema.field(1, schema.integer(low=1))
+
+
+PIPELINE_FIELDS = tuple(schema.defaults(PipelineFields))
+# `config.data` fields that are not one source's own: kept when the source is switched by name.
+SHARED_FIELDS = PIPELINE_FIELDS + tuple(schema.defaults(SourceFields))
 
 SOURCES: Registry = Registry("data source", "config.data.name")
-
 
 
 @dataclasses.dataclass
@@ -142,60 +191,11 @@ class DataSource(abc.ABC):
 
 
 # ------------------------------------------------------------------------------------------------
-# Config helpers shared by the sources, the tokenizers and the pipeline.
-
-
-def get_field(config: Any, key: str, default: Any = REQUIRED, prefix: str = "config.data") -> Any:
-  """`config[key]`, or `default` when absent; raises ConfigError if required and absent."""
-  if config is None or key not in config:
-    if default is REQUIRED:
-      raise ConfigError(f"{prefix}.{key} is missing")
-    return default
-  return config[key]
-
-
-def check_int(value: Any, field: str, minimum: int | None = None,
-              maximum: int | None = None) -> int:
-  """Returns `value` if it is an int within [minimum, maximum], else raises ConfigError."""
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise ConfigError(f"{field} = {value!r} must be an integer")
-  if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-    low = "-inf" if minimum is None else minimum
-    high = "inf" if maximum is None else maximum
-    raise ConfigError(f"{field} = {value!r} must lie in [{low}, {high}]")
-  return int(value)
-
-
-def check_bool(value: Any, field: str) -> bool:
-  """Returns `value` if it is a bool, else raises ConfigError."""
-  if not isinstance(value, (bool, np.bool_)):
-    raise ConfigError(f"{field} = {value!r} must be True or False")
-  return bool(value)
-
-
-def check_open_fraction(value: Any, field: str) -> float:
-  """Returns `value` if it is a real number in the open interval (0, 1), else raises ConfigError."""
-  if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not (
-      0.0 < value < 1.0):
-    raise ConfigError(f"{field} = {value!r} must be a number in the open interval (0, 1)")
-  return float(value)
-
-
-def check_image_size(data_config: Any) -> int:
-  """Validates and returns `config.data.image_size` (an int in [4, 4096])."""
-  return check_int(get_field(data_config, "image_size"), "config.data.image_size", 4, 4096)
-
-
-# ------------------------------------------------------------------------------------------------
 # Building sources (memoised per process: the tokenizer, the iterator and the evaluators of one
 # run share one source object).
 
 _MEMO: dict[str, DataSource] = {}
 _MEMO_SIZE = 4
-# Fields used by the tokenizer and the pipeline only (they do not change the source).
-_NOT_SOURCE_FIELDS = ("tokenizer", "max_len", "augment", "extra_views", "captions_per_example")
-# `config.data` fields that are not one source's own: kept when the source is switched by name.
-SHARED_FIELDS = _NOT_SOURCE_FIELDS + ("image_size", "cache_dir")
 
 
 def _plain(value: Any) -> Any:
@@ -208,13 +208,39 @@ def _plain(value: Any) -> Any:
   return value
 
 
+def _source_part(data_config: Any) -> dict[str, Any]:
+  return {k: v for k, v in data_config.items() if k not in PIPELINE_FIELDS}
+
+
+def parse_source(data_config: Any, name: str) -> SourceFields:
+  """Reads the fields of source `name` (its schema in SOURCES) from `config.data`, leaving out the
+  pipeline's (`PipelineFields`); raises ConfigError naming `config.data.<field>`."""
+  return SOURCES.parse(_source_part(data_config), "config.data", name=name)
+
+
+def parse_data(data_config: Any) -> tuple[SourceFields, PipelineFields]:
+  """Reads all of `config.data`: the source's fields (its schema in SOURCES) and the pipeline's.
+
+  Raises:
+    ConfigError: naming `config.data.<field>`: no or an unknown source `name`, a field that is
+      neither the source's nor the pipeline's (with the closest known one), a missing required
+      field or a failed check.
+  """
+  name = SOURCES.select(data_config, "config.data")
+  owner = f"data source {name!r}"
+  known = [*schema.defaults(SOURCES.schema(name)), *PIPELINE_FIELDS]
+  schema.reject_unknown([k for k in data_config.keys() if k != "name"], known, "config.data",
+                        owner)
+  pipeline = {k: v for k, v in data_config.items() if k in PIPELINE_FIELDS}
+  return (parse_source(data_config, name),
+          schema.parse(PipelineFields, pipeline, "config.data", owner))
+
+
 def build_source(data_config: Any) -> DataSource:
   """Builds (or returns the memoised) data source selected by `config.data.name`."""
-  name = get_field(data_config, "name")
-  factory = SOURCES.get(name)
-  fields = {k: v for k, v in _plain(data_config).items() if k not in _NOT_SOURCE_FIELDS}
-  key = json.dumps([fields, str(cache.resolve_cache_dir(data_config))], sort_keys=True,
-                   default=repr)
+  factory = SOURCES.get(data_config.get("name"))
+  key = json.dumps([_plain(_source_part(data_config)), str(cache.resolve_cache_dir(data_config))],
+                   sort_keys=True, default=repr)
   if key not in _MEMO:
     source = factory(data_config)
     if len(_MEMO) >= _MEMO_SIZE:

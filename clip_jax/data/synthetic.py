@@ -13,20 +13,21 @@ Evaluation splits: "heldout" (`num_eval_examples` further examples from another 
 "train" (the training examples), each with one text per image and labels "shape", "color" and
 "size".
 
-Config fields: config.data.{image_size, num_examples (default 512), num_eval_examples (default
-128)}.
+Config fields: `SyntheticFields` (config.data.num_examples, default 512, num_eval_examples,
+default 128, and `SourceFields`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
+from clip_jax import schema
 from clip_jax.data import registry as data_registry
 from clip_jax.data import transforms
-from clip_jax.data.registry import SOURCES, DataSource, EvalSet
-from clip_jax.registry import REQUIRED
+from clip_jax.data.registry import SOURCES, DataSource, EvalSet, SourceFields
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -176,15 +177,17 @@ class SyntheticSource(DataSource):
         labels=shapes.labels())
 
 
-@SOURCES.register("synthetic", fields=dict(image_size=REQUIRED, num_examples=DEFAULT_NUM_EXAMPLES,
-                                                num_eval_examples=DEFAULT_NUM_EVAL_EXAMPLES))
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SyntheticFields(SourceFields):
+  """`config.data` of the synthetic source: `SourceFields` and num_examples (training shapes)
+  and num_eval_examples (held-out shapes), each in [1, 2**24]."""
+
+  num_examples: int = schema.field(DEFAULT_NUM_EXAMPLES, schema.integer(1, 1 << 24))
+  num_eval_examples: int = schema.field(DEFAULT_NUM_EVAL_EXAMPLES, schema.integer(1, 1 << 24))
+
+
+@SOURCES.register("synthetic", fields=SyntheticFields)
 def build(data_config: Any) -> SyntheticSource:
-  """The synthetic source (fields: image_size, num_examples, num_eval_examples)."""
-  return SyntheticSource(
-      data_registry.check_image_size(data_config),
-      data_registry.check_int(
-          data_registry.get_field(data_config, "num_examples", DEFAULT_NUM_EXAMPLES),
-          "config.data.num_examples", 1, 1 << 24),
-      data_registry.check_int(
-          data_registry.get_field(data_config, "num_eval_examples", DEFAULT_NUM_EVAL_EXAMPLES),
-          "config.data.num_eval_examples", 1, 1 << 24))
+  """The synthetic source (fields: `SyntheticFields`)."""
+  f: SyntheticFields = data_registry.parse_source(data_config, "synthetic")
+  return SyntheticSource(f.image_size, f.num_examples, f.num_eval_examples)

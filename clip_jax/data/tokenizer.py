@@ -20,6 +20,7 @@ HuggingFace added tokens, which `tokenizers` would match in the raw text.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import hashlib
 import json
 import logging
@@ -31,11 +32,13 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
+from clip_jax import schema
 from clip_jax.data import cache
 from clip_jax.data import registry as data_registry
-from clip_jax.registry import REQUIRED, ConfigError, Registry
+from clip_jax.registry import ConfigError, Registry
 
 TOKENIZERS: Registry = Registry("tokenizer", "config.data.tokenizer.name")
+TOKENIZER_PATH = "config.data.tokenizer"
 
 PAD_ID = 0
 EOS_ID = 1
@@ -194,34 +197,32 @@ def _bpe_pipeline(model: Any) -> Any:
   return hf
 
 
-def _max_len(data_config: Any) -> int:
-  return data_registry.check_int(
-      data_registry.get_field(data_config, "max_len"), "config.data.max_len", 2, 1 << 20)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BytesFields:
+  """`config.data.tokenizer` of "bytes": vocab_size, optional (None: unchecked); when set, at
+  least the tokenizer's vocabulary (which `make_tokenizer` checks)."""
+
+  vocab_size: int | None = schema.field(None, schema.integer(low=256 + ByteTokenizer.offset))
 
 
-def _tokenizer_config(data_config: Any) -> Any:
-  tok = data_registry.get_field(data_config, "tokenizer")
-  data_registry.get_field(tok, "name", prefix="config.data.tokenizer")
-  return tok
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BpeFields:
+  """`config.data.tokenizer` of "bpe": vocab_size, the size the BPE is fitted to (including the
+  256 byte symbols and 3 reserved tokens), in [259, 2**20]."""
+
+  vocab_size: int = schema.field(check=schema.integer(256 + len(_SPECIAL_TOKENS), 1 << 20))
 
 
-@TOKENIZERS.register("bytes", fields=dict(vocab_size=None))
+@TOKENIZERS.register("bytes", fields=BytesFields)
 def _make_bytes(data_config: Any) -> ByteTokenizer:
-  tok = _tokenizer_config(data_config)
-  vocab = data_registry.get_field(tok, "vocab_size", None, prefix="config.data.tokenizer")
-  if vocab is not None:
-    data_registry.check_int(vocab, "config.data.tokenizer.vocab_size", 256 + ByteTokenizer.offset)
-  return ByteTokenizer(_max_len(data_config))
+  return ByteTokenizer(data_registry.parse_data(data_config)[1].max_len)
 
 
-@TOKENIZERS.register("bpe", fields=dict(vocab_size=REQUIRED))
+@TOKENIZERS.register("bpe", fields=BpeFields)
 def _make_bpe(data_config: Any) -> BpeTokenizer:
-  tok = _tokenizer_config(data_config)
-  minimum = 256 + len(_SPECIAL_TOKENS)
-  vocab_size = data_registry.check_int(
-      data_registry.get_field(tok, "vocab_size", prefix="config.data.tokenizer"),
-      "config.data.tokenizer.vocab_size", minimum, 1 << 20)
-  max_len = _max_len(data_config)
+  _, data = data_registry.parse_data(data_config)
+  vocab_size = TOKENIZERS.parse(data.tokenizer, TOKENIZER_PATH, name="bpe").vocab_size
+  max_len = data.max_len
   source = data_registry.build_source(data_config)
   captions = source.train_captions()
   key = hashlib.sha256(json.dumps(
@@ -250,12 +251,17 @@ def make_tokenizer(data_config: Any) -> Tokenizer:
 
   "bpe" fits on the training captions of the configured source on first use (a few tens of
   milliseconds for the emoji demo) and caches the result; later calls load it.
+
+  Raises:
+    ConfigError: naming `config.data.<field>` or `config.data.tokenizer.<field>` (see
+      `parse_data`), or a `vocab_size` smaller than the tokenizer's vocabulary.
   """
-  tok = _tokenizer_config(data_config)
-  name = tok["name"]
+  _, data = data_registry.parse_data(data_config)
+  fields = TOKENIZERS.parse(data.tokenizer, TOKENIZER_PATH)
+  name = data.tokenizer["name"]
   tokenizer = TOKENIZERS.get(name)(data_config)
-  limit = tok["vocab_size"] if "vocab_size" in tok else None
+  limit = getattr(fields, "vocab_size", None)
   if limit is not None and tokenizer.vocab_size > limit:
-    raise ConfigError(f"config.data.tokenizer.vocab_size = {limit} is smaller than the "
+    raise ConfigError(f"{TOKENIZER_PATH}.vocab_size = {limit} is smaller than the "
                       f"{name!r} tokenizer's vocabulary ({tokenizer.vocab_size})")
   return tokenizer

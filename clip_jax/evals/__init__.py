@@ -20,7 +20,6 @@ from clip_jax.evals.registry import EVALUATORS
 from clip_jax.evals.retrieval import RetrievalEvaluator, retrieval_recalls
 from clip_jax.evals.templates import TEMPLATE_SETS, get_templates
 from clip_jax.evals.zeroshot import ZeroShotClassificationEvaluator, classification_metrics
-from clip_jax.registry import ConfigError
 
 __all__ = [
     "EVALUATORS", "EmbedFn", "EvalSet", "Evaluator", "RetrievalEvaluator", "TEMPLATE_SETS",
@@ -66,13 +65,6 @@ def make_evaluators(config: Any, tokenizer: Tokenizer, *,
 
   evaluators = {}
   for eval_name, cfg in evals_cfg.items():
-    if not hasattr(cfg, "items"):
-      raise ConfigError(f"config.evals.{eval_name} = {cfg!r}; each eval must be a ConfigDict "
-                        f"with a `name` (one of: {', '.join(EVALUATORS.names())})")
-    name = cfg.get("name", None)
-    if name is None:
-      raise ConfigError(f"config.evals.{eval_name}.name is missing; choose one of: "
-                        f"{', '.join(EVALUATORS.names())}")
-    cls = EVALUATORS.get(name, field=f"config.evals.{eval_name}.name")
+    cls = EVALUATORS.get(EVALUATORS.select(cfg, f"config.evals.{eval_name}"))
     evaluators[eval_name] = cls(eval_name, cfg, tokenizer=tokenizer, load_split=cached_load)
   return evaluators

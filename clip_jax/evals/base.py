@@ -1,4 +1,4 @@
-"""Shared pieces of the evaluators: the base class, config-field checking, embedding checks.
+"""Shared pieces of the evaluators: the base class, the fields of a split, embedding checks.
 
 An evaluator is built once from its config entry `config.evals.<eval_name>` (loading its data and
 tokenising its texts at construction) and then called with an `embed` function each time the
@@ -13,11 +13,13 @@ device batching and sharding. Metrics are computed on the host in numpy.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
-from clip_jax.registry import REQUIRED, ConfigError
+from clip_jax import schema
+from clip_jax.evals.registry import EVALUATORS
 
 EmbedFn = Callable[[str, np.ndarray], np.ndarray]
 
@@ -39,20 +41,34 @@ class EvalSet(Protocol):
 LoadSplitFn = Callable[[str], EvalSet]
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SplitFields:
+  """The fields of an evaluator on one eval split (`config.evals.<eval_name>`).
+
+  Attributes:
+    split: the split passed to `load_eval_split` (e.g. "heldout").
+    image_modality: the modality name `embed` gets the images under.
+    text_modality: the modality name `embed` gets the token ids under.
+  """
+
+  split: str = schema.field(check=schema.string(nonempty=True))
+  image_modality: str = "image"
+  text_modality: str = "text"
+
 
 class Evaluator:
   """Base class: reads and checks the evaluator's config fields.
 
-  Subclasses set `FIELDS` (field name -> default, or REQUIRED) and implement `__call__`.
-  `self.fields` holds the resolved values; unknown or missing fields raise ConfigError naming
-  `config.evals.<eval_name>.<field>`.
+  Subclasses set `Fields` (a `clip_jax.schema` dataclass of their fields besides `name`) and
+  implement `__call__`. `self.fields` holds the parsed values; an unknown, missing or invalid
+  field raises ConfigError naming `config.evals.<eval_name>.<field>`.
   """
 
-  FIELDS: Mapping[str, Any] = {"name": REQUIRED}
+  Fields: type
 
   def __init__(self, eval_name: str, cfg: Mapping[str, Any]):
     self.eval_name = eval_name
-    self.fields = read_fields(eval_name, cfg, self.FIELDS)
+    self.fields = EVALUATORS.parse(cfg, f"config.evals.{eval_name}")
 
   def field_path(self, field: str) -> str:
     """The config path of one of this evaluator's fields, for error messages."""
@@ -60,31 +76,6 @@ class Evaluator:
 
   def __call__(self, embed: EmbedFn) -> dict[str, float]:
     raise NotImplementedError
-
-
-def read_fields(eval_name: str, cfg: Mapping[str, Any],
-                fields: Mapping[str, Any]) -> dict[str, Any]:
-  """Returns {field: value} for `fields`, taking values from `cfg` and defaults from `fields`.
-
-  Raises:
-    ConfigError: `cfg` has a field not in `fields` (likely a typo), or lacks a REQUIRED one.
-  """
-  given = dict(cfg.items())
-  unknown = sorted(set(given) - set(fields))
-  if unknown:
-    raise ConfigError(
-        f"config.evals.{eval_name}.{unknown[0]} is not a field of evaluator "
-        f"{given.get('name')!r}; allowed fields: {', '.join(sorted(fields))}")
-  out = {}
-  for field, default in fields.items():
-    if field in given:
-      out[field] = given[field]
-    elif default is REQUIRED:
-      raise ConfigError(f"config.evals.{eval_name}.{field} is required for evaluator "
-                        f"{given.get('name')!r}")
-    else:
-      out[field] = default
-  return out
 
 
 def embed_checked(embed: EmbedFn, modality: str, inputs: np.ndarray,

@@ -3,4 +3,4 @@
 from clip_jax.registry import Registry
 
 EVALUATORS: Registry = Registry("evaluator", "config.evals.<name>.name",
-                                fields_of=lambda cls: cls.FIELDS)
+                                fields_of=lambda cls: cls.Fields)

@@ -45,9 +45,9 @@ from typing import Any, Hashable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from clip_jax.evals.base import REQUIRED, EmbedFn, Evaluator, LoadSplitFn, Tokenizer, embed_checked
+from clip_jax.evals.base import (EmbedFn, Evaluator, LoadSplitFn, SplitFields, Tokenizer,
+                                embed_checked)
 from clip_jax.evals.registry import EVALUATORS
-from clip_jax.registry import ConfigError
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 CHUNK_ROWS = 4096  # query rows per similarity block
@@ -271,27 +271,20 @@ class RetrievalEvaluator(Evaluator):
   Byte-identical images and identical caption strings of the split are equivalent answers (see
   the module docstring for the rule and how it differs from open_clip / CLIP_benchmark).
 
-  Config fields (`config.evals.<eval_name>`):
-    name: "retrieval".
-    split: the split passed to `load_eval_split` (e.g. "heldout").
-    image_modality: the modality name `embed` gets the images under (default "image").
-    text_modality: the modality name `embed` gets the token ids under (default "text").
+  Config fields (`config.evals.<eval_name>`): name ("retrieval") and `SplitFields` (split,
+  image_modality, text_modality).
 
   Metrics: `<eval_name>/i2t_recall@{1,5,10}`, `<eval_name>/t2i_recall@{1,5,10}`,
   `<eval_name>/mean_recall` (the mean of those six), `<eval_name>/num_images`,
   `<eval_name>/num_texts`.
   """
 
-  FIELDS = {"name": REQUIRED, "split": REQUIRED, "image_modality": "image",
-            "text_modality": "text"}
+  Fields = SplitFields
 
   def __init__(self, eval_name: str, cfg: Mapping[str, Any], *, tokenizer: Tokenizer,
                load_split: LoadSplitFn):
     super().__init__(eval_name, cfg)
-    split = self.fields["split"]
-    if not isinstance(split, str) or not split:
-      raise ConfigError(f"{self.field_path('split')} = {split!r}; give the name of an eval split "
-                        "(e.g. 'heldout')")
+    split = self.fields.split
     eval_set = load_split(split)
     self.images = np.asarray(eval_set.images)  # [N, H, W, 3]
     texts = list(eval_set.texts)
@@ -315,8 +308,8 @@ class RetrievalEvaluator(Evaluator):
     return len(self.tokens)
 
   def __call__(self, embed: EmbedFn) -> dict[str, float]:
-    image_emb = embed_checked(embed, self.fields["image_modality"], self.images, "images")
-    text_emb = embed_checked(embed, self.fields["text_modality"], self.tokens, "token ids")
+    image_emb = embed_checked(embed, self.fields.image_modality, self.images, "images")
+    text_emb = embed_checked(embed, self.fields.text_modality, self.tokens, "token ids")
     recalls = retrieval_recalls(image_emb, text_emb, self.text_image,
                                 image_class=self.image_class, text_class=self.text_class)
     out = {f"{self.eval_name}/{k}": v for k, v in recalls.items()}

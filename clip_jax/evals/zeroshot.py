@@ -15,11 +15,14 @@ treated as unlabelled and skipped.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from clip_jax.evals.base import REQUIRED, EmbedFn, Evaluator, LoadSplitFn, Tokenizer, embed_checked
+from clip_jax import schema
+from clip_jax.evals.base import (EmbedFn, Evaluator, LoadSplitFn, SplitFields, Tokenizer,
+                                embed_checked)
 from clip_jax.evals.registry import EVALUATORS
 from clip_jax.evals.retrieval import row_blocks
 from clip_jax.evals.templates import get_templates
@@ -107,36 +110,41 @@ def classification_metrics(image_emb: np.ndarray, class_emb: np.ndarray, labels:
   return out
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ZeroShotFields(SplitFields):
+  """The fields of "zeroshot_classification": `SplitFields` plus
+
+  Attributes:
+    label: which label set of the split to classify by (a key of `eval_set.labels`).
+    templates: a template set name from `clip_jax.evals.templates.TEMPLATE_SETS`, or a tuple of
+      format strings with one "{}"; parsed into the tuple of templates.
+  """
+
+  label: str = schema.field(check=schema.string(nonempty=True))
+  templates: Any = schema.field("emoji", get_templates)
+
+
 @EVALUATORS.register("zeroshot_classification")
 class ZeroShotClassificationEvaluator(Evaluator):
   """Zero-shot classification of an eval split's images by one of its label sets.
 
-  Config fields (`config.evals.<eval_name>`):
-    name: "zeroshot_classification".
-    split: the split passed to `load_eval_split`.
-    label: which label set of the split to classify by (a key of `eval_set.labels`).
-    templates: a template set name from `clip_jax.evals.templates.TEMPLATE_SETS` (default
-      "emoji"), or a tuple of format strings with one "{}".
-    image_modality, text_modality: the modality names for `embed` (defaults "image", "text").
+  Config fields (`config.evals.<eval_name>`): name ("zeroshot_classification") and
+  `ZeroShotFields`.
 
   Metrics: `<eval_name>/top1`, `<eval_name>/top5` (K capped at the number of classes),
   `<eval_name>/mean_per_class_recall`, `<eval_name>/num_classes`, `<eval_name>/num_images` (the
   labelled images).
   """
 
-  FIELDS = {"name": REQUIRED, "split": REQUIRED, "label": REQUIRED, "templates": "emoji",
-            "image_modality": "image", "text_modality": "text"}
+  Fields = ZeroShotFields
 
   def __init__(self, eval_name: str, cfg: Mapping[str, Any], *, tokenizer: Tokenizer,
                load_split: LoadSplitFn):
     super().__init__(eval_name, cfg)
-    self.templates = get_templates(self.fields["templates"], self.field_path("templates"))
-    split = self.fields["split"]
-    if not isinstance(split, str) or not split:
-      raise ConfigError(f"{self.field_path('split')} = {split!r}; give the name of an eval split "
-                        "(e.g. 'heldout')")
+    self.templates = self.fields.templates
+    split = self.fields.split
     eval_set = load_split(split)
-    label = self.fields["label"]
+    label = self.fields.label
     available = dict(eval_set.labels)
     if label not in available:
       raise ConfigError(
@@ -174,13 +182,13 @@ class ZeroShotClassificationEvaluator(Evaluator):
 
   def class_embeddings(self, embed: EmbedFn) -> np.ndarray:
     """float32 [C, d] prompt-ensemble class embeddings."""
-    prompt_emb = embed_checked(embed, self.fields["text_modality"], self.tokens, "prompt tokens")
+    prompt_emb = embed_checked(embed, self.fields.text_modality, self.tokens, "prompt tokens")
     return ensemble_class_embeddings(prompt_emb, len(self.templates))
 
   def __call__(self, embed: EmbedFn) -> dict[str, float]:
     class_emb = self.class_embeddings(embed)
     images = self.images if self._labelled.all() else self.images[self._labelled]
-    image_emb = embed_checked(embed, self.fields["image_modality"], images, "images")
+    image_emb = embed_checked(embed, self.fields.image_modality, images, "images")
     metrics = classification_metrics(image_emb, class_emb, self.labels[self._labelled])
     out = {f"{self.eval_name}/{k}": v for k, v in metrics.items()}
     out[f"{self.eval_name}/num_classes"] = float(self.num_classes)

@@ -17,13 +17,14 @@ objective (clip_jax.losses.objectives.pairwise) is the same sum over pairs of mo
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import jax
 import ml_collections
 
+from clip_jax import schema
 from clip_jax.losses import registry as reg
-from clip_jax.registry import REQUIRED
 
 Array = jax.Array
 
@@ -95,23 +96,33 @@ def weighted_sum(terms: Mapping[str, tuple[float, reg.Objective]], *,
       batch_keys=tuple(dict.fromkeys(k for o in objectives for k in o.batch_keys)))
 
 
-@reg.LOSSES.register("composite", fields={"terms": REQUIRED})
+def _check_terms(terms: Any, path: str) -> Any:
+  if not hasattr(terms, "items") or not len(terms):
+    raise reg.ConfigError(
+        f"{path} must be a non-empty ConfigDict {{term_name: ConfigDict(name=<loss>, "
+        f"weight=<float>, ...)}}; got {terms!r}")
+  return terms
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CompositeFields:
+  """`config.loss` of "composite": terms, {term name: ConfigDict(name=<loss>, weight=<float,
+  default 1>, <that loss's fields>)} (see the module docstring)."""
+
+  terms: Any = schema.field(check=_check_terms, factory=ml_collections.ConfigDict)
+
+
+@reg.LOSSES.register("composite", fields=CompositeFields)
 def composite_objective(loss_config: Any, *, axis_name: reg.AxisName) -> reg.Objective:
   """Builds the weighted sum of `loss_config.terms` (see the module docstring)."""
-  fields = reg.read_fields(loss_config, {"terms": None})
-  terms_config = fields["terms"]
-  if terms_config is None or not hasattr(terms_config, "items") or not len(terms_config):
-    raise reg.ConfigError(
-        "config.loss.terms must be a non-empty ConfigDict {term_name: ConfigDict(name=<loss>, "
-        f"weight=<float>, ...)}}; got {terms_config!r}")
+  f: CompositeFields = reg.LOSSES.parse(loss_config, name="composite")
   terms: dict[str, tuple[float, reg.Objective]] = {}
-  for term, term_config in terms_config.items():
+  for term, term_config in f.terms.items():
     field = f"config.loss.terms.{term}"
     if not isinstance(term, str) or not term or "/" in term:
       raise reg.ConfigError(f"config.loss.terms: term names must be non-empty strings without "
                             f"'/'; got {term!r}")
     sub = term_fields(term_config, field)
-    weight = sub.pop("weight", 1.0)
-    reg.check_number(f"{field}.weight", weight)
-    terms[term] = (float(weight), build_term(sub, field, axis_name=axis_name))
+    weight = schema.number()(sub.pop("weight", 1.0), f"{field}.weight")
+    terms[term] = (weight, build_term(sub, field, axis_name=axis_name))
   return weighted_sum(terms)

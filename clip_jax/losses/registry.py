@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from clip_jax.losses.collectives import AxisName
+from clip_jax import schema
 from clip_jax.registry import ConfigError, Registry
 
 Array = jax.Array
@@ -129,71 +130,6 @@ def make_objective(loss_config: Any, *, axis_name: AxisName) -> Objective:
   return LOSSES.get(loss_config.name)(loss_config, axis_name=axis_name)
 
 
-def read_fields(loss_config: Any, defaults: Mapping[str, Any], *,
-                field: str = "config.loss") -> dict[str, Any]:
-  """Reads an objective's config fields: `defaults` overridden by the fields present.
-
-  Args:
-    loss_config: a ConfigDict (or mapping) with a `name` field and any of the fields in
-      `defaults`.
-    defaults: every field the objective understands, with its default value.
-    field: how the config is spelt in error messages.
-
-  Returns:
-    A plain dict with one entry per key of `defaults`.
-
-  Raises:
-    ConfigError: naming the first field the objective does not know, and the known fields.
-  """
-  present = dict(loss_config.items())
-  name = present.pop("name", None)
-  for key in present:
-    if key not in defaults:
-      raise ConfigError(
-          f"{field}.{key} is not a field of loss {name!r}; known fields: "
-          f"{', '.join(['name', *sorted(defaults)])}")
-  return {key: present.get(key, default) for key, default in defaults.items()}
-
-
-def check_choice(field: str, value: Any, choices: tuple[Any, ...]) -> None:
-  """Raises ConfigError unless `value` is one of `choices`."""
-  if value not in choices:
-    raise ConfigError(
-        f"{field} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-
-
-def check_number(field: str, value: Any, *, low: float | None = None, high: float | None = None,
-                 high_open: bool = False, integer: bool = False) -> None:
-  """Raises ConfigError unless `value` is a number (an int if `integer`) in [low, high]."""
-  kinds = (int,) if integer else (int, float)
-  if isinstance(value, bool) or not isinstance(value, kinds):
-    raise ConfigError(f"{field} must be {'an int' if integer else 'a number'}; got {value!r}")
-  if low is not None and value < low:
-    raise ConfigError(f"{field} must be >= {low}; got {value!r}")
-  if high is not None and (value >= high if high_open else value > high):
-    raise ConfigError(f"{field} must be {'<' if high_open else '<='} {high}; got {value!r}")
-
-
-def check_bool(field: str, value: Any) -> None:
-  if not isinstance(value, bool):
-    raise ConfigError(f"{field} must be True or False; got {value!r}")
-
-
-def check_modalities(field: str, value: Any, count: int | None = 2) -> tuple[str, ...]:
-  """Returns `value` as a tuple of distinct modality names (exactly `count` of them if given)."""
-  if isinstance(value, str):
-    value = (value,)
-  try:
-    names = tuple(value)
-  except TypeError:
-    names = ()
-  if (not names or not all(isinstance(m, str) and m for m in names)
-      or len(set(names)) != len(names) or (count is not None and len(names) != count)):
-    what = f"{count} distinct modality names" if count else "distinct modality names"
-    raise ConfigError(f"{field} must be {what}, e.g. ('image', 'text'); got {value!r}")
-  return names
-
-
 def get_embeddings(outputs: Mapping[str, Array], modalities: Sequence[str],
                    field: str = "config.loss.modalities") -> list[Array]:
   """The float32 `[n, d]` embeddings of `modalities` from the model outputs.
@@ -215,38 +151,37 @@ def get_embeddings(outputs: Mapping[str, Array], modalities: Sequence[str],
   return embs
 
 
-# The fields shared by the pairwise contrastive objectives (sigmoid, softmax), with their defaults;
-# each objective adds its own `init_scale` and any fields of its own.
-CONTRASTIVE_DEFAULTS: dict[str, Any] = dict(
-    modalities=("image", "text"),
-    impl="ring",
-    chunk_size=0,
-    label_smoothing=0.0,
-    learn_scale=True,
-    max_scale=0.0,
-)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ImplFields:
+  """The fields of an objective whose CLIP or SigLIP term runs on `softmax_loss` /
+  `sigmoid_loss`: `impl` ("ring" | "all_gather") and `chunk_size` (ring only; 0 = whole
+  blocks)."""
+
+  impl: str = schema.field("ring", schema.one_of("ring", "all_gather"))
+  chunk_size: int = schema.field(0, schema.integer(low=0))
+
+  def check(self, path: str) -> None:
+    if self.chunk_size and self.impl != "ring":
+      raise ConfigError(f"{path}.chunk_size applies to {path}.impl = 'ring' only; "
+                        f"got impl {self.impl!r} with chunk_size {self.chunk_size}")
 
 
-def check_impl(fields: Mapping[str, Any], field: str = "config.loss") -> None:
-  """Validates `impl` ("ring" | "all_gather") and `chunk_size` (ring only) of an objective
-  whose CLIP or SigLIP term runs on `softmax_loss` / `sigmoid_loss`."""
-  check_choice(f"{field}.impl", fields["impl"], ("ring", "all_gather"))
-  if fields["chunk_size"] is not None:
-    check_number(f"{field}.chunk_size", fields["chunk_size"], low=0, integer=True)
-  if fields["chunk_size"] and fields["impl"] != "ring":
-    raise ConfigError(f"{field}.chunk_size applies to {field}.impl = 'ring' only; "
-                      f"got impl {fields['impl']!r} with chunk_size {fields['chunk_size']}")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ContrastiveFields(ImplFields):
+  """The fields shared by the pairwise contrastive objectives (sigmoid, softmax); each adds its
+  own `init_scale` (t' with t = exp(t')).
 
+  Attributes:
+    modalities: (x, y).
+    label_smoothing: in [0, 1).
+    learn_scale: False: t stays exp(init_scale), outside the optimizer, without a gradient.
+    max_scale: 0 = no bound, else t' is projected into (-inf, log max_scale] after each update.
+  """
 
-def check_contrastive_fields(fields: Mapping[str, Any], field: str = "config.loss") -> None:
-  """Validates the fields shared by the pairwise contrastive objectives (sigmoid, softmax)."""
-  check_modalities(f"{field}.modalities", fields["modalities"])
-  check_impl(fields, field)
-  check_number(f"{field}.label_smoothing", fields["label_smoothing"], low=0.0, high=1.0,
-               high_open=True)
-  check_number(f"{field}.init_scale", fields["init_scale"])
-  check_bool(f"{field}.learn_scale", fields["learn_scale"])
-  check_number(f"{field}.max_scale", fields["max_scale"], low=0.0)
+  modalities: tuple[str, ...] = schema.field(("image", "text"), schema.modalities(count=2))
+  label_smoothing: float = schema.field(0.0, schema.number(low=0.0, high=1.0, high_open=True))
+  learn_scale: bool = True
+  max_scale: float = schema.field(0.0, schema.number(low=0.0))
 
 
 def temperature(raw_scale: Array, learned: bool = True) -> Array:

@@ -32,6 +32,7 @@ global loss. Two implementations:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, Mapping
@@ -171,47 +172,40 @@ def _ring_bwd(axes, size, eps, lay, res, g):
 _ring_sum.defvjp(_ring_fwd, _ring_bwd)
 
 
-SIGMOID_DEFAULTS: dict[str, Any] = dict(
-    reg.CONTRASTIVE_DEFAULTS,  # modalities, impl, chunk_size, label_smoothing, learn_scale, ...
-    init_scale=math.log(10.0),
-    init_bias=-10.0,
-    use_bias=True,
-)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SigmoidFields(reg.ContrastiveFields):
+  """`config.loss` of "sigmoid": `ContrastiveFields` (modalities, impl, chunk_size,
+  label_smoothing, learn_scale, max_scale) and init_scale (t' with t = exp(t')), init_bias (b's
+  initial value), use_bias (False: b = 0 and no bias parameter)."""
+
+  init_scale: float = math.log(10.0)
+  init_bias: float = -10.0
+  use_bias: bool = True
 
 
-@reg.LOSSES.register("sigmoid", fields=SIGMOID_DEFAULTS)
+@reg.LOSSES.register("sigmoid", fields=SigmoidFields)
 def sigmoid_objective(loss_config: Any, *, axis_name: C.AxisName) -> reg.Objective:
-  """The SigLIP objective between two modalities.
-
-  Config fields (defaults in SIGMOID_DEFAULTS): modalities (x, y), impl ("ring" | "all_gather"),
-  chunk_size (0 = whole blocks), label_smoothing, init_scale (t' with t = exp(t')), init_bias,
-  learn_scale (False: t stays exp(init_scale), outside the optimizer, no gradient), max_scale
-  (0 = no bound, else t' is projected into (-inf, log max_scale] after each update), use_bias
-  (False: b = 0 and no bias parameter).
+  """The SigLIP objective between two modalities (config fields: `SigmoidFields`).
 
   Params: {"scale": t', "bias": b} ("bias" only with use_bias). Metrics: loss, scale (t) and
   bias (with use_bias).
   """
-  f = reg.read_fields(loss_config, SIGMOID_DEFAULTS)
-  reg.check_contrastive_fields(f)
-  reg.check_number("config.loss.init_bias", f["init_bias"])
-  reg.check_bool("config.loss.use_bias", f["use_bias"])
-  modalities = reg.check_modalities("config.loss.modalities", f["modalities"])
-  init_params = {"scale": reg.scale_param(f["init_scale"], learn_scale=f["learn_scale"],
-                                          max_scale=f["max_scale"])}
-  if f["use_bias"]:
-    init_params["bias"] = reg.Param(float(f["init_bias"]))
+  f: SigmoidFields = reg.LOSSES.parse(loss_config, name="sigmoid")
+  init_params = {"scale": reg.scale_param(f.init_scale, learn_scale=f.learn_scale,
+                                          max_scale=f.max_scale)}
+  if f.use_bias:
+    init_params["bias"] = reg.Param(f.init_bias)
 
   def apply(outputs: Mapping[str, jax.Array],
             loss_params: Mapping[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
-    x, y = reg.get_embeddings(outputs, modalities)
-    t = reg.temperature(loss_params["scale"], f["learn_scale"])
-    b = jnp.asarray(loss_params["bias"], jnp.float32) if f["use_bias"] else jnp.float32(0.0)
-    loss = sigmoid_loss(x, y, t, b, axis_name=axis_name, impl=f["impl"],
-                        chunk_size=f["chunk_size"] or None, label_smoothing=f["label_smoothing"])
+    x, y = reg.get_embeddings(outputs, f.modalities)
+    t = reg.temperature(loss_params["scale"], f.learn_scale)
+    b = jnp.asarray(loss_params["bias"], jnp.float32) if f.use_bias else jnp.float32(0.0)
+    loss = sigmoid_loss(x, y, t, b, axis_name=axis_name, impl=f.impl,
+                        chunk_size=f.chunk_size or None, label_smoothing=f.label_smoothing)
     metrics = {"loss": loss, "scale": t}
-    if f["use_bias"]:
+    if f.use_bias:
       metrics["bias"] = b
     return loss, metrics
 
-  return reg.Objective(init_params=init_params, apply=apply, modalities=modalities)
+  return reg.Objective(init_params=init_params, apply=apply, modalities=f.modalities)

@@ -31,6 +31,7 @@ global sums of x and y) are computed outside the ring with ordinary autodiff.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -176,33 +177,28 @@ def _ring_bwd(axes, size, lay, res, cotangents):
 _ring_lse.defvjp(_ring_fwd, _ring_bwd)
 
 
-SOFTMAX_DEFAULTS: dict[str, Any] = dict(
-    reg.CONTRASTIVE_DEFAULTS,  # modalities, impl, chunk_size, label_smoothing, learn_scale, ...
-    init_scale=math.log(1 / 0.07),
-)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SoftmaxFields(reg.ContrastiveFields):
+  """`config.loss` of "softmax": `ContrastiveFields` (modalities, impl, chunk_size,
+  label_smoothing, learn_scale, max_scale; CLIP uses max_scale 100, as open_clip clamps t) and
+  init_scale (t' with t = exp(t'))."""
+
+  init_scale: float = math.log(1 / 0.07)
 
 
-@reg.LOSSES.register("softmax", fields=SOFTMAX_DEFAULTS)
+@reg.LOSSES.register("softmax", fields=SoftmaxFields)
 def softmax_objective(loss_config: Any, *, axis_name: C.AxisName) -> reg.Objective:
-  """The CLIP objective between two modalities.
-
-  Config fields (defaults in SOFTMAX_DEFAULTS): modalities (x, y), impl ("ring" | "all_gather"),
-  chunk_size (0 = whole blocks), label_smoothing, init_scale (t' with t = exp(t')), learn_scale
-  (False: t stays exp(init_scale), outside the optimizer, no gradient), max_scale (0 = no bound;
-  CLIP uses 100: t' is projected into (-inf, log 100] after each update, as open_clip clamps it).
+  """The CLIP objective between two modalities (config fields: `SoftmaxFields`).
 
   Params: {"scale": t'}. Metrics: loss, scale (t).
   """
-  f = reg.read_fields(loss_config, SOFTMAX_DEFAULTS)
-  reg.check_contrastive_fields(f)
-  modalities = reg.check_modalities("config.loss.modalities", f["modalities"])
+  f: SoftmaxFields = reg.LOSSES.parse(loss_config, name="softmax")
 
   def loss_fn(embeddings, t, outputs):
     del outputs
     x, y = embeddings
-    return softmax_loss(x, y, t, axis_name=axis_name, impl=f["impl"],
-                        chunk_size=f["chunk_size"] or None,
-                        label_smoothing=f["label_smoothing"]), {}
+    return softmax_loss(x, y, t, axis_name=axis_name, impl=f.impl,
+                        chunk_size=f.chunk_size or None, label_smoothing=f.label_smoothing), {}
 
-  return reg.scaled_objective(loss_fn, modalities=modalities, init_scale=f["init_scale"],
-                              learn_scale=f["learn_scale"], max_scale=f["max_scale"])
+  return reg.scaled_objective(loss_fn, modalities=f.modalities, init_scale=f.init_scale,
+                              learn_scale=f.learn_scale, max_scale=f.max_scale)

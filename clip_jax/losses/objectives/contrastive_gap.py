@@ -39,31 +39,36 @@ blocks at the price of D sequential steps.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from clip_jax import schema
 from clip_jax.losses import collectives as C
 from clip_jax.losses.numerics import dot_t
-from clip_jax.losses.objectives.fields import Fields
-from clip_jax.losses.registry import LOSSES, Objective, check_impl, scaled_objective
+from clip_jax.losses.registry import LOSSES, ImplFields, Objective, scaled_objective
 from clip_jax.losses.softmax import softmax_loss
 
 Array = jax.Array
 
-CONTRASTIVE_GAP_DEFAULTS: dict[str, Any] = dict(
-    modalities=("image", "text"),
-    impl="all_gather",
-    chunk_size=0,
-    align_weight=1.0,
-    uniform_weight=1.0,
-    cross_uniform_weight=1.0,
-    uniformity_t=2.0,
-    init_scale=math.log(100.0),
-    learn_scale=False,
-)
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ContrastiveGapFields(ImplFields):
+  """`config.loss` of "contrastive_gap": modalities (x, y); impl ("all_gather" | "ring") and
+  chunk_size (ring only, 0 = whole blocks) of the CLIP term; align_weight, uniform_weight,
+  cross_uniform_weight (>= 0); uniformity_t (> 0); init_scale (t'); learn_scale."""
+
+  modalities: tuple[str, ...] = schema.field(("image", "text"), schema.modalities(count=2))
+  impl: str = schema.field("all_gather", schema.one_of("ring", "all_gather"))
+  align_weight: float = schema.field(1.0, schema.number(low=0.0))
+  uniform_weight: float = schema.field(1.0, schema.number(low=0.0))
+  cross_uniform_weight: float = schema.field(1.0, schema.number(low=0.0))
+  uniformity_t: float = schema.field(2.0, schema.number(low=0.0, low_open=True))
+  init_scale: float = math.log(100.0)
+  learn_scale: bool = False
 
 
 def _sq_dists(a: Array, b_all: Array) -> Array:
@@ -119,34 +124,27 @@ def contrastive_gap_loss(x: Array, y: Array, t: Array, *, axis_name: C.AxisName 
                     uniform_y=uniform_y, cross_uniform=cross_uniform)
 
 
-@LOSSES.register("contrastive_gap", fields=CONTRASTIVE_GAP_DEFAULTS)
+@LOSSES.register("contrastive_gap", fields=ContrastiveGapFields)
 def contrastive_gap_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
-  """CLIP + uniformity + alignment (+ cross-modal uniformity) between two modalities.
-
-  Config fields (defaults in CONTRASTIVE_GAP_DEFAULTS): modalities (x, y); impl ("all_gather" |
-  "ring") and chunk_size (ring only, 0 = whole blocks) of the CLIP term; align_weight,
-  uniform_weight, cross_uniform_weight (>= 0); uniformity_t (> 0); init_scale (t'); learn_scale.
+  """CLIP + uniformity + alignment (+ cross-modal uniformity) between two modalities (config
+  fields: `ContrastiveGapFields`).
 
   Params: {"scale": t'}. Metrics: loss, scale (t), clip, align, uniform, uniform_<x>,
   uniform_<y>, cross_uniform.
   """
-  f = Fields(loss_config, CONTRASTIVE_GAP_DEFAULTS)
-  modalities = f.modalities(count=2)
-  weights = {k: f.number(k, low=0.0)
-             for k in ("align_weight", "uniform_weight", "cross_uniform_weight")}
-  uniformity_t = f.number("uniformity_t", low=0.0, low_open=True)
-  check_impl(f.values, f.prefix)
-  clip_impl = dict(impl=f.raw("impl"), chunk_size=f.raw("chunk_size") or None)
+  f: ContrastiveGapFields = LOSSES.parse(loss_config, name="contrastive_gap")
+  x_name, y_name = f.modalities
 
   def loss_fn(embeddings, t, outputs):
     del outputs
     x, y = embeddings
-    loss, m = contrastive_gap_loss(x, y, t, axis_name=axis_name, uniformity_t=uniformity_t,
-                                   **weights, **clip_impl)
+    loss, m = contrastive_gap_loss(
+        x, y, t, axis_name=axis_name, uniformity_t=f.uniformity_t, align_weight=f.align_weight,
+        uniform_weight=f.uniform_weight, cross_uniform_weight=f.cross_uniform_weight,
+        impl=f.impl, chunk_size=f.chunk_size or None)
     return loss, {"clip": m["clip"], "align": m["align"], "uniform": m["uniform"],
-                  f"uniform_{modalities[0]}": m["uniform_x"],
-                  f"uniform_{modalities[1]}": m["uniform_y"],
+                  f"uniform_{x_name}": m["uniform_x"], f"uniform_{y_name}": m["uniform_y"],
                   "cross_uniform": m["cross_uniform"]}
 
-  return scaled_objective(loss_fn, modalities=modalities, init_scale=f.number("init_scale"),
-                          learn_scale=f.boolean("learn_scale"))
+  return scaled_objective(loss_fn, modalities=f.modalities, init_scale=f.init_scale,
+                          learn_scale=f.learn_scale)

@@ -33,6 +33,7 @@ the weights and for each direction's logits; reduced with psum / N.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -40,22 +41,29 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from clip_jax import schema
 from clip_jax.losses import collectives as C
 from clip_jax.losses.numerics import dot_t, logsumexp
-from clip_jax.losses.objectives.fields import Fields
 from clip_jax.losses.registry import LOSSES, Objective, scaled_objective
 
 Array = jax.Array
 
 DIRECTIONS = ("both", "student_to_teacher", "teacher_to_student")
 
-CWCL_DEFAULTS: dict[str, Any] = dict(
-    modalities=("image", "text"),
-    teacher_modality="text",
-    directions="both",
-    init_scale=math.log(1 / 0.07),
-    learn_scale=True,
-)
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CwclFields:
+  """`config.loss` of "cwcl": modalities (two names); teacher_modality (one of them; the other
+  is the student); directions (one of `DIRECTIONS`); init_scale (t'); learn_scale."""
+
+  modalities: tuple[str, ...] = schema.field(("image", "text"), schema.modalities(count=2))
+  teacher_modality: str = "text"
+  directions: str = schema.field("both", schema.one_of(*DIRECTIONS))
+  init_scale: float = math.log(1 / 0.07)
+  learn_scale: bool = True
+
+  def check(self, path: str) -> None:
+    schema.one_of(*self.modalities)(self.teacher_modality, f"{path}.teacher_modality")
 
 
 def cwcl_loss(p: Array, q: Array, t: Array, *, axis_name: C.AxisName = None,
@@ -96,13 +104,10 @@ def cwcl_loss(p: Array, q: Array, t: Array, *, axis_name: C.AxisName = None,
   return loss, metrics
 
 
-@LOSSES.register("cwcl", fields=CWCL_DEFAULTS)
+@LOSSES.register("cwcl", fields=CwclFields)
 def cwcl_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
-  """CWCL between a student modality and a frozen teacher modality.
-
-  Config fields (defaults in CWCL_DEFAULTS): modalities (two names); teacher_modality (one of
-  them; the other is the student); directions ("both" | "student_to_teacher" |
-  "teacher_to_student"); init_scale (t'); learn_scale.
+  """CWCL between a student modality and a frozen teacher modality (config fields:
+  `CwclFields`).
 
   Params: {"scale": t'}. Metrics: loss, scale (t), student_to_teacher, teacher_to_student (those
   computed).
@@ -110,16 +115,14 @@ def cwcl_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
   The trainer must freeze the teacher tower (config.optim.freeze) for the paper's setting; the
   weights w_ij never pass gradients to it either way.
   """
-  f = Fields(loss_config, CWCL_DEFAULTS)
-  modalities = f.modalities(count=2)
-  teacher = f.choice("teacher_modality", modalities)
-  student = modalities[1] if teacher == modalities[0] else modalities[0]
-  directions = f.choice("directions", DIRECTIONS)
+  f: CwclFields = LOSSES.parse(loss_config, name="cwcl")
+  teacher = f.teacher_modality
+  student = f.modalities[1] if teacher == f.modalities[0] else f.modalities[0]
 
   def loss_fn(embeddings, t, outputs):
     del outputs
     p, q = embeddings
-    return cwcl_loss(p, q, t, axis_name=axis_name, directions=directions)
+    return cwcl_loss(p, q, t, axis_name=axis_name, directions=f.directions)
 
-  return scaled_objective(loss_fn, modalities=modalities, read=(student, teacher),
-                          init_scale=f.number("init_scale"), learn_scale=f.boolean("learn_scale"))
+  return scaled_objective(loss_fn, modalities=f.modalities, read=(student, teacher),
+                          init_scale=f.init_scale, learn_scale=f.learn_scale)

@@ -52,28 +52,34 @@ logit blocks per device, reduced with psum / 2N.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from clip_jax import schema
 from clip_jax.losses import collectives as C
 from clip_jax.losses.numerics import dot_t, logsumexp
-from clip_jax.losses.objectives.fields import Fields
 from clip_jax.losses.registry import LOSSES, Objective, scaled_objective
 
 Array = jax.Array
 
-DCL_DEFAULTS: dict[str, Any] = dict(
-    modalities=("image", "text"),
-    weighting="none",
-    sigma=0.5,
-    detach_weights=True,
-    intra_modal_negatives=False,
-    init_scale=math.log(1 / 0.1),
-    learn_scale=False,
-)
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DclFields:
+  """`config.loss` of "dcl": modalities (x, y); weighting ("none" | "dclw"); sigma (> 0, DCLW
+  only); detach_weights (DCLW only); intra_modal_negatives; init_scale (t' = log(1/tau));
+  learn_scale."""
+
+  modalities: tuple[str, ...] = schema.field(("image", "text"), schema.modalities(count=2))
+  weighting: str = schema.field("none", schema.one_of("none", "dclw"))
+  sigma: float = schema.field(0.5, schema.number(low=0.0, low_open=True))
+  detach_weights: bool = True
+  intra_modal_negatives: bool = False
+  init_scale: float = math.log(1 / 0.1)
+  learn_scale: bool = False
 
 
 def dcl_loss(x: Array, y: Array, t: Array, *, axis_name: C.AxisName = None,
@@ -131,29 +137,20 @@ def dcl_loss(x: Array, y: Array, t: Array, *, axis_name: C.AxisName = None,
   return loss, metrics
 
 
-@LOSSES.register("dcl", fields=DCL_DEFAULTS)
+@LOSSES.register("dcl", fields=DclFields)
 def dcl_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
-  """Decoupled contrastive loss between two modalities.
-
-  Config fields (defaults in DCL_DEFAULTS): modalities (x, y); weighting ("none" | "dclw");
-  sigma (> 0, DCLW only); detach_weights (bool, DCLW only); intra_modal_negatives (bool);
-  init_scale (t' = log(1/tau)); learn_scale (bool).
+  """Decoupled contrastive loss between two modalities (config fields: `DclFields`).
 
   Params: {"scale": t'}. Metrics: loss, x_to_y, y_to_x, scale (t), and with DCLW weight_min,
   weight_max.
   """
-  f = Fields(loss_config, DCL_DEFAULTS)
-  modalities = f.modalities(count=2)
-  weighting = f.choice("weighting", ("none", "dclw"))
-  sigma = f.number("sigma", low=0.0, low_open=True)
-  detach_weights = f.boolean("detach_weights")
-  intra = f.boolean("intra_modal_negatives")
+  f: DclFields = LOSSES.parse(loss_config, name="dcl")
 
   def loss_fn(embeddings, t, outputs):
     del outputs
     x, y = embeddings
-    return dcl_loss(x, y, t, axis_name=axis_name, weighting=weighting, sigma=sigma,
-                    detach_weights=detach_weights, intra_modal_negatives=intra)
+    return dcl_loss(x, y, t, axis_name=axis_name, weighting=f.weighting, sigma=f.sigma,
+                    detach_weights=f.detach_weights, intra_modal_negatives=f.intra_modal_negatives)
 
-  return scaled_objective(loss_fn, modalities=modalities, init_scale=f.number("init_scale"),
-                          learn_scale=f.boolean("learn_scale"))
+  return scaled_objective(loss_fn, modalities=f.modalities, init_scale=f.init_scale,
+                          learn_scale=f.learn_scale)

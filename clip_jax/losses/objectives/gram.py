@@ -55,15 +55,16 @@ psum / N.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from clip_jax import schema
 from clip_jax.losses import collectives as C
 from clip_jax.losses.numerics import dot_t, logsumexp
-from clip_jax.losses.objectives.fields import Fields
 from clip_jax.losses.registry import LOSSES, Objective, scaled_objective
 from clip_jax.registry import ConfigError
 
@@ -72,13 +73,27 @@ Array = jax.Array
 MAX_MODALITIES = 8
 VOLUME_EPS = 1e-12
 
-GRAM_DEFAULTS: dict[str, Any] = dict(
-    modalities=("image", "text", "audio"),
-    anchor="",  # "" = the first of `modalities`
-    label_smoothing=0.1,
-    init_scale=math.log(1 / 0.07),
-    learn_scale=True,
-)
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GramFields:
+  """`config.loss` of "gram": modalities (2 to `MAX_MODALITIES`); anchor (one of them, "" = the
+  first); label_smoothing (in [0, 1); 0.1 as in the authors' training code, 0 for the paper's
+  equation); init_scale (t'); learn_scale."""
+
+  modalities: tuple[str, ...] = schema.field(("image", "text", "audio"),
+                                             schema.modalities(at_least=2))
+  anchor: str = ""
+  label_smoothing: float = schema.field(0.1, schema.number(low=0.0, high=1.0, high_open=True))
+  init_scale: float = math.log(1 / 0.07)
+  learn_scale: bool = True
+
+  def check(self, path: str) -> None:
+    if len(self.modalities) > MAX_MODALITIES:
+      raise ConfigError(f"{path}.modalities must have at most {MAX_MODALITIES} modalities "
+                        f"for gram; got {len(self.modalities)}")
+    if self.anchor and self.anchor not in self.modalities:
+      raise ConfigError(f"{path}.anchor must be one of {', '.join(map(repr, self.modalities))} "
+                        f"(or '' for the first); got {self.anchor!r}")
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -193,33 +208,22 @@ def gram_loss(anchor: Array, others: list[Array], t: Array, *, axis_name: C.Axis
   return loss, metrics
 
 
-@LOSSES.register("gram", fields=GRAM_DEFAULTS)
+@LOSSES.register("gram", fields=GramFields)
 def gram_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
-  """GRAM volume contrastive loss over `config.loss.modalities` (2 to 8), one of them the anchor.
-
-  Config fields (defaults in GRAM_DEFAULTS): modalities; anchor (a modality name, "" = the first
-  one); label_smoothing (in [0, 1); 0.1 as in the authors' training code, 0 for the paper's
-  equation); init_scale (t'); learn_scale.
+  """GRAM volume contrastive loss over `config.loss.modalities` (2 to 8), one of them the anchor
+  (config fields: `GramFields`).
 
   Params: {"scale": t'}. Metrics: loss, scale (t), anchor_to_data, data_to_anchor,
   positive_volume, negative_volume.
   """
-  f = Fields(loss_config, GRAM_DEFAULTS)
-  modalities = f.modalities(at_least=2)
-  if len(modalities) > MAX_MODALITIES:
-    raise ConfigError(f"{f.field('modalities')} must have at most {MAX_MODALITIES} modalities "
-                      f"for gram; got {len(modalities)}")
-  anchor = f.raw("anchor") or modalities[0]
-  if anchor not in modalities:
-    raise ConfigError(f"{f.field('anchor')} must be one of {', '.join(map(repr, modalities))} "
-                      f"(or '' for the first); got {anchor!r}")
-  order = (anchor, *[m for m in modalities if m != anchor])
-  label_smoothing = f.number("label_smoothing", low=0.0, high=1.0, high_open=True)
+  f: GramFields = LOSSES.parse(loss_config, name="gram")
+  anchor = f.anchor or f.modalities[0]
+  order = (anchor, *[m for m in f.modalities if m != anchor])
 
   def loss_fn(embeddings, t, outputs):
     del outputs
     a, *others = embeddings
-    return gram_loss(a, others, t, axis_name=axis_name, label_smoothing=label_smoothing)
+    return gram_loss(a, others, t, axis_name=axis_name, label_smoothing=f.label_smoothing)
 
-  return scaled_objective(loss_fn, modalities=modalities, read=order,
-                          init_scale=f.number("init_scale"), learn_scale=f.boolean("learn_scale"))
+  return scaled_objective(loss_fn, modalities=f.modalities, read=order,
+                          init_scale=f.init_scale, learn_scale=f.learn_scale)

@@ -38,15 +38,16 @@ devices of the row (or pair) losses and of the pair counts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from clip_jax import schema
 from clip_jax.losses import collectives as C
 from clip_jax.losses.numerics import dot_t, logsumexp
-from clip_jax.losses.objectives.fields import Fields
 from clip_jax.losses.registry import LOSSES, Objective, scaled_objective
 from clip_jax.registry import ConfigError
 
@@ -54,13 +55,23 @@ Array = jax.Array
 
 REDUCTIONS = ("row_mean", "pair_mean")
 
-MULTI_POSITIVE_DEFAULTS: dict[str, Any] = dict(
-    modalities=("image", "text"),
-    id_key="instance_id",
-    reduction="row_mean",
-    init_scale=math.log(1 / 0.07),
-    learn_scale=True,
-)
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MultiPositiveFields:
+  """`config.loss` of "multi_positive": modalities (x, y); id_key (the outputs entry with the
+  `[n]` int ids, not a modality); reduction ("row_mean", the authors' | "pair_mean");
+  init_scale (t'); learn_scale."""
+
+  modalities: tuple[str, ...] = schema.field(("image", "text"), schema.modalities(count=2))
+  id_key: str = "instance_id"
+  reduction: str = schema.field("row_mean", schema.one_of(*REDUCTIONS))
+  init_scale: float = math.log(1 / 0.07)
+  learn_scale: bool = True
+
+  def check(self, path: str) -> None:
+    if not self.id_key or self.id_key in self.modalities:
+      raise ConfigError(f"{path}.id_key must name an outputs entry other than the "
+                        f"modalities, e.g. 'instance_id'; got {self.id_key!r}")
 
 
 def multi_positive_loss(x: Array, y: Array, ids: Array, t: Array, *,
@@ -112,26 +123,18 @@ def multi_positive_loss(x: Array, y: Array, ids: Array, t: Array, *,
   return loss, dict(x_to_y=x_to_y, y_to_x=y_to_x, positives_per_row=num_pairs / total)
 
 
-@LOSSES.register("multi_positive", fields=MULTI_POSITIVE_DEFAULTS)
+@LOSSES.register("multi_positive", fields=MultiPositiveFields)
 def multi_positive_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
-  """Multi-positive decoupled softmax between two modalities, positives from instance ids.
-
-  Config fields (defaults in MULTI_POSITIVE_DEFAULTS): modalities (x, y); id_key (the outputs
-  entry with the `[n]` int ids, "instance_id"); reduction ("row_mean", the authors' | "pair_mean");
-  init_scale (t'); learn_scale.
+  """Multi-positive decoupled softmax between two modalities, positives from instance ids
+  (config fields: `MultiPositiveFields`).
 
   Params: {"scale": t'}. Metrics: loss, scale (t), x_to_y, y_to_x, positives_per_row.
 
   The trainer must pass the batch's instance ids in `outputs[id_key]`, sharded like the
   embeddings.
   """
-  f = Fields(loss_config, MULTI_POSITIVE_DEFAULTS)
-  modalities = f.modalities(count=2)
-  id_key = f.raw("id_key")
-  if not isinstance(id_key, str) or not id_key or id_key in modalities:
-    raise ConfigError(f"{f.field('id_key')} must name an outputs entry other than the "
-                      f"modalities, e.g. 'instance_id'; got {id_key!r}")
-  reduction = f.choice("reduction", REDUCTIONS)
+  f: MultiPositiveFields = LOSSES.parse(loss_config, name="multi_positive")
+  id_key = f.id_key
 
   def loss_fn(embeddings, t, outputs):
     x, y = embeddings
@@ -140,7 +143,7 @@ def multi_positive_objective(loss_config: Any, *, axis_name: C.AxisName) -> Obje
           f"loss 'multi_positive' needs outputs[{id_key!r}] (`[n]` int instance ids, rows with "
           f"equal ids are positives); the outputs only have: {', '.join(sorted(outputs))}")
     return multi_positive_loss(x, y, outputs[id_key], t, axis_name=axis_name,
-                               reduction=reduction)
+                               reduction=f.reduction)
 
-  return scaled_objective(loss_fn, modalities=modalities, init_scale=f.number("init_scale"),
-                          learn_scale=f.boolean("learn_scale"), batch_keys=(id_key,))
+  return scaled_objective(loss_fn, modalities=f.modalities, init_scale=f.init_scale,
+                          learn_scale=f.learn_scale, batch_keys=(id_key,))

@@ -44,27 +44,42 @@ K(K-1) `[n, N]` blocks, plus K same-view blocks with same_view_negatives) or of 
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from clip_jax import schema
 from clip_jax.losses import collectives as C
 from clip_jax.losses.numerics import dot_t, logsumexp
-from clip_jax.losses.objectives.fields import Fields
 from clip_jax.losses.registry import LOSSES, Objective, scaled_objective
 
 Array = jax.Array
 
-_MULTIVIEW_DEFAULTS: dict[str, Any] = dict(
-    modalities=("image", "text", "audio"),
-    init_scale=math.log(10.0),
-    learn_scale=False,
-)
 
-MV_INFONCE_DEFAULTS: dict[str, Any] = dict(_MULTIVIEW_DEFAULTS, same_view_negatives=False)
-MV_DHEL_DEFAULTS: dict[str, Any] = dict(_MULTIVIEW_DEFAULTS, exclude_self=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _MultiviewFields:
+  modalities: tuple[str, ...] = schema.field(("image", "text", "audio"),
+                                             schema.modalities(at_least=2))
+  init_scale: float = math.log(10.0)
+  learn_scale: bool = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MvInfonceFields(_MultiviewFields):
+  """`config.loss` of "mv_infonce": modalities (>= 2); same_view_negatives; init_scale (t');
+  learn_scale."""
+
+  same_view_negatives: bool = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MvDhelFields(_MultiviewFields):
+  """`config.loss` of "mv_dhel": modalities (>= 2); exclude_self; init_scale (t'); learn_scale."""
+
+  exclude_self: bool = True
 
 
 def _positive_lse(views: list[Array], t: Array) -> Array:
@@ -139,39 +154,32 @@ def mv_dhel_loss(views: list[Array], t: Array, *, axis_name: C.AxisName = None,
   return align + uniform, dict(align=align, uniform=uniform)
 
 
-def _build(loss_config: Any, axis_name: C.AxisName, defaults: Mapping[str, Any],
-           dhel: bool) -> Objective:
-  f = Fields(loss_config, defaults)
-  modalities = f.modalities(at_least=2)
-  exclude_self = f.boolean("exclude_self") if dhel else False
-  same_view = False if dhel else f.boolean("same_view_negatives")
+@LOSSES.register("mv_infonce", fields=MvInfonceFields)
+def mv_infonce_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
+  """MV-InfoNCE over all the modalities of `config.loss.modalities` (config fields:
+  `MvInfonceFields`). Params: {"scale": t'}. Metrics: loss, scale (t), align, uniform.
+  """
+  f: MvInfonceFields = LOSSES.parse(loss_config, name="mv_infonce")
 
   def loss_fn(views, t, outputs):
     del outputs
-    if dhel:
-      return mv_dhel_loss(views, t, axis_name=axis_name, exclude_self=exclude_self)
-    return mv_infonce_loss(views, t, axis_name=axis_name, same_view_negatives=same_view)
+    return mv_infonce_loss(views, t, axis_name=axis_name,
+                           same_view_negatives=f.same_view_negatives)
 
-  return scaled_objective(loss_fn, modalities=modalities, init_scale=f.number("init_scale"),
-                          learn_scale=f.boolean("learn_scale"))
+  return scaled_objective(loss_fn, modalities=f.modalities, init_scale=f.init_scale,
+                          learn_scale=f.learn_scale)
 
 
-@LOSSES.register("mv_infonce", fields=MV_INFONCE_DEFAULTS)
-def mv_infonce_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
-  """MV-InfoNCE over all the modalities of `config.loss.modalities` (>= 2).
-
-  Config fields (defaults in MV_INFONCE_DEFAULTS): modalities; same_view_negatives (bool);
-  init_scale (t'); learn_scale.
+@LOSSES.register("mv_dhel", fields=MvDhelFields)
+def mv_dhel_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
+  """MV-DHEL over all the modalities of `config.loss.modalities` (config fields: `MvDhelFields`).
   Params: {"scale": t'}. Metrics: loss, scale (t), align, uniform.
   """
-  return _build(loss_config, axis_name, MV_INFONCE_DEFAULTS, dhel=False)
+  f: MvDhelFields = LOSSES.parse(loss_config, name="mv_dhel")
 
+  def loss_fn(views, t, outputs):
+    del outputs
+    return mv_dhel_loss(views, t, axis_name=axis_name, exclude_self=f.exclude_self)
 
-@LOSSES.register("mv_dhel", fields=MV_DHEL_DEFAULTS)
-def mv_dhel_objective(loss_config: Any, *, axis_name: C.AxisName) -> Objective:
-  """MV-DHEL over all the modalities of `config.loss.modalities` (>= 2).
-
-  Config fields (defaults in MV_DHEL_DEFAULTS): modalities; exclude_self (bool); init_scale (t');
-  learn_scale. Params: {"scale": t'}. Metrics: loss, scale (t), align, uniform.
-  """
-  return _build(loss_config, axis_name, MV_DHEL_DEFAULTS, dhel=True)
+  return scaled_objective(loss_fn, modalities=f.modalities, init_scale=f.init_scale,
+                          learn_scale=f.learn_scale)

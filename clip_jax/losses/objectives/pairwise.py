@@ -25,55 +25,71 @@ from typing import Any
 
 import ml_collections
 
+from clip_jax import schema
 from clip_jax.losses.collectives import AxisName
 from clip_jax.losses.composite import build_term, term_fields, weighted_sum
-from clip_jax.losses.objectives.fields import Fields, as_tuple
 from clip_jax.losses.registry import LOSSES, Objective
 from clip_jax.registry import ConfigError
 
-PAIRWISE_DEFAULTS: dict[str, Any] = dict(
-    modalities=("image", "text", "audio"),
-    pairs=(),  # () = every unordered pair of `modalities`, in order
-    pair_loss=ml_collections.ConfigDict(dict(name="softmax")),
-    pair_weights=(),  # () = all 1
-)
+
+def _as_tuple(value: Any) -> tuple[Any, ...] | None:
+  """`tuple(value)`, or None when `value` is not iterable."""
+  try:
+    return tuple(value)
+  except TypeError:
+    return None
 
 
-@LOSSES.register("pairwise", fields=PAIRWISE_DEFAULTS)
-def pairwise_objective(loss_config: Any, *, axis_name: AxisName) -> Objective:
-  """A weighted sum of a two-modality objective over pairs of modalities.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PairwiseFields:
+  """`config.loss` of "pairwise".
 
-  Config fields (defaults in PAIRWISE_DEFAULTS): modalities (>= 2; the default pairs and the
-  allowed names); pairs (tuple of 2-tuples of modality names; () = all pairs); pair_loss
-  (ConfigDict with `name` and that objective's fields; `modalities` is set per pair);
-  pair_weights (one number >= 0 per pair; () = all 1).
+  Attributes:
+    modalities: >= 2 names: the default pairs and the names `pairs` may use.
+    pairs: 2-tuples of modality names; () = every unordered pair of `modalities`, in order.
+    pair_loss: ConfigDict with `name` (a two-modality loss) and that objective's fields;
+      `modalities` is set per pair.
+    pair_weights: one number >= 0 per pair; () = all 1.
   """
-  f = Fields(loss_config, PAIRWISE_DEFAULTS)
-  modalities = f.modalities(at_least=2)
-  raw_pairs = f.raw("pairs")
+
+  modalities: tuple[str, ...] = schema.field(("image", "text", "audio"),
+                                             schema.modalities(at_least=2))
+  pairs: Any = ()
+  pair_loss: Any = schema.field(factory=lambda: ml_collections.ConfigDict(dict(name="softmax")))
+  pair_weights: Any = ()
+
+
+@LOSSES.register("pairwise", fields=PairwiseFields)
+def pairwise_objective(loss_config: Any, *, axis_name: AxisName) -> Objective:
+  """A weighted sum of a two-modality objective over pairs of modalities (config fields:
+  `PairwiseFields`)."""
+  f: PairwiseFields = LOSSES.parse(loss_config, name="pairwise")
+  path = "config.loss"
+  modalities = f.modalities
+  raw_pairs = f.pairs
   pairs = (tuple(itertools.combinations(modalities, 2)) if not raw_pairs
-           else as_tuple(raw_pairs))
+           else _as_tuple(raw_pairs))
   checked = []
   for pair in pairs or (None,):
-    pair_t = as_tuple(pair) if not isinstance(pair, str) else None
+    pair_t = _as_tuple(pair) if not isinstance(pair, str) else None
     if (pair_t is None or len(pair_t) != 2 or pair_t[0] == pair_t[1]
         or any(m not in modalities for m in pair_t)):
       raise ConfigError(
-          f"{f.field('pairs')} must be pairs of two different names from "
-          f"{f.field('modalities')} = {modalities!r}, e.g. (('image', 'text'),); got {raw_pairs!r}")
+          f"{path}.pairs must be pairs of two different names from {path}.modalities = "
+          f"{modalities!r}, e.g. (('image', 'text'),); got {raw_pairs!r}")
     checked.append(tuple(pair_t))
   keys = [f"{a}_{b}" for a, b in checked]
   if len(set(keys)) != len(keys):
-    raise ConfigError(f"{f.field('pairs')} has a pair twice: {raw_pairs!r}")
-  raw_weights = f.raw("pair_weights")
-  weights = as_tuple(raw_weights) if raw_weights else (1.0,) * len(checked)
+    raise ConfigError(f"{path}.pairs has a pair twice: {raw_pairs!r}")
+  raw_weights = f.pair_weights
+  weights = _as_tuple(raw_weights) if raw_weights else (1.0,) * len(checked)
   if (weights is None or len(weights) != len(checked)
       or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
                  for w in weights)):
-    raise ConfigError(f"{f.field('pair_weights')} must be one number >= 0 per pair "
+    raise ConfigError(f"{path}.pair_weights must be one number >= 0 per pair "
                       f"({len(checked)} pairs); got {raw_weights!r}")
-  pair_field = f.field("pair_loss")
-  pair_loss = term_fields(f.raw("pair_loss"), pair_field)
+  pair_field = f"{path}.pair_loss"
+  pair_loss = term_fields(f.pair_loss, pair_field)
   if pair_loss["name"] == "pairwise":
     raise ConfigError(f"{pair_field}.name cannot be 'pairwise'")
   terms = {key: (float(w), build_term(dict(pair_loss, modalities=pair), pair_field,
