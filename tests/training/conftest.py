@@ -2,24 +2,28 @@
 
 from typing import Any
 
-import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
 from clip_jax.models import TOWERS
+from clip_jax.registry import REQUIRED
 
 FLAT_TOWER = "_test_flat_tower"
 
 
-@TOWERS.register(FLAT_TOWER)
-class FlatTower(nn.Module):
-  """[B, ...] numbers -> flatten -> Dense -> [B, width]; for tests whose subject is not the towers
+@TOWERS.register(FLAT_TOWER, fields=dict(width=REQUIRED))
+class FlatTower(nnx.Module):
+  """[B, ...] numbers -> flatten -> Linear -> [B, width]; for tests whose subject is not the towers
   (compiling the real ViT and text transformer for every objective would dominate their time)."""
 
-  width: int
-  dtype: Any = "float32"
-  remat: bool = False
+  def __init__(self, inputs: jax.ShapeDtypeStruct, *, width: int, dtype: Any = "float32",
+               remat: bool = False, rngs: nnx.Rngs):
+    del dtype, remat
+    self.out_features = width
+    self.dense = nnx.Linear(int(np.prod(inputs.shape[1:])), width, rngs=rngs)
 
-  @nn.compact
-  def __call__(self, x, *, train=False):
-    del train
-    return nn.Dense(self.width)(jnp.reshape(x, (x.shape[0], -1)).astype(jnp.float32))
+  def __call__(self, x, *, rngs=None):
+    del rngs
+    return self.dense(jnp.reshape(x, (x.shape[0], -1)).astype(jnp.float32))

@@ -19,7 +19,6 @@ import collections
 import os
 import re
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -29,6 +28,7 @@ import pytest
 from clip_jax.checkpoint import Checkpointer
 from clip_jax.config import load_config_file, validate_config
 from clip_jax.data import make_tokenizer, make_train_iterator
+from clip_jax.models.model import ModalityEmbedder
 from clip_jax.registry import ConfigError
 from clip_jax.training.loop import Trainer
 from clip_jax.training.step import make_grad_fn
@@ -130,24 +130,31 @@ def test_microbatched_gradients_equal_the_plain_step(objective):
 
 class ForwardCounter:
   """Counts each tower's forward: traced (per compile) and run (per execution, through a
-  `jax.debug.callback` in the compiled program), by modality."""
+  `jax.debug.callback` in the compiled program), by modality, while active (`with counter:`
+  wraps `ModalityEmbedder.__call__`)."""
 
   def __init__(self):
     self.traced, self.ran = collections.Counter(), collections.Counter()
 
-  def __call__(self, next_fun, args, kwargs, context):
-    module = context.module
-    if context.method_name == "__call__" and module.name == "encoder":
-      modality = module.parent.name
+  def __enter__(self):
+    self.original = original = ModalityEmbedder.__call__
+
+    def counted(embedder, inputs, rngs=None):
+      modality = embedder.modality
       self.traced[modality] += 1
       jax.debug.callback(lambda: self.ran.update([modality]))
-    return next_fun(*args, **kwargs)
+      return original(embedder, inputs, rngs)
+
+    ModalityEmbedder.__call__ = counted
+    return self
+
+  def __exit__(self, *exc_info):
+    ModalityEmbedder.__call__ = self.original
 
 
 def counted_step(trainer: Trainer, state, batch):
   """(compiled train step with forward counters, its counter)."""
-  counter = ForwardCounter()
-  with nn.intercept_methods(counter):
+  with ForwardCounter() as counter:
     compiled = trainer.train_step.lower(state, batch).compile()
   return compiled, counter
 
