@@ -5,7 +5,7 @@ stops with a message that names the config field and lists the registered names.
 
 Each entry also declares its config fields and their defaults (`REQUIRED` for a field without
 one), either at registration (`@SOURCES.register("emoji", fields={...})`) or through the
-registry's `fields_of` (towers: their dataclass fields; evaluators: their `FIELDS`). Switching a
+registry's `fields_of` (evaluators: their `FIELDS`). Switching a
 component by name on the command line starts the section from these defaults
 (`clip_jax.config.switch_components`).
 """
