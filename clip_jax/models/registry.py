@@ -110,8 +110,9 @@ def resolve_size(kwargs: Mapping[str, Any], sizes: Mapping[str, tuple[int, int, 
     mlp_dim / width, or 4 without a named size.
 
   Raises:
-    ConfigError naming `<field>.variant` for an unknown size or a malformed variant, and the
-    missing fields when neither they nor a variant are given.
+    ConfigError naming `<field>.variant` for an unknown size or a malformed variant, the
+    missing fields when neither they nor a variant are given, a field that is not a positive
+    integer, and a width that num_heads does not divide.
   """
   variant = kwargs.get("variant")
   names = ("patch_size",) * with_patch + ("width", "depth", "num_heads")
@@ -140,5 +141,6 @@ def resolve_size(kwargs: Mapping[str, Any], sizes: Mapping[str, tuple[int, int, 
     ratio = kwargs["mlp_ratio"]
   for name in names:
     check_positive_int(shape[name], f"{field}.{name}")
+  check_divisible(shape["width"], shape["num_heads"], f"{field}.width", f"{field}.num_heads")
   shape["mlp_dim"] = int(round(shape["width"] * ratio))
   return shape

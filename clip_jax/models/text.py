@@ -22,7 +22,7 @@ from clip_jax.models import layers
 from clip_jax.models import pooling as pooling_lib
 from clip_jax.models.registry import (
     GENERIC_FIELD, REQUIRED, TOWERS, ConfigError, canonical_dtype, check_bool, check_choice,
-    check_divisible, check_positive_int, resolve_size)
+    check_positive_int, resolve_size)
 
 Array = jax.Array
 
@@ -65,18 +65,6 @@ def embedding_lookup(table: Array, ids: Array) -> Array:
   return jnp.take(table, ids, axis=0)
 
 
-def text_shape(kwargs: dict[str, Any], field: str) -> dict[str, Any]:
-  """width, depth, num_heads and mlp_dim of a "text_transformer" tower config.
-
-  Raises:
-    ConfigError naming `<field>.<name>` for an unknown variant, a missing size field, or a
-    value that is not a positive integer.
-  """
-  shape = resolve_size(kwargs, TEXT_SIZES, field, with_patch=False)
-  check_divisible(shape["width"], shape["num_heads"], f"{field}.width", f"{field}.num_heads")
-  return shape
-
-
 @TOWERS.register("text_transformer", fields=TEXT_FIELDS)
 class TextTransformer(nnx.Module):
   """Transformer text tower.
@@ -108,8 +96,9 @@ class TextTransformer(nnx.Module):
                causal: bool = True, pooling: str = "eos", dtype: Any = "float32",
                remat: bool = False, rngs: nnx.Rngs):
     del inputs  # any length up to context_length
-    shape = text_shape(dict(variant=variant, width=width, depth=depth, num_heads=num_heads,
-                            mlp_ratio=mlp_ratio), GENERIC_FIELD)
+    given = dict(variant=variant, width=width, depth=depth, num_heads=num_heads,
+                 mlp_ratio=mlp_ratio)
+    shape = resolve_size(given, TEXT_SIZES, GENERIC_FIELD, with_patch=False)
     dtype = canonical_dtype(dtype, f"{GENERIC_FIELD}.dtype")
     width = shape["width"]
     self.vocab_size, self.causal, self.pooling = vocab_size, causal, pooling
@@ -128,7 +117,7 @@ class TextTransformer(nnx.Module):
     L <= context_length."""
     for name in ("vocab_size", "context_length"):
       check_positive_int(kwargs[name], f"{field}.{name}")
-    text_shape(kwargs, field)
+    resolve_size(kwargs, TEXT_SIZES, field, with_patch=False)
     check_bool(kwargs.get("causal", True), f"{field}.causal")
     check_choice(kwargs.get("pooling", "eos"), TEXT_POOLINGS, f"{field}.pooling")
     canonical_dtype(kwargs.get("dtype", "float32"), f"{field}.dtype")

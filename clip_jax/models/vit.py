@@ -18,8 +18,7 @@ from flax import nnx
 from clip_jax.models import layers
 from clip_jax.models import pooling as pooling_lib
 from clip_jax.models.registry import (
-    GENERIC_FIELD, TOWERS, ConfigError, canonical_dtype, check_bool, check_choice,
-    check_divisible, resolve_size)
+    GENERIC_FIELD, TOWERS, ConfigError, canonical_dtype, check_bool, check_choice, resolve_size)
 
 Array = jax.Array
 
@@ -42,18 +41,6 @@ VIT_SIZES: dict[str, tuple[int, int, int, int]] = {
 
 VIT_FIELDS = dict(variant=None, patch_size=None, width=None, depth=None, num_heads=None,
                   mlp_ratio=None, pooling="map")
-
-
-def vit_shape(kwargs: dict[str, Any], field: str) -> dict[str, Any]:
-  """patch_size, width, depth, num_heads and mlp_dim of a "vit" tower config.
-
-  Raises:
-    ConfigError naming `<field>.<name>` for an unknown variant, a missing size field, or a
-    value that is not a positive integer.
-  """
-  shape = resolve_size(kwargs, VIT_SIZES, field, with_patch=True)
-  check_divisible(shape["width"], shape["num_heads"], f"{field}.width", f"{field}.num_heads")
-  return shape
 
 
 @TOWERS.register("vit", fields=VIT_FIELDS)
@@ -83,8 +70,9 @@ class VisionTransformer(nnx.Module):
                depth: int | None = None, num_heads: int | None = None,
                mlp_ratio: float | None = None, pooling: str = "map", dtype: Any = "float32",
                remat: bool = False, rngs: nnx.Rngs):
-    shape = vit_shape(dict(variant=variant, patch_size=patch_size, width=width, depth=depth,
-                           num_heads=num_heads, mlp_ratio=mlp_ratio), GENERIC_FIELD)
+    given = dict(variant=variant, patch_size=patch_size, width=width, depth=depth,
+                 num_heads=num_heads, mlp_ratio=mlp_ratio)
+    shape = resolve_size(given, VIT_SIZES, GENERIC_FIELD, with_patch=True)
     dtype = canonical_dtype(dtype, f"{GENERIC_FIELD}.dtype")
     _, height, width_px, channels = inputs.shape
     p, width = shape["patch_size"], shape["width"]
@@ -107,7 +95,7 @@ class VisionTransformer(nnx.Module):
     """Raises ConfigError (naming `<field>.<attribute>`) for invalid values, and, given the
     shape of the batch entry it reads, for inputs that are not [B, H, W, C] with H and W
     divisible by the patch size."""
-    shape = vit_shape(kwargs, field)
+    shape = resolve_size(kwargs, VIT_SIZES, field, with_patch=True)
     check_choice(kwargs.get("pooling", "map"), VIT_POOLINGS, f"{field}.pooling")
     canonical_dtype(kwargs.get("dtype", "float32"), f"{field}.dtype")
     check_bool(kwargs.get("remat", False), f"{field}.remat")
