@@ -18,8 +18,8 @@ used) and `fields` are the section's values, declared defaults filled in. A towe
 
 A tower class may define a classmethod `check_config(kwargs: dict, field: str, inputs=None)`
 that raises `ConfigError` for invalid values (e.g. a pooling kind outside the allowed set) and,
-given `inputs`, for input shapes it cannot take; `make_model` calls it at start-up (without
-inputs) and before building (with them). The `check_*` helpers below are shared by the towers
+given `inputs`, for input shapes it cannot take; `parse_model_config` calls it at start-up
+(without inputs) and `TowerSpec.build` before building (with them). The `check_*` helpers below are shared by the towers
 for such checks, and `resolve_size` reads named sizes such as `variant="B/16"`.
 """
 
