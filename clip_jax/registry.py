@@ -5,9 +5,9 @@ stops with a message that names the config field and lists the registered names.
 
 Each entry also declares its config fields: a schema dataclass (`clip_jax.schema`: types,
 defaults, checks) at registration (`@LOSSES.register("dcl", fields=DclFields)`), a plain
-{field: default or REQUIRED} mapping (fields not type-checked), or through the registry's
-`fields_of` (towers: their dataclass fields; evaluators: their `Fields`). `Registry.parse` reads
-a section against the selected entry's schema; switching a component by name on the command line
+{field: default or REQUIRED} mapping (fields not type-checked; towers declare theirs this way),
+or through the registry's `fields_of` (evaluators: their `Fields`). `Registry.parse` reads a
+section against the selected entry's schema; switching a component by name on the command line
 starts the section from these defaults (`clip_jax.config.switch_components`).
 """
 

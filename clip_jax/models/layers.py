@@ -1,4 +1,4 @@
-"""Transformer building blocks shared by the towers.
+"""Transformer building blocks shared by the towers (Flax NNX modules, built eagerly).
 
 Shapes: B batch, L (query) tokens, S key tokens, D width, H heads, D/H head dim.
 
@@ -12,17 +12,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 Array = jax.Array
 Dtype = Any
 
 # Initialisers shared by the towers.
-KERNEL_INIT = nn.initializers.xavier_uniform()
-BIAS_INIT = nn.initializers.zeros
-EMBED_INIT = nn.initializers.normal(stddev=0.02)
+KERNEL_INIT = jax.nn.initializers.xavier_uniform()
+BIAS_INIT = jax.nn.initializers.zeros
+EMBED_INIT = jax.nn.initializers.normal(stddev=0.02)
 
 
 def explicit_spec(x: Array) -> jax.sharding.PartitionSpec | None:
@@ -46,117 +46,133 @@ def reshape_keep_batch(x: Array, shape: tuple[int, ...]) -> Array:
   return jnp.reshape(x, shape, out_sharding=out_spec)
 
 
-def dense(features: int, dtype: Dtype, name: str, use_bias: bool = True) -> nn.Dense:
-  """A Dense layer with float32 params, xavier-uniform kernel and zero bias."""
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                  kernel_init=KERNEL_INIT, bias_init=BIAS_INIT, name=name)
+def dense(in_features: int, out_features: int, dtype: Dtype, rngs: nnx.Rngs,
+          use_bias: bool = True) -> nnx.Linear:
+  """A Linear layer [..., in] -> [..., out] with float32 params, xavier-uniform kernel and zero
+  bias, computing in `dtype`."""
+  return nnx.Linear(in_features, out_features, use_bias=use_bias, dtype=dtype,
+                    param_dtype=jnp.float32, kernel_init=KERNEL_INIT, bias_init=BIAS_INIT,
+                    rngs=rngs)
 
 
-def layer_norm(dtype: Dtype, name: str) -> nn.LayerNorm:
-  """LayerNorm with float32 params; its mean and variance are computed in float32."""
-  return nn.LayerNorm(epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
-                      use_fast_variance=False, name=name)
+def layer_norm(width: int, dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  """LayerNorm over the last axis (D = `width`) with float32 params; its mean and variance are
+  computed in float32."""
+  return nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
+                       use_fast_variance=False, rngs=rngs)
 
 
-class MultiHeadAttention(nn.Module):
-  """Multi-head dot-product attention with separate query and key/value inputs.
+def embedding(shape: tuple[int, ...], rngs: nnx.Rngs) -> nnx.Param:
+  """A float32 parameter of `shape` drawn from N(0, 0.02²) (token, position and probe
+  embeddings)."""
+  return nnx.Param(EMBED_INIT(rngs.params(), shape, jnp.float32))
 
-  Attributes:
-    num_heads: H; must divide the width D of the query inputs.
+
+class MultiHeadAttention(nnx.Module):
+  """Multi-head dot-product attention with separate query and key/value inputs of width D.
+
+  The attention itself is `jax.nn.dot_product_attention`: logits accumulated in float32 and
+  scaled by (D/H)^-0.5, masked logits set to a large finite negative value, softmax in float32.
+
+  Args:
+    width: D, the width of the queries and of the output; `num_heads` must divide it.
+    num_heads: H.
     dtype: compute dtype.
+    rngs: `params` stream for the initialisers.
   """
 
-  num_heads: int
-  dtype: Dtype = jnp.float32
+  def __init__(self, width: int, num_heads: int, dtype: Dtype, *, rngs: nnx.Rngs):
+    if width % num_heads:
+      raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+    self.num_heads = num_heads
+    self.query = dense(width, width, dtype, rngs)
+    # No key bias: q·b_k is the same for every key, so softmax cancels it and its gradient is
+    # exactly zero (Adam would turn float noise in it into full-size steps).
+    self.key = dense(width, width, dtype, rngs, use_bias=False)
+    self.value = dense(width, width, dtype, rngs)
+    self.out = dense(width, width, dtype, rngs)
 
-  @nn.compact
-  def __call__(self, queries: Array, keys_values: Array, mask: Array | None = None) -> Array:
-    """Attends from `queries` [B, L, D] to `keys_values` [B, S, Dkv].
+  def __call__(self, queries: Array, keys_values: Array, mask: Array | None = None,
+               is_causal: bool = False) -> Array:
+    """Attends from `queries` [B, L, D] to `keys_values` [B, S, D].
 
     Args:
       queries: [B, L, D].
-      keys_values: [B, S, Dkv].
+      keys_values: [B, S, D].
       mask: optional bool array broadcastable to [B, H, L, S]; True where a query may attend to a
         key. A query row whose keys are all masked gets uniform weights (finite, no NaN).
+      is_causal: also mask key j > query i (self-attention, L == S).
 
     Returns:
       [B, L, D] in the compute dtype.
     """
-    width = queries.shape[-1]
-    if width % self.num_heads:
-      raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
-    head_dim = width // self.num_heads
+    def heads(x: Array, layer: nnx.Linear) -> Array:
+      x = layer(x)
+      return reshape_keep_batch(x, (*x.shape[:-1], self.num_heads, x.shape[-1] // self.num_heads))
 
-    def heads(x: Array, name: str, use_bias: bool = True) -> Array:
-      x = dense(width, self.dtype, name, use_bias=use_bias)(x)
-      return reshape_keep_batch(x, (*x.shape[:-1], self.num_heads, head_dim))  # [B, T, H, D/H]
-
-    q = heads(queries, "query")
-    # No key bias: q·b_k is the same for every key, so softmax cancels it and its gradient is
-    # exactly zero (Adam would turn float noise in it into full-size steps).
-    k = heads(keys_values, "key", use_bias=False)
-    v = heads(keys_values, "value")
-    # Logits are accumulated in float32; masked logits get a large finite negative value.
-    logits = jnp.einsum("blhd,bshd->bhls", q, k, preferred_element_type=jnp.float32)
-    logits = logits * (head_dim ** -0.5)
-    if mask is not None:
-      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # [B, H, L, S]
-    out = jnp.einsum("bhls,bshd->blhd", weights, v)
-    out = reshape_keep_batch(out, (*out.shape[:-2], width))
-    return dense(width, self.dtype, "out")(out)
+    q = heads(queries, self.query)
+    k, v = heads(keys_values, self.key), heads(keys_values, self.value)
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)  # [B, L, H, D/H]
+    return self.out(reshape_keep_batch(out, (*out.shape[:-2], out.shape[-2] * out.shape[-1])))
 
 
-class Mlp(nn.Module):
-  """Dense(hidden) -> GELU -> Dense(width), on [..., D]."""
+class Mlp(nnx.Module):
+  """Linear(D -> hidden) -> GELU -> Linear(hidden -> D), on [..., D]."""
 
-  hidden_dim: int
-  dtype: Dtype = jnp.float32
+  def __init__(self, width: int, hidden_dim: int, dtype: Dtype, *, rngs: nnx.Rngs):
+    self.fc1 = dense(width, hidden_dim, dtype, rngs)
+    self.fc2 = dense(hidden_dim, width, dtype, rngs)
 
-  @nn.compact
   def __call__(self, x: Array) -> Array:
-    width = x.shape[-1]
-    x = dense(self.hidden_dim, self.dtype, "fc1")(x)
-    x = nn.gelu(x)
-    return dense(width, self.dtype, "fc2")(x)
+    return self.fc2(jax.nn.gelu(self.fc1(x)))
 
 
-class EncoderBlock(nn.Module):
+class EncoderBlock(nnx.Module):
   """Pre-LN transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)). [B, L, D] -> [B, L, D]."""
 
-  num_heads: int
-  mlp_ratio: float = 4.0
-  dtype: Dtype = jnp.float32
+  def __init__(self, width: int, num_heads: int, mlp_dim: int, dtype: Dtype, *, rngs: nnx.Rngs):
+    self.attn_norm = layer_norm(width, dtype, rngs)
+    self.attn = MultiHeadAttention(width, num_heads, dtype, rngs=rngs)
+    self.mlp_norm = layer_norm(width, dtype, rngs)
+    self.mlp = Mlp(width, mlp_dim, dtype, rngs=rngs)
 
-  @nn.compact
-  def __call__(self, x: Array, mask: Array | None = None) -> Array:
-    """x: [B, L, D]; mask: optional bool broadcastable to [B, H, L, L] (True = may attend)."""
-    y = layer_norm(self.dtype, "attn_norm")(x)
-    y = MultiHeadAttention(self.num_heads, self.dtype, name="attn")(y, y, mask)
-    x = x + y
-    y = layer_norm(self.dtype, "mlp_norm")(x)
-    y = Mlp(int(round(x.shape[-1] * self.mlp_ratio)), self.dtype, name="mlp")(y)
-    return x + y
+  def __call__(self, x: Array, mask: Array | None = None, is_causal: bool = False) -> Array:
+    """x: [B, L, D]; mask: optional bool broadcastable to [B, H, L, L] (True = may attend);
+    is_causal: token i attends to tokens j <= i only."""
+    y = self.attn_norm(x)
+    x = x + self.attn(y, y, mask, is_causal)
+    return x + self.mlp(self.mlp_norm(x))
 
 
-class Transformer(nn.Module):
+def _call_block(block: EncoderBlock, x: Array, mask: Array | None, is_causal: bool) -> Array:
+  return block(x, mask, is_causal)
+
+
+# The same call, rematerialised: its activations are recomputed in the backward pass.
+_call_block_remat = nnx.remat(_call_block, static_argnums=(3,))
+
+
+class Transformer(nnx.Module):
   """A stack of `depth` pre-LN blocks named block_0 ... block_{depth-1} (no final norm).
 
-  With `remat=True` each block is rematerialised (`nn.remat`): its activations are recomputed in
+  With `remat=True` each block is rematerialised (`nnx.remat`): its activations are recomputed in
   the backward pass instead of stored. The parameters are the same with or without remat.
+
+  Args:
+    width: D. num_heads: H (divides D). mlp_dim: the MLP's hidden size.
+    dtype: compute dtype; the input is cast to it.
   """
 
-  depth: int
-  num_heads: int
-  mlp_ratio: float = 4.0
-  dtype: Dtype = jnp.float32
-  remat: bool = False
+  def __init__(self, width: int, depth: int, num_heads: int, mlp_dim: int, dtype: Dtype,
+               remat: bool, *, rngs: nnx.Rngs):
+    self.depth, self.dtype, self.remat = depth, dtype, remat
+    for i in range(depth):
+      setattr(self, f"block_{i}", EncoderBlock(width, num_heads, mlp_dim, dtype, rngs=rngs))
 
-  @nn.compact
-  def __call__(self, x: Array, mask: Array | None = None) -> Array:
-    """x: [B, L, D] in the compute dtype; mask as in EncoderBlock. Returns [B, L, D]."""
-    block_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
+  def __call__(self, x: Array, mask: Array | None = None, is_causal: bool = False) -> Array:
+    """x: [B, L, D]; mask and is_causal as in EncoderBlock. Returns [B, L, D] (compute dtype)."""
+    call = _call_block_remat if self.remat else _call_block
     x = x.astype(self.dtype)
     for i in range(self.depth):
-      x = block_cls(self.num_heads, self.mlp_ratio, self.dtype, name=f"block_{i}")(x, mask)
+      x = call(getattr(self, f"block_{i}"), x, mask, is_causal)
     return x

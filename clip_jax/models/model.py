@@ -1,11 +1,16 @@
-"""The multi-tower contrastive model, built from `config.model`.
+"""The multi-tower contrastive model (Flax NNX), built from `config.model`.
 
-Every modality named under `config.model.towers` gets a tower (looked up by name in TOWERS) that
-reads `batch[<modality>]`, then a bias-free projection to `embed_dim`, then L2 normalisation.
-Adding a third modality (e.g. `towers.audio = ConfigDict(name="vit", ...)` reading
-`batch["audio"]`) is a config change only.
+Every modality named under `config.model.towers` gets a tower (a registered NNX module, built
+eagerly from its config section) that reads `batch[<modality>]`, then a bias-free projection to
+`embed_dim`, then L2 normalisation. Adding a third modality (e.g. `towers.audio =
+ConfigDict(name="vit", ...)` reading `batch["audio"]`) is a config change only.
 
-Parameters:
+    spec = parse_model_config(config.model)          # start-up: every field checked
+    model = MultiTower(spec, {"image": images, "text": tokens}, rngs=nnx.Rngs(0))
+    graphdef, params = split_params(model)            # params: a plain dict of arrays
+    embeddings = nnx.merge(graphdef, params)(batch)   # e.g. in jax.jit: {modality: [B, d]}
+
+Parameters (`params`):
 
     {<modality>: {"encoder": <tower params>, "projection": {"kernel": [width, embed_dim]}}}
 
@@ -18,17 +23,18 @@ import dataclasses
 import difflib
 from typing import Any, Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from clip_jax.models import layers
 from clip_jax.models import text as _text  # noqa: F401  (registers "text_transformer")
 from clip_jax.models import vit as _vit  # noqa: F401  (registers "vit")
 from clip_jax.models.registry import (MODEL_WIDE_FIELDS, REQUIRED, TOWERS, ConfigError,
-                                      canonical_dtype, check_bool, tower_fields)
+                                      canonical_dtype, check_bool)
 
 Array = jax.Array
+
 
 def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
   """x / max(||x||, eps) along the last axis, in float32. [..., d] -> [..., d]."""
@@ -45,23 +51,62 @@ def _as_dict(config: Any) -> dict[str, Any]:
   raise ConfigError(f"expected a ConfigDict or mapping, got {type(config).__name__}")
 
 
+@dataclasses.dataclass(frozen=True)
+class TowerSpec:
+  """A checked `config.model.towers.<modality>` section.
+
+  Attributes:
+    name: the registered tower name. cls: its class.
+    kwargs: the constructor's keyword arguments: the section's fields, declared defaults filled
+      in, and `dtype` (a jnp dtype) and `remat`.
+    field: "config.model.towers.<modality>", named in errors.
+  """
+
+  name: str
+  cls: type
+  kwargs: dict[str, Any]
+  field: str
+
+  def build(self, inputs: jax.ShapeDtypeStruct, rngs: nnx.Rngs) -> nnx.Module:
+    """The tower for batch entries shaped like `inputs` [B, ...].
+
+    Raises:
+      ConfigError naming the field for inputs the tower cannot take (e.g. an image size its
+      patch size does not divide); TypeError for a tower class without `out_features`.
+    """
+    check_config = getattr(self.cls, "check_config", None)
+    if check_config is not None:
+      check_config(self.kwargs, self.field, inputs)
+    tower = self.cls(inputs, **self.kwargs, rngs=rngs)
+    if not isinstance(getattr(tower, "out_features", None), int):
+      raise TypeError(f"tower {self.name!r} ({self.cls.__name__}) must set an int attribute "
+                      "`out_features`, the width of its features")
+    return tower
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """A checked `config.model`: the shared embedding size and the towers by modality (in config
+  order)."""
+
+  embed_dim: int
+  towers: dict[str, TowerSpec]
+
+
 def resolve_tower(modality: str, tower_config: Any, dtype: Any = "float32",
-                  remat: bool = False) -> tuple[type, dict[str, Any]]:
+                  remat: bool = False) -> TowerSpec:
   """Looks up and checks the tower for `config.model.towers.<modality>`.
 
   Args:
     modality: the batch key the tower reads.
-    tower_config: ConfigDict/mapping with `name` (a registered tower) and the tower's kwargs;
+    tower_config: ConfigDict/mapping with `name` (a registered tower) and the tower's fields;
       it may override the model's `dtype` and `remat` for this tower.
     dtype: the model's compute dtype (used unless the tower config sets its own).
     remat: the model's remat flag (used unless the tower config sets its own).
 
-  Returns:
-    (tower class, kwargs) such that `cls(**kwargs)` builds the tower.
-
   Raises:
     ConfigError naming `config.model.towers.<modality>.<field>` for an unknown tower name, an
-    unknown or missing kwarg, or an invalid value.
+    unknown or missing field, or an invalid value.
   """
   field = f"config.model.towers.{modality}"
   kwargs = _as_dict(tower_config)
@@ -69,7 +114,10 @@ def resolve_tower(modality: str, tower_config: Any, dtype: Any = "float32",
     raise ConfigError(f"{field}.name is missing; choose one of: {', '.join(TOWERS.names())}")
   name = kwargs.pop("name")
   tower_cls = TOWERS.get(name, field=f"{field}.name")
-  declared = tower_fields(tower_cls)
+  declared = TOWERS.fields(name)
+  if declared is None:
+    raise ConfigError(f"tower {name!r} declares no config fields; register it with "
+                      f"TOWERS.register({name!r}, fields={{...}})")
   allowed = [*declared, *MODEL_WIDE_FIELDS]
   for key in kwargs:
     if key not in allowed:
@@ -78,90 +126,27 @@ def resolve_tower(modality: str, tower_config: Any, dtype: Any = "float32",
       raise ConfigError(
           f"{field}.{key} is not a parameter of tower {name!r}{hint}; allowed fields: "
           f"{', '.join(allowed)}")
-  kwargs.setdefault("dtype", dtype)
-  kwargs.setdefault("remat", remat)
-  kwargs["dtype"] = canonical_dtype(kwargs["dtype"], f"{field}.dtype")
-  check_bool(kwargs["remat"], f"{field}.remat")
   missing = [n for n, default in declared.items() if n not in kwargs and default is REQUIRED]
   if missing:
     raise ConfigError(f"{field} is missing required field(s) of tower {name!r}: "
                       f"{', '.join(f'{field}.{n}' for n in missing)}")
-  if "config_field" in {f.name for f in dataclasses.fields(tower_cls)}:
-    kwargs["config_field"] = field
+  kwargs = {**{n: d for n, d in declared.items() if d is not REQUIRED}, **kwargs}
+  kwargs.setdefault("dtype", dtype)
+  kwargs.setdefault("remat", remat)
+  kwargs["dtype"] = canonical_dtype(kwargs["dtype"], f"{field}.dtype")
+  check_bool(kwargs["remat"], f"{field}.remat")
   check_config = getattr(tower_cls, "check_config", None)
   if check_config is not None:
     check_config(kwargs, field)
-  return tower_cls, kwargs
+  return TowerSpec(name, tower_cls, kwargs, field)
 
 
-class _ModalityEmbedder(nn.Module):
-  """Tower ("encoder") + bias-free projection ("projection") + L2 norm, for one modality."""
-
-  tower_cls: type
-  tower_kwargs: tuple[tuple[str, Any], ...]
-  embed_dim: int
-  dtype: Any
-
-  @nn.compact
-  def __call__(self, inputs: Array, train: bool) -> Array:
-    features = self.tower_cls(**dict(self.tower_kwargs), name="encoder")(inputs, train=train)
-    projected = layers.dense(self.embed_dim, self.dtype, "projection", use_bias=False)(features)
-    return l2_normalize(projected)
-
-
-class MultiTower(nn.Module):
-  """One tower per modality, projected to a shared `embed_dim` and L2-normalised.
-
-  Attributes:
-    embed_dim: size of the shared embedding space.
-    towers: {modality: tower config (a mapping with `name` and the tower's kwargs)}. The
-      modality is the batch key the tower reads.
-    dtype: compute dtype ("float32" | "bfloat16"); params are float32, outputs float32.
-    remat: rematerialise every transformer block (towers may override).
-  """
-
-  embed_dim: int
-  towers: Mapping[str, Mapping[str, Any]]
-  dtype: Any = "float32"
-  remat: bool = False
-
-  def __call__(self, batch: Mapping[str, Array], *, train: bool = False) -> dict[str, Array]:
-    """Embeds every modality of the model.
-
-    Args:
-      batch: {modality: inputs}, e.g. "image" float32 [B, H, W, 3], "text" int32 [B, L] (pad 0).
-        Keys that are not modalities of the model (e.g. "instance_id") are ignored. Under a mesh
-        the batch dimension is sharded over the batch axes (e.g. ("data", "fsdp")).
-      train: training mode (passed to the towers).
-
-    Returns:
-      {modality: [B, embed_dim] float32, L2-normalised}.
-    """
-    missing = [m for m in self.towers if m not in batch]
-    if missing:
-      raise ConfigError(
-          f"the batch has no {', '.join(map(repr, missing))} entry but config.model.towers "
-          f"defines tower(s) for it; batch keys: {', '.join(map(repr, batch))}")
-    return {m: self.embed(batch[m], m, train=train) for m in self.towers}
-
-  @nn.compact
-  def embed(self, inputs: Array, modality: str, *, train: bool = False) -> Array:
-    """Embeds one modality: inputs [B, ...] -> [B, embed_dim] float32, L2-normalised."""
-    if modality not in self.towers:
-      raise ConfigError(f"{modality!r} is not a modality of the model; config.model.towers has: "
-                        f"{', '.join(self.towers)}")
-    dtype = canonical_dtype(self.dtype, "config.model.dtype")
-    tower_cls, kwargs = resolve_tower(modality, self.towers[modality], dtype, self.remat)
-    return _ModalityEmbedder(tower_cls, tuple(kwargs.items()), self.embed_dim, kwargs["dtype"],
-                             name=modality)(inputs, train)
-
-
-def make_model(model_config: Any) -> MultiTower:
-  """Builds the MultiTower model from `config.model`, checking the whole config at start-up.
+def parse_model_config(model_config: Any) -> ModelSpec:
+  """Checks the whole `config.model` at start-up, before any input shape is known.
 
   Args:
     model_config: ConfigDict with embed_dim, dtype ("float32" | "bfloat16"), remat (bool) and
-      towers ({modality: ConfigDict(name=<registered tower>, **tower kwargs)}).
+      towers ({modality: ConfigDict(name=<registered tower>, **tower fields)}).
 
   Raises:
     ConfigError naming the offending field (e.g. `config.model.towers.image.pooling`) and the
@@ -182,10 +167,129 @@ def make_model(model_config: Any) -> MultiTower:
   if not isinstance(towers, Mapping) or not towers:
     raise ConfigError("config.model.towers must map at least one modality to a tower config "
                       f"(ConfigDict(name=...)); got {towers!r}")
+  specs = {}
   for modality, tower_config in towers.items():
     if not isinstance(tower_config, Mapping):
       raise ConfigError(f"config.model.towers.{modality} must be a ConfigDict(name=..., ...), "
                         f"got {tower_config!r}")
-    resolve_tower(modality, tower_config, dtype, remat)  # Fails here, at start-up.
-  return MultiTower(embed_dim=embed_dim, towers={m: dict(t) for m, t in towers.items()},
-                    dtype=config.get("dtype", "float32"), remat=remat)
+    if (not modality.isidentifier() or modality.startswith("_")
+        or hasattr(MultiTower, modality) or modality == "modalities"):
+      raise ConfigError(f"config.model.towers.{modality}: the modality name must be a Python "
+                        "identifier that is not an attribute of the model (e.g. 'image', "
+                        "'text', 'audio')")
+    specs[modality] = resolve_tower(modality, tower_config, dtype, remat)
+  return ModelSpec(embed_dim, specs)
+
+
+class ModalityEmbedder(nnx.Module):
+  """Tower ("encoder") + bias-free projection ("projection") + L2 norm, for one modality.
+
+  [B, ...] -> [B, embed_dim] float32, L2-normalised.
+  """
+
+  def __init__(self, modality: str, encoder: nnx.Module, embed_dim: int, dtype: Any, *,
+               rngs: nnx.Rngs):
+    self.modality = modality
+    self.encoder = encoder
+    self.projection = layers.dense(encoder.out_features, embed_dim, dtype, rngs, use_bias=False)
+
+  def __call__(self, inputs: Array, rngs: nnx.Rngs | None = None) -> Array:
+    return l2_normalize(self.projection(self.encoder(inputs, rngs=rngs)))
+
+
+class MultiTower(nnx.Module):
+  """One tower per modality, projected to a shared `embed_dim` and L2-normalised.
+
+  Each modality's `ModalityEmbedder` is the attribute of that name, so parameter paths start
+  with the modality.
+
+  Args:
+    spec: the checked `config.model` (`parse_model_config`).
+    inputs: {modality: an array or `jax.ShapeDtypeStruct` shaped like that batch entry,
+      [B, ...] (B is not used)}, e.g. image float32 [1, 224, 224, 3], text int32 [1, 77].
+    rngs: the `params` stream draws the initial parameters.
+
+  Raises:
+    ConfigError naming the field for a modality missing from `inputs` or inputs a tower cannot
+    take.
+  """
+
+  def __init__(self, spec: ModelSpec, inputs: Mapping[str, Any], *, rngs: nnx.Rngs):
+    self.modalities = tuple(spec.towers)
+    missing = [m for m in self.modalities if m not in inputs]
+    if missing:
+      raise ConfigError(
+          f"config.model.towers.{missing[0]} reads the batch entry {missing[0]!r}, which the "
+          f"inputs do not have (they have {sorted(inputs)})")
+    for modality, tower in spec.towers.items():
+      x = inputs[modality]
+      encoder = tower.build(jax.ShapeDtypeStruct(x.shape, x.dtype), rngs)
+      setattr(self, modality, ModalityEmbedder(modality, encoder, spec.embed_dim,
+                                               tower.kwargs["dtype"], rngs=rngs))
+
+  def __call__(self, batch: Mapping[str, Array], *,
+               rng: jax.Array | None = None) -> dict[str, Array]:
+    """Embeds every modality of the model.
+
+    Args:
+      batch: {modality: inputs}, e.g. "image" float32 [B, H, W, 3], "text" int32 [B, L] (pad 0).
+        Keys that are not modalities of the model (e.g. "instance_id") are ignored. Under a mesh
+        the batch dimension is sharded over the batch axes (e.g. ("data", "fsdp")).
+      rng: a PRNG key for the towers' stochastic layers (training), or None (deterministic, as
+        in evaluation); see `embed`.
+
+    Returns:
+      {modality: [B, embed_dim] float32, L2-normalised}.
+    """
+    missing = [m for m in self.modalities if m not in batch]
+    if missing:
+      raise ConfigError(
+          f"the batch has no {', '.join(map(repr, missing))} entry but config.model.towers "
+          f"defines tower(s) for it; batch keys: {', '.join(map(repr, batch))}")
+    return {m: self.embed(batch[m], m, rng=rng) for m in self.modalities}
+
+  def embed(self, inputs: Array, modality: str, *, rng: jax.Array | None = None) -> Array:
+    """Embeds one modality: inputs [B, ...] -> [B, embed_dim] float32, L2-normalised.
+
+    Args:
+      rng: None, or a PRNG key: the tower then gets `nnx.Rngs(fold_in(rng, i))`, i the
+        modality's index in the config, so every tower draws its own numbers and the same key
+        gives the same numbers whether the towers run together or one at a time.
+    """
+    if modality not in self.modalities:
+      raise ConfigError(f"{modality!r} is not a modality of the model; config.model.towers has: "
+                        f"{', '.join(self.modalities)}")
+    rngs = None
+    if rng is not None:
+      rngs = nnx.Rngs(jax.random.fold_in(rng, self.modalities.index(modality)))
+    return getattr(self, modality)(inputs, rngs)
+
+
+def split_params(model: MultiTower) -> tuple[nnx.GraphDef, dict[str, Any]]:
+  """(graphdef, params) of `model`: `params` is the plain nested dict of its `nnx.Param` arrays
+  (the layout in the module docstring), and `nnx.merge(graphdef, params)` rebuilds the model.
+
+  Raises:
+    TypeError naming the paths of variables that are not `nnx.Param` (a tower must not keep
+    other state, e.g. an RNG stream: random numbers come in through the call).
+  """
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  others = ["/".join(map(str, path)) for path, _ in nnx.to_flat_state(rest)]
+  if others:
+    raise TypeError(f"the towers hold variables other than nnx.Param: {', '.join(others)}; "
+                    "keep only parameters in a tower and take random numbers from the `rngs` "
+                    "of its call")
+  return graphdef, nnx.to_pure_dict(params)
+
+
+def abstract_model(spec: ModelSpec, inputs: Mapping[str, Any]) -> MultiTower:
+  """`MultiTower(spec, inputs)` built abstractly (`nnx.eval_shape`): its parameters are
+  `jax.ShapeDtypeStruct`s and nothing is allocated. For the model's structure (`nnx.graphdef`)
+  and parameter shapes."""
+  return nnx.eval_shape(lambda: MultiTower(spec, inputs, rngs=nnx.Rngs(0)))
+
+
+def make_model(model_config: Any, inputs: Mapping[str, Any], *, rngs: nnx.Rngs) -> MultiTower:
+  """`MultiTower(parse_model_config(model_config), inputs, rngs=rngs)`: checks `config.model`
+  and builds the model eagerly for batch entries shaped like `inputs`."""
+  return MultiTower(parse_model_config(model_config), inputs, rngs=rngs)

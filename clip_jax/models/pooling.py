@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from clip_jax.models import layers
 
@@ -56,29 +56,28 @@ def masked_mean(x: Array, mask: Array) -> Array:
   return total / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
 
 
-class MAPHead(nn.Module):
+class MAPHead(nnx.Module):
   """Multihead attention pooling: a learned probe [1, 1, D] attends over the tokens, then a
   residual MLP. [B, L, D] -> [B, D].
 
-  Attributes:
-    num_heads: attention heads (must divide D).
-    mlp_ratio: hidden size of the MLP as a multiple of D.
+  Args:
+    width: D. num_heads: attention heads (must divide D). mlp_dim: hidden size of the MLP.
     dtype: compute dtype.
+    rngs: `params` stream for the initialisers.
   """
 
-  num_heads: int
-  mlp_ratio: float = 4.0
-  dtype: Any = jnp.float32
+  def __init__(self, width: int, num_heads: int, mlp_dim: int, dtype: Any, *, rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.probe = layers.embedding((1, 1, width), rngs)
+    self.attn = layers.MultiHeadAttention(width, num_heads, dtype, rngs=rngs)
+    self.norm = layers.layer_norm(width, dtype, rngs)
+    self.mlp = layers.Mlp(width, mlp_dim, dtype, rngs=rngs)
 
-  @nn.compact
   def __call__(self, x: Array, mask: Array | None = None) -> Array:
     """x: [B, L, D]; mask: optional bool [B, L], True for tokens the probe may attend to."""
-    width = x.shape[-1]
-    probe = self.param("probe", layers.EMBED_INIT, (1, 1, width), jnp.float32)
     # [B, 1, D]; broadcast by adding zeros shaped (and sharded) like the batch.
-    probe = probe.astype(self.dtype) + jnp.zeros_like(x[:, :1], dtype=self.dtype)
+    probe = self.probe[...].astype(self.dtype) + jnp.zeros_like(x[:, :1], dtype=self.dtype)
     attn_mask = None if mask is None else mask[:, None, None, :]  # [B, 1, 1, L]
-    y = layers.MultiHeadAttention(self.num_heads, self.dtype, name="attn")(probe, x, attn_mask)
-    z = layers.layer_norm(self.dtype, "norm")(y)
-    y = y + layers.Mlp(int(round(width * self.mlp_ratio)), self.dtype, name="mlp")(z)
+    y = self.attn(probe, x, attn_mask)
+    y = y + self.mlp(self.norm(y))
     return y[:, 0]

@@ -1,54 +1,42 @@
 """The registry of towers (encoders), selected by `config.model.towers.<modality>.name`.
 
-A tower is a `flax.linen.Module` class. The model builds it as
-`cls(**tower_config_without_name, dtype=compute_dtype, remat=bool)` and calls it as
-`tower(inputs, train=...)`, returning unnormalised features `[B, width]` (float32). The model then
-projects them to the shared embedding size and L2-normalises them.
+A tower is a Flax NNX module class, registered with its config fields and their defaults
+(`@TOWERS.register("my_tower", fields={"width": REQUIRED, ...})`). The model builds it eagerly as
 
-Optional extras a tower class may define (the model uses them when present):
+    cls(inputs, **fields, dtype=compute_dtype, remat=bool, rngs=nnx.Rngs)
 
-* a dataclass field `config_field: str`: the model sets it to `"config.model.towers.<modality>"`
-  so that errors raised while the tower runs (e.g. an image size that the patch size does not
-  divide) name the right config field;
-* a classmethod `check_config(kwargs: dict, field: str) -> None` that raises `ConfigError` for
-  invalid values (e.g. a pooling kind outside the allowed set); `make_model` calls it at start-up.
+where `inputs` is the `jax.ShapeDtypeStruct` of the batch entry it reads (`[B, ...]`; B is not
+used) and `fields` are the section's values, declared defaults filled in. A tower
 
-The `check_*` helpers below are shared by the towers for such checks.
+* holds only `nnx.Param` variables (the trainer differentiates and checkpoints them; random
+  numbers come in through the call, never from state kept in the module);
+* has an attribute `out_features: int`, the width of its features;
+* is called as `tower(x, rngs=None)`: x `[B, ...]` -> unnormalised features `[B, out_features]`
+  float32. `rngs` (an `nnx.Rngs`) is given in training, for stochastic layers such as dropout,
+  and is None in evaluation. The model then projects the features to the shared embedding size
+  and L2-normalises them.
+
+A tower class may define a classmethod `check_config(kwargs: dict, field: str, inputs=None)`
+that raises `ConfigError` for invalid values (e.g. a pooling kind outside the allowed set) and,
+given `inputs`, for input shapes it cannot take; `parse_model_config` calls it at start-up
+(without inputs) and `TowerSpec.build` before building (with them). The `check_*` helpers below are shared by the towers
+for such checks, and `resolve_size` reads named sizes such as `variant="B/16"`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import jax.numpy as jnp
 
 from clip_jax.registry import REQUIRED, ConfigError, Registry
 
-# Dataclass fields of a tower that the config may not set: flax's own, and the model's.
-RESERVED_FIELDS = ("parent", "name", "config_field")
 # Fields every tower takes that default to the model's settings (config.model.dtype / remat).
 MODEL_WIDE_FIELDS = ("dtype", "remat")
+# The field named in errors of a tower built outside a model.
+GENERIC_FIELD = "config.model.towers.<modality>"
 
-
-def tower_fields(tower_cls: type) -> dict[str, Any]:
-  """The config fields of a tower class: {field: default, or REQUIRED}, without the reserved
-  fields and without `dtype` and `remat` (which default to the model's)."""
-  out = {}
-  for f in dataclasses.fields(tower_cls):
-    if not f.init or f.name in RESERVED_FIELDS or f.name in MODEL_WIDE_FIELDS:
-      continue
-    if f.default is not dataclasses.MISSING:
-      out[f.name] = f.default
-    elif f.default_factory is not dataclasses.MISSING:
-      out[f.name] = f.default_factory()
-    else:
-      out[f.name] = REQUIRED
-  return out
-
-
-TOWERS: Registry[type] = Registry("tower", "config.model.towers.<modality>.name",
-                                  fields_of=tower_fields)
+TOWERS: Registry[type] = Registry("tower", "config.model.towers.<modality>.name")
 
 # Compute dtypes a model or tower may use (by config name). Parameters are always float32.
 DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -103,3 +91,56 @@ def _same_dtype(a: Any, b: Any) -> bool:
     return jnp.dtype(a) == jnp.dtype(b)
   except (TypeError, ValueError):
     return False
+
+
+def resolve_size(kwargs: Mapping[str, Any], sizes: Mapping[str, tuple[int, int, int, int]],
+                 field: str, with_patch: bool) -> dict[str, int]:
+  """The transformer shape of a tower config: its explicit fields, else its named size.
+
+  Args:
+    kwargs: the tower's config; reads `variant`, `width`, `depth`, `num_heads`, `mlp_ratio`
+      and, with `with_patch`, `patch_size` (None where not set).
+    sizes: {size name: (width, depth, num_heads, mlp_dim)}.
+    field: the tower's config path, for errors.
+    with_patch: the variant is "<size>/<patch>" (a ViT) rather than "<size>".
+
+  Returns:
+    {"width", "depth", "num_heads", "mlp_dim"} (and "patch_size" with `with_patch`). The MLP
+    size is round(width * mlp_ratio), where mlp_ratio defaults to the named size's
+    mlp_dim / width, or 4 without a named size.
+
+  Raises:
+    ConfigError naming `<field>.variant` for an unknown size or a malformed variant, the
+    missing fields when neither they nor a variant are given, a field that is not a positive
+    integer, and a width that num_heads does not divide.
+  """
+  variant = kwargs.get("variant")
+  names = ("patch_size",) * with_patch + ("width", "depth", "num_heads")
+  example = "'B/16'" if with_patch else "'B'"
+  named: dict[str, Any] = {}
+  ratio = 4.0
+  if variant is not None:
+    size, _, patch = str(variant).partition("/")
+    if (size not in sizes or not isinstance(variant, str)
+        or (with_patch and not patch.isdigit()) or (not with_patch and patch)):
+      form = "'<size>/<patch size>'" if with_patch else "a size name"
+      raise ConfigError(f"{field}.variant = {variant!r} is not {form} with a known size (e.g. "
+                        f"{example}); sizes: {', '.join(sizes)}")
+    width, depth, num_heads, mlp_dim = sizes[size]
+    named = dict(width=width, depth=depth, num_heads=num_heads)
+    if with_patch:
+      named["patch_size"] = int(patch)
+    ratio = mlp_dim / width
+  shape = {n: kwargs[n] if kwargs.get(n) is not None else named.get(n) for n in names}
+  missing = [f"{field}.{n}" for n in names if shape[n] is None]
+  if missing:
+    raise ConfigError(f"{field} is missing required field(s): {', '.join(missing)}; set them, "
+                      f"or a named size {field}.variant (e.g. {example})")
+  if kwargs.get("mlp_ratio") is not None:
+    check_positive_number(kwargs["mlp_ratio"], f"{field}.mlp_ratio")
+    ratio = kwargs["mlp_ratio"]
+  for name in names:
+    check_positive_int(shape[name], f"{field}.{name}")
+  check_divisible(shape["width"], shape["num_heads"], f"{field}.width", f"{field}.num_heads")
+  shape["mlp_dim"] = int(round(shape["width"] * ratio))
+  return shape

@@ -3,40 +3,54 @@
 tokens [B, L] int32 (pad id 0, the EOS token is the last non-pad token) -> token embeddings +
 learned position embeddings -> pre-LN transformer (causal or bidirectional; pad tokens are never
 attended to as keys) -> final LayerNorm -> pooling -> [B, D] float32.
+
+Named sizes: `variant="B"` sets width, depth, heads and MLP size from `TEXT_SIZES` (CLIP's text
+tower for a ViT-B image tower); fields given explicitly override the size's values.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from clip_jax.models import layers
 from clip_jax.models import pooling as pooling_lib
 from clip_jax.models.registry import (
-    TOWERS, ConfigError, canonical_dtype, check_bool, check_choice, check_divisible,
-    check_positive_int, check_positive_number)
+    GENERIC_FIELD, REQUIRED, TOWERS, ConfigError, canonical_dtype, check_bool, check_choice,
+    check_positive_int, resolve_size)
 
 Array = jax.Array
 
 TEXT_POOLINGS = ("eos", "last", "mean")
 PAD_ID = 0
 
+# Named sizes of CLIP's text towers, by the image tower they go with: (width D, depth, heads,
+# MLP hidden size). S to G: Radford et al. 2021 and OpenCLIP (Cherti et al. 2023); So400m: the
+# SigLIP So400m text tower (Zhai et al. 2023), shaped like its image tower.
+TEXT_SIZES: dict[str, tuple[int, int, int, int]] = {
+    "S": (384, 12, 6, 1536),
+    "M": (512, 12, 8, 2048),
+    "B": (512, 12, 8, 2048),
+    "L": (768, 12, 12, 3072),
+    "H": (1024, 12, 16, 4096),
+    "g": (1024, 12, 16, 4096),
+    "G": (1280, 32, 20, 5120),
+    "So400m": (1152, 27, 16, 4304),
+}
 
-def attention_mask(tokens: Array, causal: bool, pad_id: int = PAD_ID) -> Array:
-  """Bool mask [B, 1, L, L] (True = query may attend to key) for tokens [B, L].
+TEXT_FIELDS = dict(variant=None, vocab_size=REQUIRED, context_length=REQUIRED, width=None,
+                   depth=None, num_heads=None, mlp_ratio=None, causal=True, pooling="eos")
 
-  Pad tokens are masked out as keys; with `causal`, position i also only sees keys j <= i.
-  """
-  mask = (tokens != pad_id)[:, None, None, :]  # [B, 1, 1, L]: keys
-  if causal:
-    length = tokens.shape[1]
-    mask = mask & jnp.tril(jnp.ones((length, length), bool))[None, None]
-  return mask
+
+def key_mask(tokens: Array, pad_id: int = PAD_ID) -> Array:
+  """Bool mask [B, 1, 1, L] (True = a query may attend to this key) for tokens [B, L]: pad
+  tokens are masked out as keys."""
+  return (tokens != pad_id)[:, None, None, :]
 
 
 def embedding_lookup(table: Array, ids: Array) -> Array:
@@ -51,94 +65,102 @@ def embedding_lookup(table: Array, ids: Array) -> Array:
   return jnp.take(table, ids, axis=0)
 
 
-@TOWERS.register("text_transformer")
-class TextTransformer(nn.Module):
+@TOWERS.register("text_transformer", fields=TEXT_FIELDS)
+class TextTransformer(nnx.Module):
   """Transformer text tower.
 
-  Attributes:
+  Args (the config fields, `TEXT_FIELDS`):
+    inputs: the shape of the batch entry it reads, int token ids [B, L], L <= context_length.
+    variant: a named CLIP text size (e.g. "B", "L", "So400m"; sizes in TEXT_SIZES), or None: then
+      width, depth and num_heads must be given.
     vocab_size: number of token ids (ids must lie in [0, vocab_size); 0 is padding).
     context_length: the longest token sequence (the number of position embeddings); inputs
       [B, L] with L <= context_length use the first L positions.
     width: D, the token width.
     depth: number of transformer blocks.
     num_heads: attention heads; must divide `width`.
-    mlp_ratio: MLP hidden size as a multiple of `width`.
+    mlp_ratio: MLP hidden size as a multiple of `width` (default: the variant's, else 4).
     causal: causal (True) or bidirectional (False) self-attention.
     pooling: "eos" / "last" (the features at the last non-pad token, index sum(tokens != 0) - 1)
       or "mean" (mean over the non-pad tokens).
     dtype: compute dtype ("float32" | "bfloat16"); params are float32, the output is float32.
     remat: rematerialise each transformer block.
-    config_field: the config path of this tower, used in error messages.
+    rngs: the `params` stream draws the initial parameters.
+
+  The model checks the config and the input shape (`check_config`) before it builds the tower.
   """
 
-  vocab_size: int
-  context_length: int
-  width: int
-  depth: int
-  num_heads: int
-  mlp_ratio: float = 4.0
-  causal: bool = True
-  pooling: str = "eos"
-  dtype: Any = "float32"
-  remat: bool = False
-  config_field: str = "config.model.towers.<modality>"
+  def __init__(self, inputs: jax.ShapeDtypeStruct, *, vocab_size: int, context_length: int,
+               variant: str | None = None, width: int | None = None, depth: int | None = None,
+               num_heads: int | None = None, mlp_ratio: float | None = None,
+               causal: bool = True, pooling: str = "eos", dtype: Any = "float32",
+               remat: bool = False, rngs: nnx.Rngs):
+    del inputs  # any length up to context_length
+    given = dict(variant=variant, width=width, depth=depth, num_heads=num_heads,
+                 mlp_ratio=mlp_ratio)
+    shape = resolve_size(given, TEXT_SIZES, GENERIC_FIELD, with_patch=False)
+    dtype = canonical_dtype(dtype, f"{GENERIC_FIELD}.dtype")
+    width = shape["width"]
+    self.vocab_size, self.causal, self.pooling = vocab_size, causal, pooling
+    self.dtype, self.out_features = dtype, width
+    self.token_embedding = layers.embedding((vocab_size, width), rngs)
+    self.pos_embedding = layers.embedding((context_length, width), rngs)
+    self.transformer = layers.Transformer(width, shape["depth"], shape["num_heads"],
+                                          shape["mlp_dim"], dtype, remat, rngs=rngs)
+    self.final_norm = layers.layer_norm(width, dtype, rngs)
 
   @classmethod
-  def check_config(cls, kwargs: dict[str, Any], field: str) -> None:
-    """Raises ConfigError (naming `<field>.<attribute>`) for invalid attribute values."""
-    for name in ("vocab_size", "context_length", "width", "depth", "num_heads"):
+  def check_config(cls, kwargs: dict[str, Any], field: str,
+                   inputs: jax.ShapeDtypeStruct | None = None) -> None:
+    """Raises ConfigError (naming `<field>.<attribute>`) for invalid values, and, given the
+    shape of the batch entry it reads, for inputs that are not int ids [B, L] with
+    L <= context_length."""
+    for name in ("vocab_size", "context_length"):
       check_positive_int(kwargs[name], f"{field}.{name}")
-    check_positive_number(kwargs.get("mlp_ratio", 4.0), f"{field}.mlp_ratio")
+    resolve_size(kwargs, TEXT_SIZES, field, with_patch=False)
     check_bool(kwargs.get("causal", True), f"{field}.causal")
     check_choice(kwargs.get("pooling", "eos"), TEXT_POOLINGS, f"{field}.pooling")
-    check_divisible(kwargs["width"], kwargs["num_heads"], f"{field}.width", f"{field}.num_heads")
     canonical_dtype(kwargs.get("dtype", "float32"), f"{field}.dtype")
     check_bool(kwargs.get("remat", False), f"{field}.remat")
-
-  def _check_tokens(self, tokens: Array) -> None:
-    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
-      raise ValueError(f"{self.config_field}: the text tower expects int token ids [B, L], got "
-                       f"{tokens.dtype} {tokens.shape}")
-    if tokens.shape[1] > self.context_length:
+    if inputs is None:
+      return
+    if len(inputs.shape) != 2 or not jnp.issubdtype(inputs.dtype, jnp.integer):
+      raise ConfigError(f"{field}: the text tower expects int token ids [B, L], got "
+                        f"{inputs.dtype} {tuple(inputs.shape)}")
+    if inputs.shape[1] > kwargs["context_length"]:
       raise ConfigError(
-          f"config.data.max_len (text length {tokens.shape[1]}) exceeds "
-          f"{self.config_field}.context_length = {self.context_length}; make max_len <= "
+          f"config.data.max_len (text length {inputs.shape[1]}) exceeds "
+          f"{field}.context_length = {kwargs['context_length']}; make max_len <= "
           "context_length")
-    # Concrete, local inputs (e.g. an eager init): check the ids. Skipped under tracing (jit).
+
+  def _check_ids(self, tokens: Array) -> None:
+    """Concrete, local inputs (an eager call): the ids must lie in [0, vocab_size). Skipped
+    under tracing (jit)."""
     if (not isinstance(tokens, jax.core.Tracer)
         and getattr(tokens, "is_fully_addressable", True) and tokens.size):
       host_tokens = np.asarray(tokens)
       low, high = int(host_tokens.min()), int(host_tokens.max())
       if low < 0 or high >= self.vocab_size:
         raise ConfigError(
-            f"token ids span [{low}, {high}] but {self.config_field}.vocab_size = "
+            f"token ids span [{low}, {high}] but the text tower's vocab_size = "
             f"{self.vocab_size}; it must exceed the tokenizer's largest id "
             "(config.data.tokenizer.vocab_size)")
 
-  @nn.compact
   def token_features(self, tokens: Array) -> Array:
     """Per-token features after the final LayerNorm: tokens [B, L] -> [B, L, width] (compute
     dtype). Features at pad positions are not meaningful."""
-    self._check_tokens(tokens)
-    dtype = canonical_dtype(self.dtype, f"{self.config_field}.dtype")
-    table = self.param("token_embedding", layers.EMBED_INIT, (self.vocab_size, self.width),
-                       jnp.float32)
-    x = embedding_lookup(table.astype(dtype), tokens)  # [B, L, D]
-    pos = self.param("pos_embedding", layers.EMBED_INIT, (self.context_length, self.width),
-                     jnp.float32)
-    x = x + pos[:tokens.shape[1]].astype(dtype)[None]
-    mask = attention_mask(tokens, self.causal)
-    x = layers.Transformer(self.depth, self.num_heads, self.mlp_ratio, dtype, self.remat,
-                           name="transformer")(x, mask)
-    return layers.layer_norm(dtype, "final_norm")(x)
+    self._check_ids(tokens)
+    x = embedding_lookup(self.token_embedding[...].astype(self.dtype), tokens)  # [B, L, D]
+    x = x + self.pos_embedding[:tokens.shape[1]].astype(self.dtype)[None]
+    x = self.transformer(x, key_mask(tokens), is_causal=self.causal)
+    return self.final_norm(x)
 
-  def __call__(self, tokens: Array, *, train: bool = False) -> Array:
+  def __call__(self, tokens: Array, *, rngs: nnx.Rngs | None = None) -> Array:
     """tokens: [B, L] int (pad 0, L <= context_length). Returns [B, width] float32 features.
 
-    `train` is accepted for the tower interface; the tower has no dropout.
+    `rngs` is accepted for the tower interface; the tower has no stochastic layers.
     """
-    del train
-    check_choice(self.pooling, TEXT_POOLINGS, f"{self.config_field}.pooling")
+    del rngs
     x = self.token_features(tokens)
     if self.pooling in ("eos", "last"):
       out = pooling_lib.last_token(x, tokens, PAD_ID)

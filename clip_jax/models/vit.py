@@ -2,107 +2,142 @@
 
 images [B, H, W, C] -> patch embeddings [B, N, D] (N = H*W / patch_size**2) -> + learned position
 embeddings -> pre-LN transformer -> final LayerNorm -> pooling -> [B, D] float32.
+
+Named sizes: `variant="B/16"` sets width, depth, heads and MLP size from `VIT_SIZES` and the patch
+size from the number after the slash; fields given explicitly override the size's values.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from clip_jax.models import layers
 from clip_jax.models import pooling as pooling_lib
 from clip_jax.models.registry import (
-    TOWERS, ConfigError, canonical_dtype, check_bool, check_choice, check_divisible,
-    check_positive_int, check_positive_number)
+    GENERIC_FIELD, TOWERS, ConfigError, canonical_dtype, check_bool, check_choice, resolve_size)
 
 Array = jax.Array
 
 VIT_POOLINGS = ("cls", "gap", "map")
 
+# Named ViT sizes: (width D, depth, heads, MLP hidden size). Ti/S/B/L/H: Dosovitskiy et al. 2021
+# and Touvron et al. 2021; M, g, G: Zhai et al. 2022 ("Scaling Vision Transformers"); So400m:
+# Alabdulmohsin et al. 2023 ("Getting ViT in Shape"), the SigLIP shape-optimised 400M model.
+VIT_SIZES: dict[str, tuple[int, int, int, int]] = {
+    "Ti": (192, 12, 3, 768),
+    "S": (384, 12, 6, 1536),
+    "M": (512, 12, 8, 2048),
+    "B": (768, 12, 12, 3072),
+    "L": (1024, 24, 16, 4096),
+    "H": (1280, 32, 16, 5120),
+    "g": (1408, 40, 16, 6144),
+    "G": (1664, 48, 16, 8192),
+    "So400m": (1152, 27, 16, 4304),
+}
 
-@TOWERS.register("vit")
-class VisionTransformer(nn.Module):
+VIT_FIELDS = dict(variant=None, patch_size=None, width=None, depth=None, num_heads=None,
+                  mlp_ratio=None, pooling="map")
+
+
+@TOWERS.register("vit", fields=VIT_FIELDS)
+class VisionTransformer(nnx.Module):
   """ViT image tower. Also usable for any [B, H, W, C] input (e.g. spectrogram "images").
 
-  Attributes:
+  Args (the config fields, `VIT_FIELDS`):
+    inputs: the shape of the batch entry it reads, [B, H, W, C] (B is not used).
+    variant: a named size "<size>/<patch>" (e.g. "B/16", "So400m/14"; sizes in VIT_SIZES), or
+      None: then patch_size, width, depth and num_heads must be given.
     patch_size: side of the square patches; must divide the image height and width.
     width: D, the token width.
     depth: number of transformer blocks.
     num_heads: attention heads; must divide `width`.
-    mlp_ratio: MLP hidden size as a multiple of `width`.
+    mlp_ratio: MLP hidden size as a multiple of `width` (default: the variant's, else 4).
     pooling: "cls" (a learned class token prepended to the patches), "gap" (mean over patches) or
       "map" (multihead attention pooling with a learned probe, as in SigLIP).
     dtype: compute dtype ("float32" | "bfloat16"); params are float32, the output is float32.
     remat: rematerialise each transformer block.
-    config_field: the config path of this tower, used in error messages.
+    rngs: the `params` stream draws the initial parameters.
+
+  The model checks the config and the input shape (`check_config`) before it builds the tower.
   """
 
-  patch_size: int
-  width: int
-  depth: int
-  num_heads: int
-  mlp_ratio: float = 4.0
-  pooling: str = "map"
-  dtype: Any = "float32"
-  remat: bool = False
-  config_field: str = "config.model.towers.<modality>"
+  def __init__(self, inputs: jax.ShapeDtypeStruct, *, variant: str | None = None,
+               patch_size: int | None = None, width: int | None = None,
+               depth: int | None = None, num_heads: int | None = None,
+               mlp_ratio: float | None = None, pooling: str = "map", dtype: Any = "float32",
+               remat: bool = False, rngs: nnx.Rngs):
+    given = dict(variant=variant, patch_size=patch_size, width=width, depth=depth,
+                 num_heads=num_heads, mlp_ratio=mlp_ratio)
+    shape = resolve_size(given, VIT_SIZES, GENERIC_FIELD, with_patch=True)
+    dtype = canonical_dtype(dtype, f"{GENERIC_FIELD}.dtype")
+    _, height, width_px, channels = inputs.shape
+    p, width = shape["patch_size"], shape["width"]
+    num_tokens = (height // p) * (width_px // p) + (pooling == "cls")
+    self.patch_size, self.pooling, self.dtype, self.out_features = p, pooling, dtype, width
+    self.patch_embed = layers.dense(p * p * channels, width, dtype, rngs)
+    if pooling == "cls":
+      self.cls = layers.embedding((1, 1, width), rngs)
+    self.pos_embedding = layers.embedding((num_tokens, width), rngs)
+    self.transformer = layers.Transformer(width, shape["depth"], shape["num_heads"],
+                                          shape["mlp_dim"], dtype, remat, rngs=rngs)
+    self.final_norm = layers.layer_norm(width, dtype, rngs)
+    if pooling == "map":
+      self.map_head = pooling_lib.MAPHead(width, shape["num_heads"], shape["mlp_dim"], dtype,
+                                          rngs=rngs)
 
   @classmethod
-  def check_config(cls, kwargs: dict[str, Any], field: str) -> None:
-    """Raises ConfigError (naming `<field>.<attribute>`) for invalid attribute values."""
-    for name in ("patch_size", "width", "depth", "num_heads"):
-      check_positive_int(kwargs[name], f"{field}.{name}")
-    check_positive_number(kwargs.get("mlp_ratio", 4.0), f"{field}.mlp_ratio")
+  def check_config(cls, kwargs: dict[str, Any], field: str,
+                   inputs: jax.ShapeDtypeStruct | None = None) -> None:
+    """Raises ConfigError (naming `<field>.<attribute>`) for invalid values, and, given the
+    shape of the batch entry it reads, for inputs that are not [B, H, W, C] with H and W
+    divisible by the patch size."""
+    shape = resolve_size(kwargs, VIT_SIZES, field, with_patch=True)
     check_choice(kwargs.get("pooling", "map"), VIT_POOLINGS, f"{field}.pooling")
-    check_divisible(kwargs["width"], kwargs["num_heads"], f"{field}.width", f"{field}.num_heads")
     canonical_dtype(kwargs.get("dtype", "float32"), f"{field}.dtype")
     check_bool(kwargs.get("remat", False), f"{field}.remat")
-
-  @nn.compact
-  def __call__(self, images: Array, *, train: bool = False) -> Array:
-    """images: [B, H, W, C] float (any dtype). Returns [B, width] float32 features.
-
-    `train` is accepted for the tower interface; the tower has no dropout.
-    """
-    del train
-    dtype = canonical_dtype(self.dtype, f"{self.config_field}.dtype")
-    check_choice(self.pooling, VIT_POOLINGS, f"{self.config_field}.pooling")
-    if images.ndim != 4:
-      raise ValueError(f"{self.config_field}: the vit tower expects [B, H, W, C] inputs, got "
-                       f"shape {images.shape}")
-    _, height, width_px, _ = images.shape
-    p = self.patch_size
+    if inputs is None:
+      return
+    if len(inputs.shape) != 4:
+      raise ConfigError(f"{field}: the vit tower expects [B, H, W, C] inputs, got shape "
+                        f"{tuple(inputs.shape)}")
+    _, height, width_px, _ = inputs.shape
+    p = shape["patch_size"]
     if height % p or width_px % p:
       raise ConfigError(
-          f"{self.config_field}.patch_size = {p} must divide the input size {height}x{width_px} "
+          f"{field}.patch_size = {p} must divide the input size {height}x{width_px} "
           "(config.data.image_size for images)")
 
-    # Non-overlapping p x p patches, flattened in (row, column, channel) order, then a Dense
+  def __call__(self, images: Array, *, rngs: nnx.Rngs | None = None) -> Array:
+    """images: [B, H, W, C] float (any dtype), H and W as at construction. Returns [B, width]
+    float32 features.
+
+    `rngs` is accepted for the tower interface; the tower has no stochastic layers.
+    """
+    del rngs
+    # Non-overlapping p x p patches, flattened in (row, column, channel) order, then a Linear
     # layer: the same as a stride-p convolution, and needs no sharding annotations.
-    batch, channels = images.shape[0], images.shape[-1]
+    batch, height, width_px, channels = images.shape
+    p = self.patch_size
     rows, cols = height // p, width_px // p
-    patches = layers.reshape_keep_batch(images.astype(dtype), (batch, rows, p, cols, p, channels))
+    patches = layers.reshape_keep_batch(images.astype(self.dtype),
+                                        (batch, rows, p, cols, p, channels))
     patches = jnp.transpose(patches, (0, 1, 3, 2, 4, 5))  # [B, rows, cols, p, p, C]
     patches = layers.reshape_keep_batch(patches, (batch, rows * cols, p * p * channels))
-    x = layers.dense(self.width, dtype, "patch_embed")(patches)  # [B, N, D]
+    x = self.patch_embed(patches)  # [B, N, D]
     if self.pooling == "cls":
-      cls = self.param("cls", layers.EMBED_INIT, (1, 1, self.width), jnp.float32)
-      cls = cls.astype(dtype) + jnp.zeros_like(x[:, :1])  # [B, 1, D], sharded like the batch
+      cls = self.cls[...].astype(self.dtype) + jnp.zeros_like(x[:, :1])  # [B, 1, D], batch-sharded
       x = jnp.concatenate([cls, x], axis=1)
-    pos = self.param("pos_embedding", layers.EMBED_INIT, x.shape[1:], jnp.float32)
-    x = x + pos.astype(dtype)[None]
-
-    x = layers.Transformer(self.depth, self.num_heads, self.mlp_ratio, dtype, self.remat,
-                           name="transformer")(x)
-    x = layers.layer_norm(dtype, "final_norm")(x)
+    x = x + self.pos_embedding[...].astype(self.dtype)[None]
+    x = self.final_norm(self.transformer(x))
 
     if self.pooling == "cls":
       out = pooling_lib.class_token(x)
     elif self.pooling == "gap":
       out = pooling_lib.global_average(x)
     else:
-      out = pooling_lib.MAPHead(self.num_heads, self.mlp_ratio, dtype, name="map_head")(x)
+      out = self.map_head(x)
     return out.astype(jnp.float32)

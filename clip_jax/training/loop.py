@@ -31,7 +31,7 @@ from clip_jax.evals import make_evaluators
 from clip_jax.losses.registry import fixed_mask, make_objective
 from clip_jax.metrics import MetricsWriter, ProgressBar
 from clip_jax.plots import plot_metrics
-from clip_jax.models import make_model
+from clip_jax.models import abstract_model, parse_model_config
 from clip_jax.optim import frozen_mask, make_optimizer
 from clip_jax.registry import ConfigError
 from clip_jax.training import state as state_lib
@@ -57,7 +57,7 @@ class Trainer:
     self.mesh = mesh_lib.make_mesh(config.mesh, devices)
     self.batch_axes = mesh_lib.validate_batch_axes(self.mesh, config.batch_axes)
     self.batch_sharding = mesh_lib.batch_sharding(self.mesh, self.batch_axes)
-    self.model = make_model(config.model)
+    self.model_spec = parse_model_config(config.model)
     self.modalities = tuple(config.model.towers.keys())
     self.objective = make_objective(config.loss, axis_name=self.batch_axes)
     missing = [m for m in self.objective.modalities if m not in self.modalities]
@@ -74,8 +74,9 @@ class Trainer:
           f"config.model.towers.{absent[0]} reads the batch entry {absent[0]!r}, which the data "
           f"does not provide (it gives {sorted(sample_batch)}); for an extra image view, add it "
           "to config.data.extra_views")
-    init_params = state_lib.make_init_fn(
-        self.model, self.objective, state_lib.sample_inputs(sample_batch, self.modalities))
+    sample = state_lib.sample_inputs(sample_batch, self.modalities)
+    self.model = abstract_model(self.model_spec, sample)  # the structure; params are in the state
+    init_params = state_lib.make_init_fn(self.model_spec, self.objective, sample)
     abstract_params = jax.eval_shape(init_params, jax.random.key(0))
     fixed = {"model": jax.tree.map(lambda _: False, abstract_params["model"]),
              "loss": fixed_mask(self.objective.init_params)}

@@ -2,7 +2,8 @@
 
 The state is a plain dict pytree:
   step      int32 []              number of optimizer updates applied
-  params    {"model": MultiTower params, "loss": the objective's raw parameters}
+  params    {"model": the MultiTower's params (a plain dict, `split_params`), "loss": the
+            objective's raw parameters}
   opt_state the optax state for `params`
   rng       uint32 [2]            a raw PRNG key, folded with the step for stochastic layers
   bad_steps int32 []              consecutive non-finite steps (divergence guard)
@@ -16,14 +17,15 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from clip_jax.losses.registry import Objective, initial_values, project
+from clip_jax.models import ModelSpec, MultiTower, split_params
 from clip_jax.sharding import shardings_for
 
 State = dict[str, Any]
@@ -35,11 +37,12 @@ def sample_inputs(batch: Mapping[str, np.ndarray], modalities) -> dict[str, np.n
           if k in modalities}
 
 
-def make_init_fn(model: nn.Module, objective: Objective,
+def make_init_fn(model_spec: ModelSpec, objective: Objective,
                  sample: Mapping[str, np.ndarray]) -> Callable[[jax.Array], dict[str, Any]]:
-  """Returns rng -> params {"model": ..., "loss": ...}."""
+  """Returns rng -> params {"model": ..., "loss": ...}, the model built for batch entries
+  shaped like `sample`."""
   def init(rng):
-    model_params = model.init(rng, dict(sample), train=False)["params"]
+    _, model_params = split_params(MultiTower(model_spec, sample, rngs=nnx.Rngs(rng)))
     # Bounded parameters start inside their bounds (the same projection as after each update).
     loss_params = project(initial_values(objective.init_params), objective.init_params)
     return {"model": model_params, "loss": loss_params}

@@ -18,6 +18,12 @@ after the update.
 With `microbatch_size` > 0 the gradients come from `make_microbatch_grad_fn` (gradient caching:
 the same loss and gradients with the towers' activations held for one micro-batch at a time);
 everything after the gradients is the same step.
+
+The model is a Flax NNX `MultiTower`; the step functions take it (abstract, from
+`clip_jax.models.abstract_model`) for its structure only, and inside `jax.jit` rebuild it from
+the params in the state with `nnx.merge(graphdef, params["model"])` (a trace-time operation: the
+compiled step sees plain arrays). The towers' random numbers come from `state["rng"]` folded
+with the step (and with the micro-batch index in the micro-batched step).
 """
 
 from __future__ import annotations
@@ -26,15 +32,16 @@ import functools
 import math
 from typing import Any, Callable, Mapping, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from clip_jax.losses.registry import Objective, project
+from clip_jax.models import MultiTower
 from clip_jax.training.state import State
 
 
@@ -47,13 +54,15 @@ def sharded_objective(objective: Objective, mesh: Mesh, batch_axes: Sequence[str
                        out_specs=(P(), P()), axis_names=frozenset(batch_axes))
 
 
-def make_loss_fn(model: nn.Module, objective: Objective, mesh: Mesh,
+def make_loss_fn(model: MultiTower, objective: Objective, mesh: Mesh,
                  batch_axes: Sequence[str]) -> Callable:
-  """(params, batch) -> (loss, metrics): the towers then the sharded objective."""
+  """(params, batch, rng=None) -> (loss, metrics): the towers (given the PRNG key `rng` for
+  their stochastic layers, or None) then the sharded objective."""
   apply_objective = sharded_objective(objective, mesh, batch_axes)
+  graphdef = nnx.graphdef(model)
 
-  def loss_fn(params, batch):
-    outputs = dict(model.apply({"params": params["model"]}, batch, train=True))
+  def loss_fn(params, batch, rng=None):
+    outputs = dict(nnx.merge(graphdef, params["model"])(batch, rng=rng))
     for key in objective.batch_keys:  # e.g. instance ids, sharded like the embeddings
       outputs[key] = batch[key]
     return apply_objective(outputs, params["loss"])
@@ -77,11 +86,12 @@ def merge_microbatches(x: jax.Array, shards: int) -> jax.Array:
   return jnp.swapaxes(x, 0, 1).reshape((num_micro * m,) + x.shape[3:])
 
 
-def make_microbatch_grad_fn(model: nn.Module, objective: Objective, mesh: Mesh,
+def make_microbatch_grad_fn(model: MultiTower, objective: Objective, mesh: Mesh,
                             batch_axes: Sequence[str], microbatch_size: int,
                             frozen: Any = None) -> Callable:
-  """(params, batch) -> ((loss, metrics), grads), equal to `value_and_grad(make_loss_fn(...))`
-  on the same global batch, with the towers' activations held for one micro-batch at a time.
+  """(params, batch, rng=None) -> ((loss, metrics), grads), equal to
+  `value_and_grad(make_loss_fn(...))` on the same global batch, with the towers' activations
+  held for one micro-batch at a time.
 
   Gradient caching (Gao, Zhang, Han & Callan 2021, "Scaling Deep Contrastive Learning Batch Size
   under Memory Limited Setup"), in three passes over the k = B / `microbatch_size` micro-batches
@@ -99,8 +109,10 @@ def make_microbatch_grad_fn(model: nn.Module, objective: Objective, mesh: Mesh,
   dL/dtheta = sum_j (de_j/dtheta)^T dL/de_j: the plain step's gradient, summed in another order.
   A tower whose parameters are all frozen is embedded in pass 1 only and gets a zero gradient;
   a partly frozen tower is run again (the zeroing of its frozen leaves happens in the step).
-  The towers take no random numbers (no dropout), so both passes compute the same embeddings; a
-  stochastic tower would need the same key for a micro-batch in both passes.
+  Micro-batch j's towers get the key fold_in(rng, j) in both passes, so a stochastic tower
+  (dropout) computes the same embeddings in pass 3 as in pass 1. (Its random numbers then
+  differ from the plain step's, which draws them for the whole batch at once; the built-in
+  towers take none, so for them the two steps are equal.)
 
   Cost: one more forward of each trained tower per step. Memory: besides the state and the
   batch, the activations of one micro-batch, the `[B, d]` embeddings and their gradients, the
@@ -118,22 +130,21 @@ def make_microbatch_grad_fn(model: nn.Module, objective: Objective, mesh: Mesh,
   Raises:
     ValueError (at trace time): the global batch is not a multiple of `microbatch_size`.
   """
-  from clip_jax.models import MultiTower
-
   batch_axes = tuple(batch_axes)
   shards = math.prod(mesh.shape[a] for a in batch_axes)
   apply_objective = sharded_objective(objective, mesh, batch_axes)
-  modalities = tuple(model.towers)
+  graphdef = nnx.graphdef(model)
+  modalities = model.modalities
   trained = tuple(m for m in modalities
                   if frozen is None or not all(jax.tree.leaves(frozen["model"][m])))
   sharded = lambda x, spec: lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
   micro_spec, batch_spec = P(None, batch_axes), P(batch_axes)
 
-  def embed(tower_params, inputs, modality):
-    return model.apply({"params": {modality: tower_params}}, sharded(inputs, batch_spec),
-                       modality, train=True, method=MultiTower.embed)
+  def embed(towers, inputs, modality, rng):
+    """Embeds one micro-batch's `inputs` with tower `modality` (other towers' params unused)."""
+    return nnx.merge(graphdef, towers).embed(sharded(inputs, batch_spec), modality, rng=rng)
 
-  def grad_fn(params, batch):
+  def grad_fn(params, batch, rng=None):
     global_batch = batch[modalities[0]].shape[0]
     if global_batch % microbatch_size:
       raise ValueError(f"the global batch of {global_batch} is not a multiple of "
@@ -142,11 +153,14 @@ def make_microbatch_grad_fn(model: nn.Module, objective: Objective, mesh: Mesh,
     micro = {m: sharded(split_microbatches(batch[m], num_micro, shards), micro_spec)
              for m in modalities}
     towers = params["model"]
+    micro_rngs = None if rng is None else jax.vmap(
+        functools.partial(jax.random.fold_in, rng))(jnp.arange(num_micro))
 
-    def forward(_, inputs):
-      return None, {m: embed(towers[m], inputs[m], m) for m in modalities}
+    def forward(_, micro_j):
+      inputs, rng_j = micro_j
+      return None, {m: embed(towers, inputs[m], m, rng_j) for m in modalities}
 
-    _, embeddings = lax.scan(forward, None, micro)
+    _, embeddings = lax.scan(forward, None, (micro, micro_rngs))
     embeddings = {m: sharded(merge_microbatches(e, shards), batch_spec)
                   for m, e in embeddings.items()}
     extras = {key: batch[key] for key in objective.batch_keys}
@@ -155,9 +169,9 @@ def make_microbatch_grad_fn(model: nn.Module, objective: Objective, mesh: Mesh,
             embeddings, params["loss"])
 
     def backward(acc, micro_j):
-      inputs, cotangents = micro_j
+      inputs, cotangents, rng_j = micro_j
       for m in trained:
-        _, pullback = jax.vjp(functools.partial(embed, inputs=inputs[m], modality=m), towers[m])
+        _, pullback = jax.vjp(lambda p: embed({**towers, m: p}, inputs[m], m, rng_j), towers[m])
         acc[m] = jax.tree.map(jnp.add, acc[m], pullback(cotangents[m])[0])
       return acc, None
 
@@ -165,22 +179,22 @@ def make_microbatch_grad_fn(model: nn.Module, objective: Objective, mesh: Mesh,
                              micro_spec) for m in trained}
     zeros = {m: jax.tree.map(jnp.zeros_like, towers[m]) for m in modalities}
     model_grads, _ = lax.scan(backward, {m: zeros[m] for m in trained},
-                              ({m: micro[m] for m in trained}, cotangents))
+                              ({m: micro[m] for m in trained}, cotangents, micro_rngs))
     return (loss, metrics), {"model": dict(zeros, **model_grads), "loss": loss_grads}
 
   return grad_fn
 
 
-def make_grad_fn(model: nn.Module, objective: Objective, mesh: Mesh, batch_axes: Sequence[str],
+def make_grad_fn(model: MultiTower, objective: Objective, mesh: Mesh, batch_axes: Sequence[str],
                  microbatch_size: int = 0, frozen: Any = None) -> Callable:
-  """(params, batch) -> ((loss, metrics), grads) of the train step: `value_and_grad` of
+  """(params, batch, rng=None) -> ((loss, metrics), grads) of the train step: `value_and_grad` of
   `make_loss_fn` (microbatch_size 0), or `make_microbatch_grad_fn` (the same values)."""
   if microbatch_size:
     return make_microbatch_grad_fn(model, objective, mesh, batch_axes, microbatch_size, frozen)
   return jax.value_and_grad(make_loss_fn(model, objective, mesh, batch_axes), has_aux=True)
 
 
-def make_train_step(model: nn.Module, objective: Objective, tx: optax.GradientTransformation,
+def make_train_step(model: MultiTower, objective: Objective, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, mesh: Mesh, batch_axes: Sequence[str],
                     state_shardings: Any, batch_keys: Sequence[str], frozen: Any = None,
                     debug_nan_steps: Sequence[int] = (), microbatch_size: int = 0,
@@ -201,7 +215,8 @@ def make_train_step(model: nn.Module, objective: Objective, tx: optax.GradientTr
   replicated = NamedSharding(mesh, P())
 
   def train_step(state, batch):
-    (loss, metrics), grads = grad_fn(state["params"], batch)
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+    (loss, metrics), grads = grad_fn(state["params"], batch, rng)
     if debug_nan_steps:
       loss = jnp.where(jnp.isin(state["step"] + 1, jnp.asarray(debug_nan_steps)), jnp.nan, loss)
     if frozen is not None:
@@ -233,21 +248,21 @@ def make_train_step(model: nn.Module, objective: Objective, tx: optax.GradientTr
                  out_shardings=(state_shardings, replicated), donate_argnums=0)
 
 
-def make_embed_fn(model: nn.Module, mesh: Mesh, batch_axes: Sequence[str],
+def make_embed_fn(model: MultiTower, mesh: Mesh, batch_axes: Sequence[str],
                   batch_size: int) -> Callable[[Any, str, np.ndarray], np.ndarray]:
   """Returns embed(model_params, modality, inputs [N, ...] numpy) -> [N, d] numpy embeddings.
 
   Every process passes the same full `inputs`; they are cut into global batches of `batch_size`
-  (the last one padded), sharded over the batch axes, embedded, and gathered back to the host.
+  (the last one padded), sharded over the batch axes, embedded (deterministically), and gathered
+  back to the host.
   """
-  from clip_jax.models import MultiTower
-
+  graphdef = nnx.graphdef(model)
   sharding = NamedSharding(mesh, P(tuple(batch_axes)))
   replicated = NamedSharding(mesh, P())
 
   @functools.partial(jax.jit, static_argnames="modality", out_shardings=replicated)
   def embed(model_params, inputs, modality):
-    return model.apply({"params": model_params}, inputs, modality, method=MultiTower.embed)
+    return nnx.merge(graphdef, model_params).embed(inputs, modality)
 
   def call(model_params, modality, inputs):
     inputs = np.asarray(inputs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from clip_jax.models import layers, pooling
 
@@ -36,9 +37,9 @@ def test_attention_matches_reference_and_ignores_masked_keys():
   keys_values = rng.normal(size=(2, 5, 8)).astype(np.float32)
   key_mask = np.array([[1, 1, 0, 1, 0], [1, 0, 0, 0, 0]], bool)
   mask = np.broadcast_to(key_mask[:, None, :], (2, 3, 5))  # [B, L, S]
-  attn = layers.MultiHeadAttention(num_heads=2)
-  params = attn.init(jax.random.key(0), queries, keys_values)["params"]
-  apply = jax.jit(lambda kv: attn.apply({"params": params}, queries, kv, mask[:, None]))
+  attn = layers.MultiHeadAttention(8, num_heads=2, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  params = nnx.to_pure_dict(nnx.state(attn))
+  apply = jax.jit(lambda kv: attn(queries, kv, mask[:, None]))
 
   out = np.asarray(apply(keys_values))
   np.testing.assert_allclose(
@@ -53,11 +54,23 @@ def test_attention_matches_reference_and_ignores_masked_keys():
   assert not np.allclose(np.asarray(apply(attended_changed))[0], out[0], atol=1e-3)
 
 
+def test_causal_self_attention_matches_reference():
+  """`is_causal` with a key mask (the text tower's attention) is softmax(QK^T / sqrt(d)) V over
+  the keys j <= i that the mask keeps."""
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(2, 5, 8)).astype(np.float32)
+  key_mask = np.array([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]], bool)
+  attn = layers.MultiHeadAttention(8, num_heads=2, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  out = attn(x, x, key_mask[:, None, None, :], is_causal=True)
+  mask = key_mask[:, None, :] & np.tril(np.ones((5, 5), bool))[None]  # [B, L, S]
+  np.testing.assert_allclose(np.asarray(out), _reference_attention(
+      nnx.to_pure_dict(nnx.state(attn)), x, x, mask, 2), rtol=1e-4, atol=1e-5)
+
+
 def test_attention_with_all_keys_masked_is_finite():
   x = jnp.ones((1, 2, 8))
-  attn = layers.MultiHeadAttention(num_heads=2)
-  params = attn.init(jax.random.key(0), x, x)
-  out = attn.apply(params, x, x, jnp.zeros((1, 1, 2, 2), bool))
+  attn = layers.MultiHeadAttention(8, num_heads=2, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  out = attn(x, x, jnp.zeros((1, 1, 2, 2), bool))
   assert np.all(np.isfinite(np.asarray(out)))
 
 
@@ -83,17 +96,15 @@ def test_last_token_and_masked_mean_match_numpy():
 def test_map_head_pools_to_one_vector_and_respects_mask():
   rng = np.random.default_rng(2)
   x = rng.normal(size=(2, 5, 8)).astype(np.float32)
-  head = pooling.MAPHead(num_heads=2, mlp_ratio=2.0)
-  variables = head.init(jax.random.key(0), x)
-  assert variables["params"]["probe"].shape == (1, 1, 8)
-  assert float(jnp.std(variables["params"]["probe"])) > 0  # not zero-initialised
-  out = head.apply(variables, x)
+  head = pooling.MAPHead(8, num_heads=2, mlp_dim=16, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  assert head.probe.shape == (1, 1, 8)
+  assert float(jnp.std(head.probe[...])) > 0  # not zero-initialised
+  out = head(x)
   assert out.shape == (2, 8) and out.dtype == jnp.float32
 
   mask = np.array([[1, 1, 1, 0, 0]] * 2, bool)
-  masked_out = head.apply(variables, x, mask)
+  masked_out = head(x, mask)
   changed = x.copy()
   changed[:, 3:] += 5.0
-  np.testing.assert_array_equal(np.asarray(head.apply(variables, changed, mask)),
-                                np.asarray(masked_out))
-  assert not np.allclose(np.asarray(head.apply(variables, changed)), np.asarray(out), atol=1e-3)
+  np.testing.assert_array_equal(np.asarray(head(changed, mask)), np.asarray(masked_out))
+  assert not np.allclose(np.asarray(head(changed)), np.asarray(out), atol=1e-3)

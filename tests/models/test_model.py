@@ -4,34 +4,43 @@ from __future__ import annotations
 
 import re
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 
 from jax.sharding import PartitionSpec as P
 
-from clip_jax.models import TOWERS, MultiTower, make_model
-from clip_jax.models.registry import ConfigError
+from clip_jax.models import TOWERS, MultiTower, make_model, parse_model_config, split_params
+from clip_jax.models.registry import REQUIRED, ConfigError
 
 
-@TOWERS.register("_test_mean_tower")
-class _MeanTower(nn.Module):
-  """A minimal tower registered by this test only: mean over time, then Dense.
+@TOWERS.register("_test_mean_tower", fields=dict(width=REQUIRED))
+class _MeanTower(nnx.Module):
+  """A minimal tower registered by this test only: mean over time, then Linear.
 
   [B, T, F] -> [B, width].
   """
 
-  width: int
-  dtype: object = jnp.float32
-  remat: bool = False
+  def __init__(self, inputs, *, width, dtype=jnp.float32, remat=False, rngs):
+    del remat
+    self.out_features = width
+    self.dense = nnx.Linear(inputs.shape[-1], width, dtype=dtype, rngs=rngs)
 
-  @nn.compact
-  def __call__(self, x, *, train=False):
-    del train
-    return nn.Dense(self.width, dtype=self.dtype)(x.mean(axis=1)).astype(jnp.float32)
+  def __call__(self, x, *, rngs=None):
+    del rngs
+    return self.dense(x.mean(axis=1)).astype(jnp.float32)
+
+
+def _build(config, batch):
+  """(graphdef, params) of the model of `config` for `batch`'s shapes."""
+  return split_params(make_model(config, batch, rngs=nnx.Rngs(0)))
+
+
+def _apply(graphdef, params, batch, **kwargs):
+  return nnx.merge(graphdef, params)(batch, **kwargs)
 
 
 def _assert_embeddings(out, modalities, batch_size, embed_dim):
@@ -48,9 +57,9 @@ def test_outputs_and_params_layout(tiny, batch, image_pooling, text_pooling, cau
   config.towers.image.pooling = image_pooling
   config.towers.text.pooling = text_pooling
   config.towers.text.causal = causal
-  model = make_model(config)
+  model = make_model(config, batch, rngs=nnx.Rngs(0))
   assert isinstance(model, MultiTower)
-  params = model.init(jax.random.key(0), batch)["params"]
+  graphdef, params = split_params(model)
 
   assert set(params) == {"image", "text"}
   for modality in ("image", "text"):
@@ -64,25 +73,23 @@ def test_outputs_and_params_layout(tiny, batch, image_pooling, text_pooling, cau
   num_tokens = (tiny.image_size // 4) ** 2 + (image_pooling == "cls")
   assert image_encoder["pos_embedding"].shape == (num_tokens, tiny.width)
 
-  out = model.apply({"params": params}, batch, train=True)  # "instance_id" is ignored
+  out = _apply(graphdef, params, batch, rng=jax.random.key(1))  # "instance_id" is ignored
   _assert_embeddings(out, ("image", "text"), tiny.batch, tiny.embed_dim)
   for modality in ("image", "text"):
-    emb = model.apply({"params": params}, batch[modality], modality, method=MultiTower.embed)
+    emb = nnx.merge(graphdef, params).embed(batch[modality], modality)
     np.testing.assert_allclose(np.asarray(emb), np.asarray(out[modality]), rtol=1e-5, atol=1e-6)
 
 
 def test_bfloat16_compute_is_close_to_float32(tiny, batch):
-  model32 = make_model(tiny.model_config())
-  model16 = make_model(tiny.model_config(dtype="bfloat16"))
-  params = model16.init(jax.random.key(0), batch)["params"]
+  model16, params = _build(tiny.model_config(dtype="bfloat16"), batch)
+  model32, params32 = jax.eval_shape(lambda: _build(tiny.model_config(), batch))
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
-  assert jax.tree.structure(params) == jax.tree.structure(
-      jax.eval_shape(model32.init, jax.random.key(0), batch)["params"])
+  assert jax.tree.structure(params) == jax.tree.structure(params32)
 
-  jaxpr = str(jax.make_jaxpr(lambda p: model16.apply({"params": p}, batch))(params))
+  jaxpr = str(jax.make_jaxpr(lambda p: _apply(model16, p, batch))(params))
   assert re.search(r"dot_general.*bf16|bf16.*dot_general", jaxpr), "no bfloat16 matmuls"
-  out16 = model16.apply({"params": params}, batch)
-  out32 = model32.apply({"params": params}, batch)
+  out16 = _apply(model16, params, batch)
+  out32 = _apply(model32, params, batch)
   _assert_embeddings(out16, ("image", "text"), tiny.batch, tiny.embed_dim)
   for modality in out32:
     a, b = np.asarray(out16[modality]), np.asarray(out32[modality])
@@ -94,15 +101,13 @@ def test_bfloat16_compute_is_close_to_float32(tiny, batch):
 def test_remat_gives_same_outputs_and_gradients(tiny, batch):
   config = tiny.model_config()
   config.towers.image.depth = config.towers.text.depth = 1  # compile time; remat is per block
-  model = make_model(config)
+  model, params = _build(config, batch)
   config.remat = True
-  model_remat = make_model(config)
-  params = model.init(jax.random.key(0), batch)["params"]
-  assert jax.tree.structure(params) == jax.tree.structure(
-      jax.eval_shape(model_remat.init, jax.random.key(0), batch)["params"])
+  model_remat, params_remat = jax.eval_shape(lambda: _build(config, batch))
+  assert jax.tree.structure(params) == jax.tree.structure(params_remat)
 
   def loss(m, p):
-    out = m.apply({"params": p}, batch, train=True)
+    out = _apply(m, p, batch, rng=jax.random.key(1))
     return jnp.sum(out["image"] @ out["text"].T * jnp.arange(tiny.batch)), out
 
   assert re.search(r"remat|checkpoint", str(jax.make_jaxpr(lambda p: loss(model_remat, p))(params)))
@@ -127,16 +132,15 @@ def test_third_tower_by_config_only(tiny, batch):
   rng = np.random.default_rng(3)
   batch = dict(batch, audio=rng.normal(size=(tiny.batch, 8, 8, 3)).astype(np.float32),
                sensor=rng.normal(size=(tiny.batch, 5, 3)).astype(np.float32))
-  model = make_model(config)
-  params = model.init(jax.random.key(0), batch)["params"]
+  model, params = _build(config, batch)
   assert set(params) == {"image", "text", "audio", "sensor"}
   assert params["audio"]["projection"]["kernel"].shape == (24, tiny.embed_dim)
   assert params["sensor"]["projection"]["kernel"].shape == (8, tiny.embed_dim)
-  out = model.apply({"params": params}, batch)
+  out = _apply(model, params, batch)
   _assert_embeddings(out, ("image", "text", "audio", "sensor"), tiny.batch, tiny.embed_dim)
 
   with pytest.raises(ConfigError, match=r"'audio'"):  # a configured modality missing from the batch
-    model.apply({"params": params}, {k: v for k, v in batch.items() if k != "audio"})
+    _apply(model, params, {k: v for k, v in batch.items() if k != "audio"})
 
 
 def _set(path: str, value):
@@ -197,21 +201,21 @@ def _typo(config):
 def test_config_errors_name_the_field(tiny, edit, pattern):
   config = edit(tiny.model_config())
   with pytest.raises(ConfigError, match=pattern):
-    make_model(config)
+    parse_model_config(config)
 
 
 def test_input_shape_errors_at_init_name_the_field(tiny, batch):
   config = tiny.model_config()
   config.towers.image.patch_size = 5
-  model = make_model(config)  # valid on its own: the image size is only known at init
+  spec = parse_model_config(config)  # valid on its own: the image size is only known at build
   with pytest.raises(ConfigError, match=r"config\.model\.towers\.image\.patch_size = 5"):
-    model.init(jax.random.key(0), batch)
+    MultiTower(spec, batch, rngs=nnx.Rngs(0))
 
   config = tiny.model_config()
   config.towers.text.context_length = 6
   with pytest.raises(ConfigError,
                      match=r"config\.data\.max_len .*config\.model\.towers\.text\.context_length"):
-    make_model(config).init(jax.random.key(0), batch)
+    make_model(config, batch, rngs=nnx.Rngs(0))
 
 
 def test_batch_sharded_over_explicit_mesh_axes(tiny, batch):
@@ -221,16 +225,15 @@ def test_batch_sharded_over_explicit_mesh_axes(tiny, batch):
   config.towers.audio = ml_collections.ConfigDict(dict(
       name="vit", patch_size=4, width=16, depth=1, num_heads=2, pooling="cls"))
   batch = {"image": batch["image"], "text": batch["text"], "audio": batch["image"][:, :8, :8]}
-  model = make_model(config)
-  params = model.init(jax.random.key(0), batch)["params"]
-  expected = model.apply({"params": params}, batch)
+  model, params = _build(config, batch)
+  expected = _apply(model, params, batch)
 
   mesh = jax.make_mesh((2, 2), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Explicit,) * 2,
                        devices=jax.devices()[:4])
   with jax.set_mesh(mesh):
     sharded_batch = jax.device_put(batch, jax.sharding.NamedSharding(mesh, P(("data", "fsdp"))))
     replicated = jax.device_put(params, jax.sharding.NamedSharding(mesh, P()))
-    out = jax.jit(lambda p, b: model.apply({"params": p}, b))(replicated, sharded_batch)
+    out = jax.jit(lambda p, b: _apply(model, p, b))(replicated, sharded_batch)
   for modality, emb in expected.items():
     assert out[modality].sharding.spec[0] == ("data", "fsdp"), modality
     np.testing.assert_allclose(np.asarray(out[modality]), np.asarray(emb), rtol=1e-4, atol=1e-5)

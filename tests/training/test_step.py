@@ -105,7 +105,7 @@ def test_batched_embedding_equals_one_direct_call():
   # 37 inputs in global batches of 16 on 8 devices (data 4 x fsdp 2): batches of 16, 16 and 5
   # (padded with 11 rows). Every row differs, so a batch out of order or padding rows kept in
   # place of real ones change the result.
-  from clip_jax.models import MultiTower
+  from flax import nnx
 
   config = tiny_config(mesh=(("data", 4), ("fsdp", 2)))
   config.eval_batch_size = 16
@@ -114,8 +114,8 @@ def test_batched_embedding_equals_one_direct_call():
   params = trainer.init_state()["params"]["model"]
   for modality, inputs in random_batch(37, seed=1).items():
     got = trainer.embed(params, modality, inputs)
-    want = np.asarray(trainer.model.apply({"params": jax.device_get(params)}, inputs, modality,
-                                          method=MultiTower.embed))
+    model = nnx.merge(nnx.graphdef(trainer.model), jax.device_get(params))
+    want = np.asarray(model.embed(inputs, modality))
     assert got.shape == want.shape == (37, config.model.embed_dim), modality
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=modality)
     distances = np.linalg.norm(want[:, None] - want[None], axis=-1) + 1e9 * np.eye(37)
