@@ -1,6 +1,8 @@
 """Data: sources, tokenizers, preprocessing and the per-host training stream.
 
-    from clip_jax.data import make_tokenizer, make_train_iterator, load_eval_split, EvalSet
+    from clip_jax.data import (make_tokenizer, make_train_iterator, load_eval_split, EvalSet,
+                               train_batch_spec)
+    spec = train_batch_spec(config)  # {"image": ShapeDtypeStruct [B, H, W, 3] float32, ...}
     tokenizer = make_tokenizer(config.data)
     it = make_train_iterator(config, tokenizer, jax.process_index(), jax.process_count())
     batch = next(it)  # {"image": f32 [b, H, W, 3] in [-1, 1], "text": i32 [b, max_len]}
@@ -13,12 +15,13 @@ Sources ("emoji", "synthetic") register in `SOURCES`; `config.data.name` selects
 from clip_jax.data import emoji  # noqa: F401  (registers "emoji")
 from clip_jax.data import synthetic  # noqa: F401  (registers "synthetic")
 from clip_jax.data.cache import DataDownloadError, resolve_cache_dir
-from clip_jax.data.pipeline import TrainIterator, load_eval_split, make_train_iterator
+from clip_jax.data.pipeline import (TrainIterator, load_eval_split, make_train_iterator,
+                                    train_batch_spec)
 from clip_jax.data.registry import SOURCES, DataSource, EvalSet, build_source
 from clip_jax.data.tokenizer import TOKENIZERS, Tokenizer, make_tokenizer
 
 __all__ = [
     "DataDownloadError", "DataSource", "EvalSet", "SOURCES", "TOKENIZERS", "Tokenizer",
     "TrainIterator", "build_source", "load_eval_split", "make_tokenizer", "make_train_iterator",
-    "resolve_cache_dir",
+    "resolve_cache_dir", "train_batch_spec",
 ]

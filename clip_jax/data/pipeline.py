@@ -39,18 +39,20 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
 
+import jax
 import numpy as np
 
 from clip_jax import schema
 from clip_jax.data import registry as data_registry
 from clip_jax.data import transforms
-from clip_jax.data.registry import DataSource, EvalSet
+from clip_jax.data.registry import DataSource, EvalSet, PipelineFields, SourceFields
 from clip_jax.data.tokenizer import Tokenizer
 from clip_jax.registry import ConfigError
 
 STATE_FORMAT = "clip_jax.data.TrainIterator/v1"
 INSTANCE_ID_KEY = "instance_id"
 _RESERVED_KEYS = ("image", "text", INSTANCE_ID_KEY)
+CHANNELS = 3  # RGB: every image and view is [.., H, W, 3]
 
 _U64 = np.uint64
 _STREAM_PERMUTATION = 0
@@ -126,7 +128,7 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
     if copies > 1 and source.num_train >= 2 ** 31:
       raise ConfigError(f"config.data.captions_per_example = {copies} needs int32 instance ids, "
                         f"but data source {source.name!r} has {source.num_train} units")
-    self.extra_views = _check_views(source, extra_views)
+    self.extra_views = _check_views(extra_views, source)
     self.source = source
     self.tokenizer = tokenizer
     self.global_batch_size = global_batch_size
@@ -188,9 +190,9 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
 
   def _check_images(self, images: np.ndarray, n: int, what: str) -> None:
     size = self.source.image_size
-    if images.shape != (n, size, size, 3) or images.dtype != np.uint8:
+    if images.shape != (n, size, size, CHANNELS) or images.dtype != np.uint8:
       raise ValueError(f"data source {self.source.name!r} returned {images.dtype} {what} of "
-                       f"shape {images.shape}; expected uint8 {(n, size, size, 3)}")
+                       f"shape {images.shape}; expected uint8 {(n, size, size, CHANNELS)}")
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's slice of global batch `step` (does not move the iterator)."""
@@ -276,27 +278,70 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
     self.step = int(step)
 
 
-def _check_views(source: DataSource, extra_views: Any) -> tuple[str, ...]:
-  """`config.data.extra_views` as a tuple of distinct view names that `source` renders."""
+def _check_views(extra_views: Any, source: DataSource | None = None) -> tuple[str, ...]:
+  """`config.data.extra_views` as a tuple of distinct view names that are not other batch keys
+  and, given `source`, that it renders."""
   try:
     views = tuple(extra_views)
   except TypeError:
     views = None
-  available = tuple(source.view_names)
-  choices = ", ".join(map(repr, available)) if available else "none"
+  of_source, choose = "", ""
+  if source is not None:
+    available = tuple(source.view_names)
+    choices = ", ".join(map(repr, available)) if available else "none"
+    of_source = f" of data source {source.name!r} (choices: {choices})"
+    choose = f"; choose from the views of data source {source.name!r}: {choices}"
   if views is None or not all(isinstance(v, str) and v for v in views):
-    raise ConfigError(f"config.data.extra_views = {extra_views!r} must be a tuple of view names "
-                      f"of data source {source.name!r} (choices: {choices})")
+    raise ConfigError(f"config.data.extra_views = {extra_views!r} must be a tuple of view "
+                      f"names{of_source}")
   for view in views:
     if view in _RESERVED_KEYS:
       raise ConfigError(f"config.data.extra_views cannot hold {view!r}: it is already a batch "
-                        f"key; choose from the views of data source {source.name!r}: {choices}")
-    if view not in available:
+                        f"key{choose}")
+    if source is not None and view not in available:
       raise ConfigError(f"config.data.extra_views holds {view!r}, which data source "
                         f"{source.name!r} does not render; choose from: {choices}")
   if len(set(views)) != len(views):
     raise ConfigError(f"config.data.extra_views = {views!r} names a view twice")
   return views
+
+
+def _stream_fields(config: Any) -> tuple[int, SourceFields, PipelineFields, tuple[str, ...]]:
+  """(config.batch_size, the source's and the pipeline's `config.data` fields, and
+  config.data.extra_views as a tuple of names): the fields that shape the stream's batches."""
+  batch_size = schema.integer(low=1)(config.get("batch_size"), "config.batch_size")
+  if "data" not in config:
+    raise ConfigError("config.data is missing; set it to the data source's ConfigDict")
+  source_fields, data = data_registry.parse_data(config.data)
+  extra_views = data.extra_views
+  if isinstance(extra_views, str):  # e.g. --config.data.extra_views=sketch
+    extra_views = (extra_views,) if extra_views else ()
+  return batch_size, source_fields, data, _check_views(extra_views)
+
+
+def train_batch_spec(config: Any) -> dict[str, jax.ShapeDtypeStruct]:
+  """The shapes and dtypes of the global training batch that `config` describes, from the config
+  alone: no source is built, no data read, no tokenizer fitted.
+
+  With B = config.batch_size, S = config.data.image_size and L = config.data.max_len:
+    "image": float32 [B, S, S, 3]; "text": int32 [B, L];
+    each name in config.data.extra_views: float32 [B, S, S, 3];
+    "instance_id": int32 [B] when config.data.captions_per_example > 1.
+  Process p's `TrainIterator` items are rows [p * B / P, (p + 1) * B / P) of such a batch.
+
+  Raises:
+    ConfigError: a missing or invalid field among those (naming it). Whether the source renders
+      the extra views is checked when the iterator is built (`make_train_iterator`).
+  """
+  batch_size, source_fields, data, views = _stream_fields(config)
+  size = source_fields.image_size
+  max_len = data.max_len
+  image = jax.ShapeDtypeStruct((batch_size, size, size, CHANNELS), np.float32)
+  spec = {"image": image, "text": jax.ShapeDtypeStruct((batch_size, max_len), np.int32)}
+  spec.update((view, image) for view in views)
+  if data.captions_per_example > 1:
+    spec[INSTANCE_ID_KEY] = jax.ShapeDtypeStruct((batch_size,), np.int32)
+  return spec
 
 
 def make_train_iterator(config: Any, tokenizer: Tokenizer, process_index: int = 0,
@@ -310,22 +355,27 @@ def make_train_iterator(config: Any, tokenizer: Tokenizer, process_index: int = 
       jax.process_count()).
 
   Config fields read: config.batch_size, config.seed, config.data.{augment (default False),
-  extra_views (default ()), captions_per_example (default 1), max_len} and the source's fields.
+  extra_views (default ()), captions_per_example (default 1), max_len, image_size} and the
+  source's fields.
 
   Returns:
     A `TrainIterator` whose items are this process's slices ([config.batch_size // process_count]
-    rows) of the global batches, with `get_state()` / `set_state()`.
+    rows) of the global batches, with `get_state()` / `set_state()`; their shapes and dtypes are
+    those of `train_batch_spec(config)`.
+
+  Raises:
+    ConfigError: a bad field, or a source whose images are not config.data.image_size pixels.
   """
-  batch_size = schema.integer(low=1)(config.get("batch_size"), "config.batch_size")
+  batch_size, source_fields, data, extra_views = _stream_fields(config)
   seed = schema.integer()(config.get("seed"), "config.seed")
-  _, data = data_registry.parse_data(config.data)
   if data.max_len != tokenizer.max_len:
     raise ConfigError(f"config.data.max_len = {data.max_len!r} but the tokenizer encodes rows "
                       f"of {tokenizer.max_len}; build it with make_tokenizer(config.data)")
-  extra_views = data.extra_views
-  if isinstance(extra_views, str):  # e.g. --config.data.extra_views=sketch
-    extra_views = (extra_views,) if extra_views else ()
   source = data_registry.build_source(config.data)
+  if source.image_size != source_fields.image_size:
+    raise ConfigError(f"data source {source.name!r} renders {source.image_size}-pixel images but "
+                      f"config.data.image_size = {source_fields.image_size}; the model is built "
+                      "for the latter, so the source must follow it")
   return TrainIterator(source, tokenizer, global_batch_size=batch_size, seed=seed,
                        process_index=process_index, process_count=process_count,
                        augment=data.augment, extra_views=extra_views,

@@ -1,0 +1,44 @@
+"""`train_batch_spec` (the shapes the trainer and the evaluator build from, with no data drawn)
+is exactly what the pipeline delivers, for every config file: both sources, extra views, several
+captions per example."""
+
+import glob
+import os
+
+import pytest
+
+from clip_jax.config import load_config_file
+from clip_jax.data import (make_tokenizer, make_train_iterator, registry as data_registry,
+                           synthetic, train_batch_spec)
+from clip_jax.registry import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True)
+                      + glob.glob(os.path.join(ROOT, "tests", "configs", "*.py")))
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: os.path.relpath(p, ROOT))
+def test_spec_is_the_shape_of_a_real_batch(path, request):
+  config = load_config_file(path)
+  if config.data.name == "emoji":  # the session's emoji cache (tests/data/conftest.py)
+    config.data.cache_dir = str(request.getfixturevalue("emoji_cache_dir"))
+  config.batch_size = 4 * config.data.get("captions_per_example", 1)  # a few examples suffice
+  spec = train_batch_spec(config)
+  batch = next(make_train_iterator(config, make_tokenizer(config.data)))
+  assert {k: (s.shape, s.dtype) for k, s in spec.items()} == {
+      k: (v.shape, v.dtype) for k, v in batch.items()}
+
+
+def test_config_files_cover_both_sources_views_and_captions():
+  configs = [load_config_file(p).data for p in CONFIG_FILES]
+  assert {c.name for c in configs} == {"emoji", "synthetic"}
+  assert any(c.get("extra_views", ()) for c in configs)
+  assert any(c.get("captions_per_example", 1) > 1 for c in configs)
+
+
+def test_a_source_of_another_image_size_is_named(synthetic_config, monkeypatch):
+  other = synthetic.SyntheticSource(image_size=synthetic_config.data.image_size * 2)
+  monkeypatch.setattr(data_registry, "build_source", lambda data_config: other)
+  with pytest.raises(ConfigError, match=r"renders 32-pixel images but config.data.image_size "
+                                        r"= 16"):
+    make_train_iterator(synthetic_config, make_tokenizer(synthetic_config.data))
