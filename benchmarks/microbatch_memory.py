@@ -1,6 +1,6 @@
 """Per-device memory of the train step with and without micro-batching, from XLA's analysis.
 
-Builds the real trainer (`clip_jax.training.loop.Trainer`) for CLIP-sized models on ONE device
+Builds the real trainer (`clip_jax.training.trainer.Trainer`) for CLIP-sized models on ONE device
 and compiles its train step for abstract inputs (`jax.ShapeDtypeStruct` batch, the trainer's
 `eval_shape` state: no weights or batches are ever allocated), then reads
 `compiled.memory_analysis()`:
@@ -49,7 +49,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from clip_jax.training.loop import Trainer  # noqa: E402
+from clip_jax.training.trainer import Trainer  # noqa: E402
 
 GiB = 2.0**30
 TEXT = dict(name="text_transformer", vocab_size=49408, context_length=77, width=512, depth=12,
@@ -93,13 +93,9 @@ def analyse(model: str, batch_size: int, microbatch_size: int, chunk_size: int,
             remat: bool) -> dict:
   """Compiles the train step for abstract inputs; returns its memory (bytes) and compile time."""
   config = make_config(model, batch_size, microbatch_size, chunk_size, remat)
-  trainer = Trainer(config, devices=jax.devices()[:1])
-  length = config.model.towers.text.context_length
-  sample = {"image": np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32),
-            "text": np.zeros((1, length), np.int32)}
-  trainer.build(sample)  # shapes only: the state stays abstract (eval_shape)
-  batch = {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype,
-                                   sharding=trainer.batch_sharding) for k, v in sample.items()}
+  trainer = Trainer(config, devices=jax.devices()[:1])  # the state stays abstract (eval_shape)
+  batch = {k: jax.ShapeDtypeStruct(trainer.batch_spec[k].shape, trainer.batch_spec[k].dtype,
+                                   sharding=trainer.batch_sharding) for k in trainer.batch_keys}
   start = time.perf_counter()
   memory = trainer.train_step.lower(trainer.abstract_state, batch).compile().memory_analysis()
   seconds = time.perf_counter() - start

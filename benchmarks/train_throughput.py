@@ -1,6 +1,6 @@
 """Training-step throughput of the real trainer, for several variants of one config, side by side.
 
-Builds `clip_jax.training.loop.Trainer` from a config (default configs/demo/emoji.py) for every
+Builds `clip_jax.training.trainer.Trainer` from a config (default configs/demo/emoji.py) for every
 variant: loss implementation (ring vs all_gather, overriding config.loss.impl), compute dtype
 (float32 vs bfloat16), remat (off vs on) and micro-batching (config.microbatch_size: 0 = off,
 else the global examples per micro-batch; the same global batch, the same result). Each
@@ -175,13 +175,15 @@ class Variant:
 
   def __init__(self, label: str, config: ml_collections.ConfigDict, devices: list[Any],
                with_ids: bool, seed: int = 0):
-    from clip_jax.training.loop import Trainer
+    import jax
+
+    from clip_jax.training.trainer import Trainer
 
     self.label = label
-    trainer = Trainer(config, devices=devices)
     rng = np.random.default_rng(seed)
-    local = [random_batch(trainer.config, rng, with_ids) for _ in range(max(1, _BATCHES.value))]
-    trainer.build(local[0])
+    local = [random_batch(config, rng, with_ids) for _ in range(max(1, _BATCHES.value))]
+    trainer = Trainer(config, devices=devices, batch_spec={
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in local[0].items()})
     self.state = trainer.init_state()
     self.batches = [trainer.global_batch(b) for b in local]
     start = time.perf_counter()

@@ -14,8 +14,9 @@ Guarantees:
   are then moved aside to `<workdir>/checkpoints_unreadable/` (never deleted), so the run
   finishes and writes those steps again.
 * Every read takes the current mesh's target shardings: resuming (an abstract state whose leaves
-  carry them) and `load_params_from` (params only, partial restore), so a checkpoint written on
-  one mesh (8 devices, say) restores onto another (4 or 1).
+  carry them), `restore_params` (evaluation: the model's params only, partial restore) and
+  `load_params_from` (params only, partial restore), so a checkpoint written on one mesh (8
+  devices, say) restores onto another (4 or 1).
 * Before each save to a local disk the free space is checked against the state's size (object
   storage has no disk to check); a failed save raises an error naming the directory and the last
   complete checkpoint. Old checkpoints are only deleted after a newer one is complete.
@@ -23,7 +24,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any, Sequence
 
@@ -33,10 +33,11 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from clip_jax import fs
+from clip_jax.log import get_logger
 from clip_jax.tree_paths import compile_rules, named_leaves, path_to_str
 from clip_jax.registry import ConfigError
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -122,6 +123,28 @@ class Checkpointer:
                                       data=ocp.args.JsonRestore()))
     return restored["state"], dict(restored["data"] or {})
 
+  def restore_params(self, step: int, abstract_params: Any) -> Any:
+    """Reads only the params of checkpoint `step` that `abstract_params` holds, each straight into
+    the sharding its leaf carries; nothing else (no optimizer or data state) is read.
+
+    Args:
+      step: a step of `all_steps()`.
+      abstract_params: a sub-tree of the state's "params", e.g. {"model": ...} for evaluation,
+        of ShapeDtypeStructs with shardings.
+
+    Raises:
+      ConfigError: a param of `abstract_params` is missing from the checkpoint or has another
+        shape there (the checkpoint holds another model than the config describes).
+    """
+    state_dir = fs.join(self.directory, str(step), "state")
+    saved, _ = _saved_params_metadata(state_dir)
+    want = _shapes(abstract_params)
+    mismatch = _shape_mismatch(want, {k: tuple(m.shape) for k, m in saved.items()}, want)
+    if mismatch:
+      raise ConfigError(f"{self.directory}/{step} holds a run of another model: {mismatch}. "
+                        "Evaluate it with the config it was trained with (its config.json).")
+    return _partial_restore(state_dir, {"params": abstract_params})["params"]
+
   def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
     """Restores the newest readable checkpoint; None if there is none at all.
 
@@ -140,10 +163,9 @@ class Checkpointer:
       try:
         state, data = self.restore(step, abstract_state)
       except Exception as e:  # noqa: BLE001
-        log.warning("Checkpoint %s/%d cannot be restored (%s: %s); trying the previous one.",
-                    self.directory, step, type(e).__name__, str(e).splitlines()[0][:300])
-        print(f"WARNING: checkpoint {self.directory}/{step} cannot be restored "
-              f"({type(e).__name__}); falling back to the previous one.", flush=True)
+        log.warning("checkpoint %s/%d cannot be restored (%s: %s); falling back to the previous "
+                    "one.", self.directory, step, type(e).__name__,
+                    (str(e).splitlines() or [""])[0][:300])
         unreadable.append(step)
         continue
       if unreadable:
@@ -159,7 +181,7 @@ class Checkpointer:
     """Raises ConfigError when the newest checkpoint whose metadata can be read holds params of
     other names or shapes than this config's model: the workdir belongs to another run (read
     as "unreadable" by orbax, which would hide the cause)."""
-    want = {name: tuple(leaf.shape) for name, leaf in named_leaves(abstract_state)
+    want = {name: shape for name, shape in _shapes(abstract_state).items()
             if name.startswith("params/")}
     for step in reversed(steps):
       try:
@@ -167,13 +189,12 @@ class Checkpointer:
       except Exception:  # noqa: BLE001  (unreadable metadata: restore_latest reports it)
         continue
       saved = {f"params/{name}": tuple(m.shape) for name, m in saved.items()}
-      for name in sorted(set(want) | set(saved)):
-        if want.get(name) != saved.get(name):
-          raise ConfigError(
-              f"{self.directory}/{step} holds a run of another model: {name} has shape "
-              f"{saved.get(name, 'absent')} there but {want.get(name, 'absent')} in this "
-              "config. Use a new --workdir, or start from its params with "
-              "--config.init_from and config.init_from_rules.")
+      mismatch = _shape_mismatch(want, saved, set(want) | set(saved))
+      if mismatch:
+        raise ConfigError(
+            f"{self.directory}/{step} holds a run of another model: {mismatch}. Use a new "
+            "--workdir, or start from its params with --config.init_from and "
+            "config.init_from_rules.")
       return
 
   def _move_aside(self, steps: Sequence[int]) -> None:
@@ -188,13 +209,9 @@ class Checkpointer:
         while fs.exists(target):
           target, suffix = fs.join(aside, f"{step}.{suffix}"), suffix + 1
         fs.move(fs.join(self.directory, str(step)), target)
-        print(f"WARNING: moved the unreadable checkpoint {step} to {target}.", flush=True)
+        log.warning("moved the unreadable checkpoint %d to %s.", step, target)
     _barrier("clip_jax_checkpoint_move_aside_done")
     self.manager.reload()
-
-  def wait(self) -> None:
-    """Blocks until background saves are complete."""
-    self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.wait_until_finished()
@@ -224,15 +241,46 @@ def _state_dirs(path: str) -> list[str]:
   return dirs
 
 
-def _saved_params_metadata(state_dir: str) -> tuple[dict[str, Any], bool]:
-  """({"/"-joined param path: array metadata (shape, dtype)}, whether the params sit under a
-  "params" key (a train state) rather than at the top (a converted params tree))."""
-  # The item handler reads the tree metadata alone (the checkpointer would also look for the
-  # step's metadata file, one level up, and warn when reading a bare params tree).
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """{"/"-joined path: shape} of every leaf of `tree` (arrays or ShapeDtypeStructs)."""
+  return {name: tuple(leaf.shape) for name, leaf in named_leaves(tree)}
+
+
+def _shape_mismatch(want: dict[str, tuple[int, ...]], saved: dict[str, tuple[int, ...]],
+                    names: Any) -> str | None:
+  """The first of `names` (sorted) whose shape differs between this config (`want`) and a
+  checkpoint (`saved`), described for an error message; None if they all agree."""
+  for name in sorted(names):
+    if want.get(name) != saved.get(name):
+      return (f"{name} has shape {saved.get(name, 'absent')} there but "
+              f"{want.get(name, 'absent')} in this config")
+  return None
+
+
+def _saved_tree(state_dir: str) -> dict[str, Any]:
+  """The tree metadata (array metadata by nested key) saved in `state_dir`, read without the
+  arrays. The item handler reads it alone (the checkpointer would also look for the step's
+  metadata file, one level up, and warn when reading a bare params tree)."""
   tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir)).tree
   if not isinstance(tree, dict):
     raise ValueError(f"{state_dir} does not hold a tree of arrays")
+  return tree
+
+
+def _saved_params_metadata(state_dir: str) -> tuple[dict[str, Any], bool]:
+  """({"/"-joined param path: array metadata (shape, dtype)}, whether the params sit under a
+  "params" key (a train state) rather than at the top (a converted params tree))."""
+  tree = _saved_tree(state_dir)
   return dict(named_leaves(tree["params"] if "params" in tree else tree)), "params" in tree
+
+
+def _partial_restore(state_dir: str, item: Any) -> Any:
+  """Reads only the leaves of `item` (nested dicts of ShapeDtypeStructs with shardings) from the
+  tree saved in `state_dir`, each straight into its sharding."""
+  with ocp.PyTreeCheckpointer() as ckptr:
+    return ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True))
 
 
 def load_params_from(path: str, target_params: Any, target_shardings: Any,
@@ -272,8 +320,8 @@ def load_params_from(path: str, target_params: Any, target_shardings: Any,
       raise
     except Exception as e:  # noqa: BLE001  (orbax raises many types for unreadable files)
       failures.append(f"{state_dir} ({type(e).__name__})")
-      print(f"WARNING: config.init_from: {state_dir} cannot be read ({type(e).__name__}); "
-            "trying the previous step.", flush=True)
+      log.warning("config.init_from: %s cannot be read (%s); trying the previous step.",
+                  state_dir, type(e).__name__)
   raise ConfigError(f"config.init_from = {path!r}: no checkpoint there can be read: "
                     f"{', '.join(failures)}")
 
@@ -305,12 +353,7 @@ def _load_params(state_dir: str, saved: dict[str, Any], nested: bool, compiled, 
   # Restore only the wanted leaves (partial restore), each directly into its target sharding.
   item = jax.tree.map_with_path(abstract, target_params)
   item = _prune(item)
-  if nested:
-    item = {"params": item}
-  with ocp.PyTreeCheckpointer() as ckptr:
-    restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-        partial_restore=True))
+  restored = _partial_restore(state_dir, {"params": item} if nested else item)
   loaded = dict(named_leaves(restored["params"] if nested else restored))
 
   def pick(keypath, fresh):

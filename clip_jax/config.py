@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import importlib
 import importlib.util
+import json
 import math
 import os
 import sys
@@ -58,11 +59,13 @@ class RunFields:
   max_bad_steps: int = 5         # stop after this many consecutive non-finite steps
   init_from: str = ""            # params-only initialisation from another checkpoint
   init_from_rules: Any = ()      # ((regex, "load"|"init"), ...) for init_from
-  debug_nan_steps: Any = ()      # test-only fault injection: these steps' losses are NaN
-  debug_signal: str = ""         # test-only fault injection: "SIGTERM@17" or "SIGKILL@17"
   distributed: Any = None        # multi-host settings (see launch/)
 
 
+# Top-level fields of earlier versions, still in the config.json of their runs: dropped when such
+# a file is read back (`saved_config`). The test-only fault hooks now live in
+# clip_jax.training.faults.
+RETIRED_FIELDS = ("debug_nan_steps", "debug_signal")
 MODEL_FIELDS = ("embed_dim", "dtype", "remat", "towers")
 # The argv being parsed by `parse_flags_or_exit`, and the component switches it asked for.
 _ARGV: list[str] = []
@@ -86,6 +89,15 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   if not hasattr(module, "get_config"):
     raise ConfigError(f"--config {file_path!r} has no get_config() function")
   return module.get_config(arg) if has_arg else module.get_config()
+
+
+def saved_config(text: str) -> ml_collections.ConfigDict:
+  """The config a training run saved as `<workdir>/config.json` (its JSON `text`), without the
+  fields of earlier versions that no longer exist (`RETIRED_FIELDS`)."""
+  fields = json.loads(text)
+  for name in RETIRED_FIELDS:
+    fields.pop(name, None)
+  return ml_collections.ConfigDict(fields)
 
 
 def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -8,6 +8,8 @@ Each process then loads only its own slice of every global batch (see clip_jax.d
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 
 from clip_jax.registry import ConfigError
@@ -66,3 +68,19 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     return
   print(f"process {jax.process_index()} of {jax.process_count()}: "
         f"{jax.local_device_count()} local / {jax.device_count()} global devices", flush=True)
+
+
+def define_flags() -> Callable[[], None]:
+  """Defines the absl flags --multihost, --coordinator_address, --num_processes and
+  --process_id (for the CLIs); returns a function that calls `initialize` with their values."""
+  from absl import flags
+
+  auto = flags.DEFINE_bool("multihost", False, "Initialise jax.distributed from the cluster "
+                           "environment (TPU pods, SLURM, Open MPI).")
+  address = flags.DEFINE_string("coordinator_address", None,
+                                "HOST:PORT of process 0, for an explicit multi-process start.")
+  num = flags.DEFINE_integer("num_processes", None,
+                             "Number of processes, with --coordinator_address.")
+  pid = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes), "
+                             "with --coordinator_address.")
+  return lambda: initialize(address.value, num.value, pid.value, auto=auto.value)

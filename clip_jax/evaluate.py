@@ -2,9 +2,13 @@
 
   python -m clip_jax.evaluate --workdir /tmp/emoji_demo [--step 600] [--config other.py]
 
-Without --config, the config saved in `<workdir>/config.json` by training is used. Prints one
-JSON object of metrics and appends it to `<workdir>/eval_results.jsonl`. The workdir may be local
-or on object storage (gs://bucket/run).
+Without --config, the config saved in `<workdir>/config.json` by training is used. Only the
+model's params are read from the checkpoint (no optimizer state), into a model built from the
+config alone: the training data is never read (only the evaluation splits), and no optimizer or
+train step is built. Several processes evaluate together with the multi-host flags of
+`clip_jax.train` (--multihost, or --coordinator_address/--num_processes/--process_id). Process 0
+prints one JSON object of metrics and appends it to `<workdir>/eval_results.jsonl`. The workdir
+may be local or on object storage (gs://bucket/run).
 """
 
 from __future__ import annotations
@@ -12,33 +16,37 @@ from __future__ import annotations
 import json
 import sys
 
+import jax
 import ml_collections
 from absl import app, flags, logging
 
-from clip_jax import fs
-from clip_jax.config import define_config_flag, parse_flags_or_exit
+from clip_jax import distributed, fs
+from clip_jax.config import define_config_flag, parse_flags_or_exit, saved_config
 from clip_jax.registry import ConfigError
 
 _CONFIG = define_config_flag("Optional get_config() file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's directory.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_START_DISTRIBUTED = distributed.define_flags()
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         step: int | None = None) -> dict[str, float]:
-  """Restores checkpoint `step` (latest if None) of `workdir` and runs the config's evaluators.
+  """Restores the model params of checkpoint `step` (latest if None) of `workdir` and runs the
+  config's evaluators.
 
   Returns:
     {"step": the checkpoint's step, **the evaluators' metrics}.
 
   Raises:
     ConfigError: `workdir` has no checkpoint, or none at `step` (the message lists the steps it
-      has), checked before anything is built.
+      has), checked before anything is built; the checkpoint holds another model than `config`
+      describes.
   """
   from clip_jax.checkpoint import Checkpointer
-  from clip_jax.data import make_tokenizer, make_train_iterator
+  from clip_jax.data import make_tokenizer
   from clip_jax.evals import make_evaluators
-  from clip_jax.training.loop import Trainer, check_vocab, run_evals
+  from clip_jax.training.trainer import Embedder, check_vocab, run_evals
 
   ckpt = Checkpointer(workdir, async_save=False, read_only=True)
   try:
@@ -50,15 +58,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
       raise ConfigError(f"--step={step}: {ckpt.directory} has no checkpoint at step {step}; "
                         f"available steps: {', '.join(map(str, available))}")
     step = available[-1] if step is None else step
-    trainer = Trainer(config)
-    config = trainer.config
+    embedder = Embedder(config)
+    config = embedder.config
     tokenizer = make_tokenizer(config.data)
     check_vocab(config, tokenizer)
-    trainer.build(next(make_train_iterator(config, tokenizer)))
-    state, _ = ckpt.restore(step, trainer.abstract_state)
+    params = ckpt.restore_params(step, embedder.abstract_model_params)
   finally:
     ckpt.close()
-  metrics = run_evals(make_evaluators(config, tokenizer), trainer.embed, state["params"])
+  metrics = run_evals(make_evaluators(config, tokenizer), embedder.embed, params["model"])
   return {"step": step, **metrics}
 
 
@@ -67,22 +74,24 @@ def main(argv: list[str]) -> None:
   del argv
   workdir = _WORKDIR.value
   try:
+    _START_DISTRIBUTED()
     if _CONFIG.value is not None:
       config = _CONFIG.value
     else:
       path = fs.join(workdir, "config.json")
       if not fs.exists(path):
         raise ConfigError(f"{path} not found: pass --config, or a --workdir made by training")
-      config = ml_collections.ConfigDict(json.loads(fs.read_text(path)))
+      config = saved_config(fs.read_text(path))
     metrics = evaluate_checkpoint(config, workdir, _STEP.value)
   except ConfigError as e:
     print(f"Config error: {e}", file=sys.stderr)
     sys.exit(2)
-  line = json.dumps(metrics)
-  print(line)
-  results = fs.Appender(fs.join(workdir, "eval_results.jsonl"))
-  results.write(line + "\n")
-  results.close()
+  if jax.process_index() == 0:
+    line = json.dumps(metrics)
+    print(line)
+    results = fs.Appender(fs.join(workdir, "eval_results.jsonl"))
+    results.write(line + "\n")
+    results.close()
 
 
 if __name__ == "__main__":

@@ -12,34 +12,23 @@ import sys
 
 from absl import app, flags, logging
 
+from clip_jax import distributed
 from clip_jax.config import define_config_flag, parse_flags_or_exit
 from clip_jax.registry import ConfigError
 
 _CONFIG = define_config_flag("Path to a get_config() file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
-_MULTIHOST = flags.DEFINE_bool("multihost", False,
-                               "Initialise jax.distributed from the cluster environment "
-                               "(TPU pods, SLURM, Open MPI).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "HOST:PORT of process 0, for an explicit multi-process start.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
-                                      "Number of processes, with --coordinator_address.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None,
-                                   "This process's index in [0, num_processes), with "
-                                   "--coordinator_address.")
+_START_DISTRIBUTED = distributed.define_flags()
 
 
 def main(argv: list[str]) -> None:
   logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing off the console
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from clip_jax import distributed
-
   try:
     if _CONFIG.value is None:
       raise ConfigError("--config is required, e.g. --config configs/demo/emoji.py")
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                           auto=_MULTIHOST.value)
+    _START_DISTRIBUTED()
     from clip_jax.training.loop import train_and_evaluate
 
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -21,11 +21,11 @@ from clip_jax.config import load_config_file
 from clip_jax.tree_paths import named_leaves
 from clip_jax.metrics import read_metrics
 from clip_jax.registry import ConfigError
-from clip_jax.training.loop import Trainer, initial_state, train_and_evaluate
+from clip_jax.training.loop import initial_state, train_and_evaluate
+from clip_jax.training.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.py")
-SAMPLE = {"image": np.zeros((16, 8, 8, 3), np.float32), "text": np.ones((16, 6), np.int32)}
 
 
 def tiny(**overrides):
@@ -35,9 +35,7 @@ def tiny(**overrides):
 
 
 def built(config, devices):
-  trainer = Trainer(config, devices=devices)
-  trainer.build(SAMPLE)
-  return trainer
+  return Trainer(config, devices=devices)
 
 
 def trained_params_on(devices, mesh, rules, workdir):
@@ -62,13 +60,13 @@ import sys
 import jax
 import numpy as np
 from clip_jax.config import load_config_file
+from clip_jax.training.loop import initial_state
+from clip_jax.training.trainer import Trainer
 from clip_jax.tree_paths import named_leaves
-from clip_jax.training.loop import Trainer, initial_state
 config = load_config_file(sys.argv[1])
 config.mesh = eval(sys.argv[2])
 config.init_from = sys.argv[3]
 trainer = Trainer(config)
-trainer.build({"image": np.zeros((16, 8, 8, 3), np.float32), "text": np.ones((16, 6), np.int32)})
 params = initial_state(trainer, trainer.config)["params"]
 kernel = params["model"]["image"]["projection"]["kernel"]
 assert kernel.sharding == trainer.state_shardings["params"]["model"]["image"]["projection"][

@@ -1,5 +1,7 @@
 """`python -m clip_jax.evaluate` on a tiny trained run: it reproduces the training evals at the
-chosen checkpoint, and a step without a checkpoint is a one-line error naming the steps there are."""
+chosen checkpoint, also when the training data is gone (it reads the model's params only), and a
+step without a checkpoint is a one-line error naming the steps there are. Evaluation on two
+processes is in tests/test_multihost.py."""
 
 import json
 import os
@@ -9,7 +11,9 @@ import sys
 import ml_collections
 import pytest
 
-from clip_jax.config import load_config_file
+from clip_jax.checkpoint import Checkpointer
+from clip_jax.config import load_config_file, saved_config
+from clip_jax.data import synthetic
 from clip_jax.metrics import read_metrics
 from clip_jax.training.loop import train_and_evaluate
 
@@ -89,3 +93,23 @@ def test_evaluate_leaves_a_save_in_progress_alone(workdir):
   (in_progress / "state" / "partial").unlink()
   (in_progress / "state").rmdir()
   in_progress.rmdir()
+
+
+def test_evaluate_needs_no_training_data_nor_optimizer(workdir, monkeypatch):
+  # The run's training examples can no longer be read (as when the directory they were read from
+  # is gone); evaluation reads only the evaluation split, restores the model's params alone,
+  # builds no optimizer, and still reproduces the training evals.
+  def gone(*args, **kwargs):
+    raise FileNotFoundError("the training data is gone")
+
+  from clip_jax.evaluate import evaluate_checkpoint
+  from clip_jax.training import trainer
+
+  monkeypatch.setattr(synthetic.SyntheticSource, "train_examples", gone)
+  monkeypatch.setattr(synthetic.SyntheticSource, "train_view", gone)
+  monkeypatch.setattr(trainer, "make_optimizer", gone)
+  monkeypatch.setattr(Checkpointer, "restore", gone)  # the whole train state
+  config = saved_config((workdir / "config.json").read_text())
+  metrics = evaluate_checkpoint(config, str(workdir), step=4)
+  assert metrics.pop("step") == 4
+  assert_same_metrics(metrics, training_evals(workdir)[4])

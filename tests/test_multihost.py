@@ -1,12 +1,15 @@
 """Multi-host: 2 local processes (2 CPU devices each) joined through a coordinator on 127.0.0.1
-train exactly like one process with 4 devices: same global batches, same losses."""
+train exactly like one process with 4 devices (same global batches, same losses), and evaluate a
+checkpoint to the same metrics."""
 
+import json
 import os
 import socket
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from clip_jax.metrics import read_metrics
 
@@ -32,22 +35,33 @@ def _losses(workdir):
   return [l["loss"] for l in read_metrics(os.path.join(workdir, "metrics.jsonl")) if "loss" in l]
 
 
-def test_two_processes_match_one_process(tmp_path):
-  single = tmp_path / "single"
+def _two_processes(module, *args):
+  """Runs `python -m module *args` as processes 0 and 1 of 2 (2 devices each); returns their
+  (stdout, stderr) after checking that both exited with 0."""
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", module, f"--coordinator_address=127.0.0.1:{port}",
+       "--num_processes=2", f"--process_id={i}", *args], env=_env(2), cwd=ROOT,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  return outputs
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+  """The workdir of the run in one process with 4 devices."""
+  single = tmp_path_factory.mktemp("single")
   proc = subprocess.run([sys.executable, "-m", "clip_jax.train", "--workdir", str(single), *ARGS],
                         env=_env(4), cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  return single
 
+
+def test_two_processes_match_one_process(single, tmp_path):
   multi = tmp_path / "multi"
-  port = _free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "clip_jax.train", "--workdir", str(multi),
-       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
-       *ARGS], env=_env(2), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  outputs = [p.communicate(timeout=600) for p in procs]
-  for p, (out, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-3000:]
+  outputs = _two_processes("clip_jax.train", "--workdir", str(multi), *ARGS)
   assert "process 0 of 2: 2 local / 4 global devices" in outputs[0][0]
   assert "process 1 of 2: 2 local / 4 global devices" in outputs[1][0]
 
@@ -55,3 +69,17 @@ def test_two_processes_match_one_process(tmp_path):
   assert len(single_losses) == len(multi_losses) == 6
   np.testing.assert_allclose(multi_losses, single_losses, rtol=1e-5)
   assert sorted(os.listdir(multi / "checkpoints")) == ["3", "6"]
+
+
+def test_evaluate_on_two_processes_matches_one_process(single):
+  # The one-process run's evals at its last step are what one process evaluates from that
+  # checkpoint (tests/test_evaluate.py); two processes evaluate that checkpoint to the same.
+  outputs = _two_processes("clip_jax.evaluate", "--workdir", str(single))
+  metrics = json.loads(outputs[0][0].strip().splitlines()[-1])
+  assert "{" not in outputs[1][0]  # process 0 alone prints and records the result
+  assert metrics.pop("step") == 6
+  want = json.loads((single / "final_metrics.json").read_text())
+  assert set(metrics) == set(want) and metrics["heldout/num_images"] > 0
+  for key, value in want.items():
+    assert metrics[key] == pytest.approx(value, abs=1e-5), key
+  assert len((single / "eval_results.jsonl").read_text().splitlines()) == 1

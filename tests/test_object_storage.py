@@ -33,11 +33,12 @@ from clip_jax.config import load_config_file
 from clip_jax.data.cache import resolve_cache_dir
 from clip_jax.metrics import MetricsWriter, _parse_lines
 from clip_jax.registry import ConfigError
-from clip_jax.training.loop import Trainer, train_and_evaluate
+from clip_jax.training import faults
+from clip_jax.training.loop import train_and_evaluate
+from clip_jax.training.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.py")
-SAMPLE = {"image": np.zeros((16, 8, 8, 3), np.float32), "text": np.ones((16, 6), np.int32)}
 BUCKET = "clip-jax-test"
 DEAD = "127.0.0.1:9"  # nothing listens: no credential lookup may leave this machine
 
@@ -206,10 +207,11 @@ def test_killed_run_on_gcs_keeps_metrics_up_to_its_checkpoint(gcs, tmp_path, mon
   script = ("import sys\nfrom clip_jax.config import load_config_file\n"
             "from clip_jax.training.loop import train_and_evaluate\n"
             f"config = load_config_file({TINY!r})\nconfig.update({config!r})\n"
-            f"config.debug_signal = 'SIGKILL@6'\ntrain_and_evaluate(config, {run!r})\n")
+            f"train_and_evaluate(config, {run!r})\n")
   proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                         timeout=600, cwd=tmp_path,
-                        env=dict(os.environ, FSSPEC_GCS_TOKEN="anon", PYTHONPATH=ROOT))
+                        env=dict(os.environ, FSSPEC_GCS_TOKEN="anon", PYTHONPATH=ROOT,
+                                 **{faults.SIGNAL_VAR: "SIGKILL@6"}))
   assert proc.returncode == -9, proc.stderr[-3000:]
   lines = _train_lines(gcs.read("runs/killed/metrics.jsonl").decode())
   assert [r["step"] for r in lines] == [1, 2, 3, 4]
@@ -221,7 +223,6 @@ def test_killed_run_on_gcs_keeps_metrics_up_to_its_checkpoint(gcs, tmp_path, mon
 
 def _saved_state(workdir: str, steps=(4, 8)):
   trainer = Trainer(tiny())
-  trainer.build(SAMPLE)
   state = trainer.init_state()
   ckpt = Checkpointer(workdir, async_save=False)
   for step in steps:
@@ -259,7 +260,6 @@ def test_init_from_a_gcs_checkpoint(gcs, tmp_path, monkeypatch):
   assert _state_dirs(run) == [f"{run}/checkpoints/8/state", f"{run}/checkpoints/4/state"]
   assert _state_dirs(f"{run}/checkpoints/4") == [f"{run}/checkpoints/4/state"]
   fresh = Trainer(tiny(seed=1))
-  fresh.build(SAMPLE)
   state = fresh.init_state()
   loaded = load_params_from(run, state["params"], fresh.state_shardings["params"])
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded), saved)

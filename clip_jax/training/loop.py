@@ -6,120 +6,40 @@ Every `log_every_steps` a training line goes to `<workdir>/metrics.jsonl`, every
 `eval_every_steps` (and at the end) the evaluators run, every `ckpt_every_steps` (and at the end)
 a checkpoint is written. Starting again with the same workdir resumes from the latest checkpoint,
 including the data iterator's position. The workdir may be local or on object storage
-(`gs://bucket/run`): every file goes through `clip_jax.fs`.
+(`gs://bucket/run`): every file goes through `clip_jax.fs`. What is trained is assembled in
+`clip_jax.training.trainer`; this module runs it: `restore_or_init`, then per step the train
+step, `_Run.log_step`, `_Run.evaluate` and `_Run.checkpoint`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import logging
 import os
-import signal
 import time
 from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
-from clip_jax import config as config_lib
 from clip_jax import fs
-from clip_jax import mesh as mesh_lib
 from clip_jax.checkpoint import Checkpointer, load_params_from
-from clip_jax.data import make_tokenizer, make_train_iterator
+from clip_jax.data import TrainIterator, make_tokenizer, make_train_iterator
 from clip_jax.evals import make_evaluators
-from clip_jax.losses.registry import fixed_mask, make_objective
+from clip_jax.log import get_logger
 from clip_jax.metrics import MetricsWriter, ProgressBar
 from clip_jax.plots import plot_metrics
-from clip_jax.models import abstract_model, parse_model_config
-from clip_jax.optim import frozen_mask, make_optimizer
 from clip_jax.registry import ConfigError
+from clip_jax.training import faults
 from clip_jax.training import state as state_lib
 from clip_jax.training.preemption import PreemptionGuard
-from clip_jax.training.step import make_embed_fn, make_train_step
+from clip_jax.training.trainer import Trainer, check_vocab, run_evals
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
-
-
-class Trainer:
-  """Everything built from one config on one mesh: model, objective, optimizer, step functions."""
-
-  def __init__(self, config: ml_collections.ConfigDict, *, devices=None):
-    config = config_lib.with_defaults(config)
-    devices = list(devices) if devices is not None else jax.devices()
-    config_lib.validate_config(config, num_devices=len(devices),
-                               process_count=jax.process_count())
-    self.config = config
-    self.mesh = mesh_lib.make_mesh(config.mesh, devices)
-    self.batch_axes = mesh_lib.validate_batch_axes(self.mesh, config.batch_axes)
-    self.batch_sharding = mesh_lib.batch_sharding(self.mesh, self.batch_axes)
-    self.model_spec = parse_model_config(config.model)
-    self.modalities = tuple(config.model.towers.keys())
-    self.objective = make_objective(config.loss, axis_name=self.batch_axes)
-    missing = [m for m in self.objective.modalities if m not in self.modalities]
-    if missing:
-      raise ConfigError(f"config.loss.name = {config.loss.name!r} needs the modalities "
-                        f"{self.objective.modalities}, but config.model.towers has no {missing}")
-
-  def build(self, sample_batch: dict[str, np.ndarray]) -> None:
-    """Builds optimizer, state shardings and the jitted step for batches shaped like `sample`."""
-    config = self.config
-    absent = [m for m in self.modalities if m not in sample_batch]
-    if absent:
-      raise ConfigError(
-          f"config.model.towers.{absent[0]} reads the batch entry {absent[0]!r}, which the data "
-          f"does not provide (it gives {sorted(sample_batch)}); for an extra image view, add it "
-          "to config.data.extra_views")
-    sample = state_lib.sample_inputs(sample_batch, self.modalities)
-    self.model = abstract_model(self.model_spec, sample)  # the structure; params are in the state
-    init_params = state_lib.make_init_fn(self.model_spec, self.objective, sample)
-    abstract_params = jax.eval_shape(init_params, jax.random.key(0))
-    fixed = {"model": jax.tree.map(lambda _: False, abstract_params["model"]),
-             "loss": fixed_mask(self.objective.init_params)}
-    self.frozen = frozen_mask(config.optim, abstract_params, fixed)
-    self.tx, self.schedule = make_optimizer(config.optim, config.total_steps, abstract_params,
-                                            self.frozen)
-    self.make_state = state_lib.make_state_fn(init_params, self.tx, config.seed)
-    self.abstract_state, self.state_shardings = state_lib.state_shardings(
-        self.make_state, config.sharding_rules, self.mesh)
-    # Only what the towers and the objective read goes to the devices.
-    self.batch_keys = tuple(k for k in sample_batch
-                            if k in self.modalities or k in self.objective.batch_keys)
-    missing = [k for k in self.objective.batch_keys if k not in sample_batch]
-    if missing:
-      hint = ("; set config.data.captions_per_example >= 2 for instance ids"
-              if "instance_id" in missing else "")
-      raise ConfigError(
-          f"config.loss.name = {config.loss.name!r} reads the batch entries {missing}, which "
-          f"the data does not provide (it gives {sorted(sample_batch)}){hint}")
-    self.train_step = make_train_step(
-        self.model, self.objective, self.tx, self.schedule, self.mesh, self.batch_axes,
-        self.state_shardings, self.batch_keys, frozen=self.frozen,
-        debug_nan_steps=tuple(config.debug_nan_steps), microbatch_size=config.microbatch_size)
-    self.embed = make_embed_fn(self.model, self.mesh, self.batch_axes,
-                               config.eval_batch_size or config.batch_size)
-
-  def init_state(self) -> state_lib.State:
-    return state_lib.create_state(self.make_state, self.state_shardings)
-
-  def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """This process's slice of the batch -> global arrays sharded over the batch axes."""
-    return mesh_lib.to_global_batch({k: local_batch[k] for k in self.batch_keys},
-                                    self.batch_sharding, self.config.batch_size)
-
-
-def check_vocab(config: ml_collections.ConfigDict, tokenizer) -> None:
-  """Every tower with a `vocab_size` must cover the tokenizer's ids."""
-  for modality, tower in config.model.towers.items():
-    if "vocab_size" in tower and tower.vocab_size < tokenizer.vocab_size:
-      raise ConfigError(
-          f"config.model.towers.{modality}.vocab_size = {tower.vocab_size} is smaller than the "
-          f"tokenizer's vocabulary ({tokenizer.vocab_size} ids from config.data.tokenizer); set "
-          f"it to at least {tokenizer.vocab_size}")
 
 
 def _check_workdir(workdir: str) -> None:
@@ -138,30 +58,137 @@ def _check_workdir(workdir: str) -> None:
                       "a directory you can write to") from None
 
 
-def run_evals(evaluators: dict[str, Any], embed, params) -> dict[str, float]:
-  metrics: dict[str, float] = {}
-  for name, evaluator in evaluators.items():
-    metrics.update(evaluator(lambda modality, x: embed(params["model"], modality, x)))
-  return metrics
-
-
 def initial_state(trainer: Trainer, config: ml_collections.ConfigDict) -> state_lib.State:
+  """A fresh train state; its params loaded from `config.init_from` (with
+  `config.init_from_rules`) when that is set, and the optimizer state made for them."""
   state = trainer.init_state()
   if config.init_from:
     params = load_params_from(config.init_from, state["params"],
                               trainer.state_shardings["params"], config.init_from_rules)
     state = dict(state, params=params, opt_state=jax.jit(
         trainer.tx.init, out_shardings=trainer.state_shardings["opt_state"])(params))
-    print(f"Initialised params from {config.init_from}.", flush=True)
+    log.info("Initialised params from %s.", config.init_from)
   return state
 
 
-def _inject_signal(spec: str, step: int) -> None:
-  """Test-only fault injection: `config.debug_signal = "SIGKILL@17"` signals this process."""
-  if spec:
-    name, at = spec.split("@")
-    if int(at) == step:
-      os.kill(os.getpid(), getattr(signal, name))
+def restore_or_init(trainer: Trainer, ckpt: Checkpointer,
+                    data_iter: TrainIterator) -> tuple[int, state_lib.State]:
+  """(start step, state): the newest readable checkpoint, with `data_iter` moved to where it
+  was, or step 0 and `initial_state`."""
+  config = trainer.config
+  restored = ckpt.restore_latest(trainer.abstract_state)
+  if restored is None:
+    state = initial_state(trainer, config)
+    micro = (f" in {config.batch_size // config.microbatch_size} micro-batches of "
+             f"{config.microbatch_size}" if config.microbatch_size else "")
+    log.info("Model: %s parameters on a mesh %s; batch %d%s.",
+             f"{state_lib.param_count(state['params']):,}", dict(trainer.mesh.shape),
+             config.batch_size, micro)
+    return 0, state
+  start, state, data_state = restored
+  data_iter.set_state(data_state)
+  log.info("Resumed from %s/%d (step %d of %d).", ckpt.directory, start, start,
+           config.total_steps)
+  return start, state
+
+
+@dataclasses.dataclass
+class _Run:
+  """What the steps of one run share: the trainer, its data, evaluators and outputs, and the
+  clock of the training throughput (`last_time`, `last_step`: the last logged step)."""
+  trainer: Trainer
+  ckpt: Checkpointer
+  data_iter: TrainIterator
+  evaluators: dict[str, Any]
+  writer: MetricsWriter
+  bar: ProgressBar
+  last_step: int
+  last_time: float = dataclasses.field(default_factory=time.time)
+
+  def due(self, step: int, every: int) -> bool:
+    """Whether something done every `every` steps (and at the last step) is due at `step`."""
+    return step % every == 0 or step == self.trainer.config.total_steps
+
+  def log_step(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    """Every `log_every_steps`: the step's metrics and the training examples per second since
+    the last logged step to metrics.jsonl and the progress bar."""
+    config = self.trainer.config
+    if not self.due(step, config.log_every_steps):
+      self.bar.update(step, None)
+      return
+    values = _scalars(metrics)
+    now = time.time()
+    values["examples_per_sec"] = ((step - self.last_step) * config.batch_size
+                                  / max(now - self.last_time, 1e-9))
+    self.last_time, self.last_step = now, step
+    self.writer.write(step, values)
+    self.bar.update(step, values)
+
+  def evaluate(self, step: int, state: state_lib.State) -> dict[str, float] | None:
+    """Every `eval_every_steps`: the evaluators' metrics (also written and shown), else None."""
+    if not self.due(step, self.trainer.config.eval_every_steps):
+      return None
+    start = time.time()
+    metrics = run_evals(self.evaluators, self.trainer.embed, state["params"]["model"])
+    self.writer.write(step, metrics)
+    self.bar.write(" ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/num_" not in k))
+    self.last_time += time.time() - start  # examples/s counts training time only
+    return metrics
+
+  def check_divergence(self, metrics: dict[str, jax.Array], step: int) -> int:
+    """The consecutive non-finite steps up to `step`.
+
+    Raises:
+      FloatingPointError: `max_bad_steps` of them, naming the last good checkpoint.
+    """
+    bad = int(jax.device_get(metrics["bad_steps"]))
+    limit = self.trainer.config.max_bad_steps
+    if bad >= limit:
+      raise FloatingPointError(
+          f"{bad} consecutive non-finite losses or gradient norms up to step {step} "
+          f"(config.max_bad_steps = {limit}); stopping. The last good checkpoint is step "
+          f"{self.ckpt.latest_step()} in {self.ckpt.directory}.")
+    return bad
+
+  def checkpoint(self, step: int, state: state_lib.State, metrics: dict[str, jax.Array],
+                 stop: bool) -> bool:
+    """Every `ckpt_every_steps`, and when stopping (then waiting until it is on disk): saves the
+    state and the data position unless the step is non-finite (a checkpoint of a diverging run
+    must never rotate out the good ones). Returns whether a checkpoint was written."""
+    if not (self.due(step, self.trainer.config.ckpt_every_steps) or stop):
+      return False
+    if self.check_divergence(metrics, step):
+      return False
+    saved = self.ckpt.save(step, state, self.data_iter.get_state(), force=True, wait=stop)
+    self.writer.sync()  # object storage: the bucket's metrics.jsonl reaches this step
+    return saved
+
+
+def _train(run: _Run, state: state_lib.State, start: int) -> tuple[int, dict[str, float]]:
+  """Trains from step `start` to config.total_steps, or until a stop signal (SIGTERM/SIGINT,
+  see `preemption`); returns (the last step, the last eval metrics)."""
+  config, trainer = run.trainer.config, run.trainer
+  step, previous, final = start, None, {}
+  with PreemptionGuard() as guard:
+    while step < config.total_steps:
+      state, metrics = trainer.train_step(state, trainer.global_batch(next(run.data_iter)))
+      step += 1
+      if previous is not None:  # one step behind: no stall of the dispatch pipeline
+        run.check_divergence(*previous)
+      previous = (metrics, step)
+      run.log_step(step, metrics)
+      final = run.evaluate(step, state) or final
+      faults.signal_after(step)
+      stop = guard.should_stop()
+      saved = run.checkpoint(step, state, metrics, stop)
+      if stop:
+        where = (f"checkpoint written to {run.ckpt.directory}/{step}" if saved else
+                 f"no checkpoint written (non-finite steps); the latest is step "
+                 f"{run.ckpt.latest_step()}")
+        log.info("Stopped at step %d of %d; %s. Start again with the same --workdir to resume.",
+                 step, config.total_steps, where)
+        break
+  return step, final
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -174,97 +201,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   trainer = Trainer(config)
   config = trainer.config
   is_main = jax.process_index() == 0
-
   tokenizer = make_tokenizer(config.data)
   check_vocab(config, tokenizer)
   data_iter = make_train_iterator(config, tokenizer, process_index=jax.process_index(),
                                   process_count=jax.process_count())
-  first = next(data_iter)
-  trainer.build(first)
   evaluators = make_evaluators(config, tokenizer)
-
   ckpt = Checkpointer(workdir, keep=config.ckpt_keep, keep_period=config.ckpt_keep_period,
                       async_save=config.ckpt_async)
-  restored = ckpt.restore_latest(trainer.abstract_state)
-  if restored is not None:
-    start, state, data_state = restored
-    data_iter.set_state(data_state)
-    pending = None
-    print(f"Resumed from {ckpt.directory}/{start} (step {start} of {config.total_steps}).",
-          flush=True)
-    if start >= config.total_steps:
-      print(f"The run in {workdir} is already complete; raise --config.total_steps to train "
-            "further, or use python -m clip_jax.evaluate to evaluate it.", flush=True)
-  else:
-    start, state = 0, initial_state(trainer, config)
-    pending = first  # drawn to learn the shapes: it is the first training batch
-    micro = (f" in {config.batch_size // config.microbatch_size} micro-batches of "
-             f"{config.microbatch_size}" if config.microbatch_size else "")
-    print(f"Model: {state_lib.param_count(state['params']):,} parameters on a mesh "
-          f"{dict(trainer.mesh.shape)}; batch {config.batch_size}{micro}.", flush=True)
+  start, state = restore_or_init(trainer, ckpt, data_iter)
+  if start >= config.total_steps:
+    log.info("The run in %s is already complete; raise --config.total_steps to train further, "
+             "or use python -m clip_jax.evaluate to evaluate it.", workdir)
   if is_main:  # only once the run has started or resumed: a failed start keeps the old file
     fs.write_text(fs.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
-
-  writer = MetricsWriter(workdir, resume_step=start, enabled=is_main)
-  bar = ProgressBar(config.total_steps, initial_step=start, enabled=is_main)
-  final: dict[str, float] = {}
-  last_time, last_step = time.time(), start
-  step, previous = start, None
-
-  def check_divergence(metrics, at_step):
-    bad = int(jax.device_get(metrics["bad_steps"]))
-    if bad >= config.max_bad_steps:
-      raise FloatingPointError(
-          f"{bad} consecutive non-finite losses or gradient norms up to step {at_step} "
-          f"(config.max_bad_steps = {config.max_bad_steps}); stopping. The last good checkpoint "
-          f"is step {ckpt.latest_step()} in {ckpt.directory}.")
-    return bad
-
+  run = _Run(trainer, ckpt, data_iter, evaluators,
+             MetricsWriter(workdir, resume_step=start, enabled=is_main),
+             ProgressBar(config.total_steps, initial_step=start, enabled=is_main), start)
   try:
-    with PreemptionGuard() as guard:
-      while step < config.total_steps:
-        local = pending if pending is not None else next(data_iter)
-        pending = None
-        state, metrics = trainer.train_step(state, trainer.global_batch(local))
-        step += 1
-        if previous is not None:  # one step behind: no stall of the dispatch pipeline
-          check_divergence(*previous)
-        previous = (metrics, step)
-        if step % config.log_every_steps == 0 or step == config.total_steps:
-          values = _scalars(metrics)
-          now = time.time()
-          values["examples_per_sec"] = ((step - last_step) * config.batch_size
-                                        / max(now - last_time, 1e-9))
-          last_time, last_step = now, step
-          writer.write(step, values)
-          bar.update(step, values)
-        else:
-          bar.update(step, None)
-        if step % config.eval_every_steps == 0 or step == config.total_steps:
-          eval_start = time.time()
-          final = run_evals(evaluators, trainer.embed, state["params"])
-          writer.write(step, final)
-          bar.write(" ".join(f"{k}={v:.4g}" for k, v in final.items() if "/num_" not in k))
-          last_time += time.time() - eval_start  # examples/s counts training time only
-        _inject_signal(config.debug_signal, step)
-        stop = guard.should_stop()
-        saved = False
-        if step % config.ckpt_every_steps == 0 or step == config.total_steps or stop:
-          # Never let a checkpoint of a diverging run rotate out the good ones.
-          if check_divergence(metrics, step) == 0:
-            saved = ckpt.save(step, state, data_iter.get_state(), force=True, wait=stop)
-            writer.sync()  # object storage: the bucket's metrics.jsonl reaches this step
-        if stop:
-          where = (f"checkpoint written to {ckpt.directory}/{step}" if saved else
-                   f"no checkpoint written (non-finite steps); the latest is step "
-                   f"{ckpt.latest_step()}")
-          print(f"Stopped at step {step} of {config.total_steps}; {where}. Start again with the "
-                "same --workdir to resume.", flush=True)
-          break
+    step, final = _train(run, state, start)
   finally:
-    bar.close()
+    run.bar.close()
     ckpt.close()
-    writer.close()
+    run.writer.close()
   if is_main:
     plot_metrics(fs.join(workdir, "metrics.jsonl"), fs.join(workdir, "metrics.png"))
     if step >= config.total_steps and step > start:  # a rerun of a finished run keeps its file

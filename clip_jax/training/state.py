@@ -15,7 +15,7 @@ so no full copy of the parameters ever exists on one device.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,21 +31,31 @@ from clip_jax.sharding import shardings_for
 State = dict[str, Any]
 
 
-def sample_inputs(batch: Mapping[str, np.ndarray], modalities) -> dict[str, np.ndarray]:
-  """A one-example batch with the dtypes and trailing shapes of `batch`, for init."""
-  return {k: np.zeros((1,) + np.shape(v)[1:], np.asarray(v).dtype) for k, v in batch.items()
-          if k in modalities}
+def sample_inputs(batch_spec: Mapping[str, jax.ShapeDtypeStruct],
+                  modalities: Sequence[str]) -> dict[str, np.ndarray]:
+  """One zero example of each modality, with the trailing shape and dtype of its [B, ...] entry
+  in `batch_spec`: what the towers are built for."""
+  return {m: np.zeros((1,) + tuple(batch_spec[m].shape[1:]), batch_spec[m].dtype)
+          for m in modalities}
 
 
-def make_init_fn(model_spec: ModelSpec, objective: Objective,
-                 sample: Mapping[str, np.ndarray]) -> Callable[[jax.Array], dict[str, Any]]:
-  """Returns rng -> params {"model": ..., "loss": ...}, the model built for batch entries
-  shaped like `sample`."""
+def make_model_init_fn(model_spec: ModelSpec,
+                       sample: Mapping[str, np.ndarray]) -> Callable[[jax.Array], Any]:
+  """Returns rng -> the params of the MultiTower built for inputs shaped like `sample` (a plain
+  dict, `split_params`)."""
   def init(rng):
-    _, model_params = split_params(MultiTower(model_spec, sample, rngs=nnx.Rngs(rng)))
+    return split_params(MultiTower(model_spec, sample, rngs=nnx.Rngs(rng)))[1]
+
+  return init
+
+
+def make_init_fn(init_model: Callable[[jax.Array], Any],
+                 objective: Objective) -> Callable[[jax.Array], dict[str, Any]]:
+  """Returns rng -> params {"model": init_model(rng), "loss": the objective's parameters}."""
+  def init(rng):
     # Bounded parameters start inside their bounds (the same projection as after each update).
     loss_params = project(initial_values(objective.init_params), objective.init_params)
-    return {"model": model_params, "loss": loss_params}
+    return {"model": init_model(rng), "loss": loss_params}
 
   return init
 

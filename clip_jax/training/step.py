@@ -197,7 +197,7 @@ def make_grad_fn(model: MultiTower, objective: Objective, mesh: Mesh, batch_axes
 def make_train_step(model: MultiTower, objective: Objective, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, mesh: Mesh, batch_axes: Sequence[str],
                     state_shardings: Any, batch_keys: Sequence[str], frozen: Any = None,
-                    debug_nan_steps: Sequence[int] = (), microbatch_size: int = 0,
+                    fault_nan_steps: Sequence[int] = (), microbatch_size: int = 0,
                     ) -> Callable[[State, Mapping[str, jax.Array]],
                                   tuple[State, dict[str, jax.Array]]]:
   """Builds the jitted, donated train step with explicit in/out shardings.
@@ -205,8 +205,8 @@ def make_train_step(model: MultiTower, objective: Objective, tx: optax.GradientT
   Args:
     batch_keys: the keys of the batch dict (all sharded over `batch_axes` on dimension 0).
     frozen: a bool pytree like the params (True: frozen, gets a zero gradient), or None.
-    debug_nan_steps: test-only fault injection; the updates that would make `step` equal to one
-      of these values see a NaN loss.
+    fault_nan_steps: test-only fault injection (`clip_jax.training.faults.nan_steps()`): the
+      updates that would make `step` equal to one of these values see a NaN loss.
     microbatch_size: 0: the towers see the whole global batch at once; > 0: gradients over
       micro-batches of this many examples (global), see `make_microbatch_grad_fn`.
   """
@@ -217,8 +217,8 @@ def make_train_step(model: MultiTower, objective: Objective, tx: optax.GradientT
   def train_step(state, batch):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
     (loss, metrics), grads = grad_fn(state["params"], batch, rng)
-    if debug_nan_steps:
-      loss = jnp.where(jnp.isin(state["step"] + 1, jnp.asarray(debug_nan_steps)), jnp.nan, loss)
+    if fault_nan_steps:
+      loss = jnp.where(jnp.isin(state["step"] + 1, jnp.asarray(fault_nan_steps)), jnp.nan, loss)
     if frozen is not None:
       grads = jax.tree.map(lambda g, f: jnp.zeros_like(g) if f else g, grads, frozen)
     grad_norm = optax.tree.norm(grads)

@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from clip_jax.config import load_config_file
-from clip_jax.losses.registry import Objective
-from clip_jax.training.loop import Trainer
+from clip_jax.data import train_batch_spec
+from clip_jax.losses.registry import Objective, make_objective
+from clip_jax.training.trainer import Trainer
 
 TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                     "tiny.py")
@@ -79,10 +80,9 @@ def make_trainer() -> Trainer:
   """tests/configs/tiny.py (warmup, clipping, the ring sigmoid) on data=4 x fsdp=2."""
   config = load_config_file(TINY)
   config.mesh = (("data", 4), ("fsdp", 2))
-  trainer = Trainer(config)
-  trainer.objective = poisoned(trainer.objective, trainer.batch_axes)
-  trainer.build(batch(0, CLEAN))
-  return trainer
+  objective = poisoned(make_objective(config.loss, axis_name=config.batch_axes), config.batch_axes)
+  spec = dict(train_batch_spec(config), **{POISON: jax.ShapeDtypeStruct((16,), np.float32)})
+  return Trainer(config, objective=objective, batch_spec=spec)
 
 
 def assert_same(got, want, what):

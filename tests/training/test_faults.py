@@ -13,7 +13,8 @@ from clip_jax.checkpoint import CheckpointError, Checkpointer
 from clip_jax.config import load_config_file
 from clip_jax.metrics import read_metrics
 from clip_jax.registry import ConfigError
-from clip_jax.training.loop import Trainer, initial_state, train_and_evaluate
+from clip_jax.training.loop import initial_state, train_and_evaluate
+from clip_jax.training.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.py")
@@ -34,8 +35,6 @@ def test_unwritable_workdir_fails_at_start(tmp_path):
 
 def test_full_disk_at_save_keeps_old_checkpoints(tmp_path, monkeypatch):
   trainer = Trainer(tiny())
-  trainer.build({"image": np.zeros((16, 8, 8, 3), np.float32),
-                 "text": np.ones((16, 6), np.int32)})
   state = trainer.init_state()
   ckpt = Checkpointer(tmp_path, async_save=False)
   ckpt.save(4, state, {"step": 4}, force=True)
@@ -75,10 +74,10 @@ def test_init_from_loads_chosen_params(tmp_path):
   train_and_evaluate(tiny(total_steps=4, eval_every_steps=4), str(source))
   saved = Checkpointer(source, async_save=False)
   trained = jax.device_get(saved.restore_latest(
-      _built(tiny()).abstract_state)[1]["params"])
+      Trainer(tiny()).abstract_state)[1]["params"])
 
   config = tiny(init_from=str(source), init_from_rules=((r"^model/text/", "init"),))
-  trainer = _built(config)
+  trainer = Trainer(config)
   fresh = jax.device_get(trainer.init_state()["params"])
   state = initial_state(trainer, trainer.config)
   params = jax.device_get(state["params"])
@@ -95,15 +94,8 @@ def test_init_from_names_a_missing_param(tmp_path):
   config = tiny(init_from=str(source))
   config.model.towers.text.depth = 2  # block_1 does not exist in the source
   with pytest.raises(ConfigError, match=r"parameter model/text/.*block_1.* is not in"):
-    trainer = _built(config)
+    trainer = Trainer(config)
     initial_state(trainer, trainer.config)
-
-
-def _built(config):
-  trainer = Trainer(config)
-  trainer.build({"image": np.zeros((16, 8, 8, 3), np.float32),
-                 "text": np.ones((16, 6), np.int32)})
-  return trainer
 
 
 def test_composite_terms_are_logged_separately(tmp_path):

@@ -20,7 +20,9 @@ import pytest
 from clip_jax.config import load_config_file
 from clip_jax.losses.registry import LOSSES, Objective, Param
 from clip_jax.metrics import read_metrics
-from clip_jax.training.loop import Trainer, train_and_evaluate
+from clip_jax.training import faults
+from clip_jax.training.loop import train_and_evaluate
+from clip_jax.training.trainer import Trainer
 
 TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                     "tiny.py")
@@ -47,7 +49,6 @@ def unrelated_batch(seed, batch_size=16):
 def train(config, steps):
   """Runs `steps` train steps on unrelated batches; returns (trainer, state, metrics list)."""
   trainer = Trainer(config)
-  trainer.build(unrelated_batch(0))
   state = trainer.init_state()
   history = []
   for step in range(steps):
@@ -145,11 +146,10 @@ def _schedule_count(opt_state) -> int:
   return counts[0]
 
 
-def test_logged_learning_rate_is_the_applied_one_after_a_skipped_step():
+def test_logged_learning_rate_is_the_applied_one_after_a_skipped_step(monkeypatch):
   config = tiny(dict(name="sigmoid"), learning_rate=0.01, warmup_steps=4)
-  config.debug_nan_steps = (2,)
+  monkeypatch.setenv(faults.NAN_STEPS_VAR, "2")
   trainer = Trainer(config)
-  trainer.build(unrelated_batch(0))
   state = trainer.init_state()
   for step in range(1, 9):
     applied = float(trainer.schedule(_schedule_count(state["opt_state"])))
@@ -159,11 +159,12 @@ def test_logged_learning_rate_is_the_applied_one_after_a_skipped_step():
   assert _schedule_count(state["opt_state"]) == 7
 
 
-def test_metrics_file_learning_rate_after_a_skipped_step(tmp_path):
+def test_metrics_file_learning_rate_after_a_skipped_step(tmp_path, monkeypatch):
   # The bug report's run: one NaN step at step 2, 4 warm-up steps, lr 0.01. Step 3 applies the
   # rate of the second update, 0.0025 (it logged 0.0050 before the fix).
   config = load_config_file(TINY)
-  config.update(total_steps=8, eval_every_steps=8, debug_nan_steps=(2,))
+  config.update(total_steps=8, eval_every_steps=8)
+  monkeypatch.setenv(faults.NAN_STEPS_VAR, "2")
   config.optim.update(learning_rate=0.01, warmup_steps=4)
   train_and_evaluate(config, str(tmp_path))
   lines = [l for l in read_metrics(os.path.join(tmp_path, "metrics.jsonl")) if "loss" in l]

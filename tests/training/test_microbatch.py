@@ -32,7 +32,7 @@ from clip_jax.config import load_config_file, validate_config
 from clip_jax.data import make_tokenizer, make_train_iterator
 from clip_jax.models.model import ModalityEmbedder
 from clip_jax.registry import ConfigError
-from clip_jax.training.loop import Trainer
+from clip_jax.training.trainer import Trainer
 from clip_jax.training.step import make_grad_fn
 
 TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
@@ -83,9 +83,7 @@ def batches(config, n: int = 1) -> list[dict[str, np.ndarray]]:
 
 
 def built(config, devices, batch) -> Trainer:
-  trainer = Trainer(config, devices=devices)
-  trainer.build(batch)
-  return trainer
+  return Trainer(config, devices=devices)
 
 
 def assert_close(got, want, rtol: float = RTOL, what: str = "") -> None:

@@ -19,7 +19,8 @@ from clip_jax.checkpoint import Checkpointer
 from clip_jax.config import load_config_file
 from clip_jax.data import make_tokenizer, make_train_iterator
 from clip_jax.metrics import read_metrics
-from clip_jax.training.loop import Trainer, train_and_evaluate
+from clip_jax.training.loop import train_and_evaluate
+from clip_jax.training.trainer import Trainer
 
 TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                     "tiny.py")
@@ -66,7 +67,6 @@ def make_config(loss: str, mesh=(("data", 8), ("fsdp", 1))) -> ml_collections.Co
 def initial_and_final_params(config, workdir):
   """(params at initialisation, params of the last checkpoint in `workdir`, its step)."""
   trainer = Trainer(config)
-  trainer.build(next(make_train_iterator(config, make_tokenizer(config.data))))
   initial = jax.device_get(trainer.init_state()["params"])
   ckpt = Checkpointer(workdir)
   try:
@@ -100,7 +100,6 @@ def test_objective_trains(loss, tmp_path):
 
 def run_steps(config, devices, batches):
   trainer = Trainer(config, devices=devices)
-  trainer.build(batches[0])
   state = trainer.init_state()
   losses = []
   for batch in batches:

@@ -18,14 +18,16 @@ import pytest
 from clip_jax.checkpoint import Checkpointer
 from clip_jax.config import load_config_file
 from clip_jax.metrics import read_metrics
-from clip_jax.training.loop import Trainer, train_and_evaluate
+from clip_jax.training import faults
+from clip_jax.training.loop import train_and_evaluate
+from clip_jax.training.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.py")
 
 
-def train_cli(workdir, *overrides):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+def train_cli(workdir, *overrides, fault_signal=""):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", **{faults.SIGNAL_VAR: fault_signal})
   return subprocess.run(
       [sys.executable, "-m", "clip_jax.train", "--config", TINY, "--workdir", str(workdir),
        *overrides], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
@@ -74,8 +76,8 @@ def assert_same_training(lines, reference):
 @pytest.mark.parametrize("async_save", [False, True])
 def test_sigkill_then_restart_matches_uninterrupted(tmp_path, reference, async_save):
   kill_at = signal_step(f"sigkill-async={async_save}")
-  proc = train_cli(tmp_path, f"--config.debug_signal=SIGKILL@{kill_at}",
-                   f"--config.ckpt_async={async_save}")
+  proc = train_cli(tmp_path, f"--config.ckpt_async={async_save}",
+                   fault_signal=f"SIGKILL@{kill_at}")
   assert proc.returncode == -9, proc.stderr[-2000:]
   assert max(l["step"] for l in training_lines(tmp_path)) == kill_at
   proc = train_cli(tmp_path)
@@ -91,7 +93,7 @@ def test_sigkill_then_restart_matches_uninterrupted(tmp_path, reference, async_s
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
 def test_stop_signal_checkpoints_and_exits_zero(tmp_path, reference, signal_name):
   stop_at = signal_step(signal_name)
-  proc = train_cli(tmp_path, f"--config.debug_signal={signal_name}@{stop_at}")
+  proc = train_cli(tmp_path, fault_signal=f"{signal_name}@{stop_at}")
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert f"{signal_name} received" in proc.stderr
   assert f"Stopped at step {stop_at} of 24" in proc.stdout
@@ -114,10 +116,7 @@ def _steps(trainer, state, n, seed=0):
 def _trainer(devices, fsdp):
   config = load_config_file(TINY)
   config.mesh = (("data", -1), ("fsdp", fsdp))
-  trainer = Trainer(config, devices=devices)
-  batch = {"image": np.zeros((16, 8, 8, 3), np.float32), "text": np.ones((16, 6), np.int32)}
-  trainer.build(batch)
-  return trainer
+  return Trainer(config, devices=devices)
 
 
 @pytest.mark.parametrize("src, dst", [(8, 4), (4, 8), (8, 1)])
@@ -161,9 +160,9 @@ def test_corrupted_latest_checkpoint_falls_back(tmp_path, capsys, truncate_check
   assert "falling back to the previous one" in out
 
 
-def test_consecutive_nan_steps_stop_cleanly(tmp_path):
+def test_consecutive_nan_steps_stop_cleanly(tmp_path, monkeypatch):
   config = load_config_file(TINY)
-  config.debug_nan_steps = (6, 7, 8)
+  monkeypatch.setenv(faults.NAN_STEPS_VAR, "6,7,8")
   config.max_bad_steps = 3
   with pytest.raises(FloatingPointError) as e:
     train_and_evaluate(config, str(tmp_path))
@@ -175,10 +174,10 @@ def test_consecutive_nan_steps_stop_cleanly(tmp_path):
   assert [l["skipped"] for l in lines if l["step"] in (5, 6, 7)] == [0, 1, 2]
 
 
-def test_single_nan_step_is_skipped_and_training_goes_on(tmp_path):
+def test_single_nan_step_is_skipped_and_training_goes_on(tmp_path, monkeypatch):
   config = load_config_file(TINY)
   config.total_steps = 8
-  config.debug_nan_steps = (3,)
+  monkeypatch.setenv(faults.NAN_STEPS_VAR, "3")
   train_and_evaluate(config, str(tmp_path))
   lines = [l for l in read_metrics(os.path.join(tmp_path, "metrics.jsonl")) if "loss" in l]
   assert np.isnan(lines[2]["loss"]) and lines[2]["skipped"] == 1

@@ -26,7 +26,7 @@ import pytest
 
 from clip_jax.config import load_config_file
 from clip_jax.losses.registry import LOSSES
-from clip_jax.training.loop import Trainer
+from clip_jax.training.trainer import Trainer
 
 TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                     "tiny.py")
@@ -81,7 +81,10 @@ def make_config(loss: str, mesh, towers: str) -> ml_collections.ConfigDict:
     c.model.towers.image = ml_collections.ConfigDict(dict(name="_test_flat_tower", width=16))
     c.model.towers.text = ml_collections.ConfigDict(dict(name="_test_flat_tower", width=16))
   if "sketch" in c.loss.get("modalities", ()):
+    c.data.extra_views = ("sketch",)
     c.model.towers.sketch = ml_collections.ConfigDict(c.model.towers.image.to_dict())
+  if loss == "multi_positive":
+    c.data.captions_per_example = 2  # the batch carries instance ids
   return c
 
 
@@ -89,7 +92,6 @@ def one_step(config, devices) -> tuple[dict, Any]:
   """(metrics, opt_state) on the host after one train step from the initial state."""
   trainer = Trainer(config, devices=devices)
   batch = shared_batch()
-  trainer.build(batch)
   state, metrics = trainer.train_step(trainer.init_state(), trainer.global_batch(batch))
   return jax.device_get(metrics), jax.device_get(state["opt_state"])
 

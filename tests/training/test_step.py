@@ -10,7 +10,8 @@ from jax.sharding import PartitionSpec as P
 
 from clip_jax.config import load_config_file
 from clip_jax.sharding import TENSOR_PARALLEL_RULES
-from clip_jax.training.loop import Trainer
+from clip_jax.training import faults
+from clip_jax.training.trainer import Trainer
 
 
 TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
@@ -39,7 +40,6 @@ def random_batch(batch_size, seed=0):
 
 def run_steps(config, devices, batches):
   trainer = Trainer(config, devices=devices)
-  trainer.build(batches[0])
   state = trainer.init_state()
   losses = []
   for batch in batches:
@@ -85,12 +85,11 @@ def test_tensor_parallel_step_equals_data_parallel():
                tp_params, dp_params)
 
 
-def test_nan_step_is_skipped_and_counted():
+def test_nan_step_is_skipped_and_counted(monkeypatch):
   config = tiny_config(mesh=(("data", 8), ("fsdp", 1)))
-  config.debug_nan_steps = (2,)
+  monkeypatch.setenv(faults.NAN_STEPS_VAR, "2")
   batches = [random_batch(16, seed=s) for s in range(3)]
   trainer = Trainer(config)
-  trainer.build(batches[0])
   state = trainer.init_state()
   state, m1 = trainer.train_step(state, trainer.global_batch(batches[0]))
   before = jax.device_get(state["params"])
@@ -111,7 +110,6 @@ def test_batched_embedding_equals_one_direct_call():
   config = tiny_config(mesh=(("data", 4), ("fsdp", 2)))
   config.eval_batch_size = 16
   trainer = Trainer(config)
-  trainer.build(random_batch(16))
   params = trainer.init_state()["params"]["model"]
   for modality, inputs in random_batch(37, seed=1).items():
     got = trainer.embed(params, modality, inputs)

@@ -17,7 +17,7 @@ from flax import nnx
 
 from clip_jax.config import load_config_file
 from clip_jax.data import make_tokenizer, make_train_iterator
-from clip_jax.training.loop import Trainer
+from clip_jax.training.trainer import Trainer
 from clip_jax.training.step import make_grad_fn, sharded_objective
 
 TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
@@ -34,7 +34,6 @@ def test_dropout_keys_of_the_train_step_and_of_both_micro_batch_passes():
         name="_test_flat_tower", width=16, dropout=0.5))
   batch = next(make_train_iterator(config, make_tokenizer(config.data)))
   trainer = Trainer(config, devices=jax.devices()[:1])
-  trainer.build(batch)
   state = trainer.init_state()
   params = jax.device_get(state["params"])
   inputs = trainer.global_batch(batch)
