@@ -66,7 +66,6 @@ class RunFields:
 # a file is read back (`saved_config`). The test-only fault hooks now live in
 # clip_jax.training.faults.
 RETIRED_FIELDS = ("debug_nan_steps", "debug_signal")
-MODEL_FIELDS = ("embed_dim", "dtype", "remat", "towers")
 # The argv being parsed by `parse_flags_or_exit`, and the component switches it asked for.
 _ARGV: list[str] = []
 _SWITCHES: list[tuple[str, str]] = []
@@ -111,8 +110,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
 
   Raises:
     ConfigError: naming the field and the allowed values, for unknown fields (with the closest
-      known one) in any section, missing or invalid values (`RunFields`, `OptimFields` and every
-      component's schema; towers are checked by `make_model`), a global batch not divisible by
+      known one) in any section, missing or invalid values (`RunFields`, `OptimFields`,
+      `ModelFields` and every component's schema, towers too), a global batch not divisible by
       the batch shards or processes, a `microbatch_size` that does not cut it into micro-batches
       divisible by the batch shards, a mesh that does not match the devices, and unknown loss,
       tower, data source, tokenizer or evaluator names.
@@ -127,7 +126,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
   from clip_jax.evals.registry import EVALUATORS
   from clip_jax.losses.registry import LOSSES
   from clip_jax.mesh import parse_mesh_shape
-  from clip_jax.models.registry import TOWERS
+  from clip_jax.models import parse_model_config
   from clip_jax.optim import parse_optim
 
   import_modules(config.get("imports", ()))
@@ -152,13 +151,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
 
   _check_microbatch_size(run.microbatch_size, run.batch_size, shards, batch_axes, num_devices)
   parse_optim(config.optim)
-  schema.reject_unknown(config.model.keys(), MODEL_FIELDS, "config.model")
-  if config.model.get("dtype", "float32") not in ("float32", "bfloat16"):
-    raise ConfigError(f"config.model.dtype = {config.model.dtype!r}; choose float32 or bfloat16")
-  if not config.model.towers:
-    raise ConfigError("config.model.towers is empty; give at least two towers by modality")
-  for modality, tower in config.model.towers.items():  # `make_model` checks their fields
-    TOWERS.select(tower, f"config.model.towers.{modality}")
+  parse_model_config(config.model)
   LOSSES.parse(config.loss)
   parse_data(config.data)
   TOKENIZERS.parse(config.data.tokenizer, "config.data.tokenizer")

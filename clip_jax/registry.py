@@ -5,10 +5,10 @@ stops with a message that names the config field and lists the registered names.
 
 Each entry also declares its config fields: a schema dataclass (`clip_jax.schema`: types,
 defaults, checks) at registration (`@LOSSES.register("dcl", fields=DclFields)`), a plain
-{field: default or REQUIRED} mapping (fields not type-checked; towers declare theirs this way),
-or through the registry's `fields_of` (evaluators: their `Fields`). `Registry.parse` reads a
-section against the selected entry's schema; switching a component by name on the command line
-starts the section from these defaults (`clip_jax.config.switch_components`).
+{field: default or REQUIRED} mapping (fields not type-checked), or through the registry's
+`fields_of` (evaluators: their `Fields`). `Registry.parse` reads a section against the selected
+entry's schema; switching a component by name on the command line starts the section from these
+defaults (`clip_jax.config.switch_components`).
 """
 
 from __future__ import annotations
@@ -32,15 +32,19 @@ class Registry(Generic[T]):
       (e.g. "config.model.towers.<modality>.name").
     fields_of: optional entry -> its schema dataclass or {field: default or REQUIRED}, for
       entries registered without `fields`.
+    base: optional schema dataclass of the fields every entry takes (towers: dtype, remat);
+      each entry's schema must extend it, and a mapping of fields is made into one that does.
   """
 
   def __init__(self, kind: str, field: str,
-               fields_of: Callable[[T], type | Mapping[str, Any]] | None = None):
+               fields_of: Callable[[T], type | Mapping[str, Any]] | None = None,
+               base: type | None = None):
     self.kind = kind
     self.field = field
     self._entries: dict[str, T] = {}
     self._schemas: dict[str, type] = {}
     self._fields_of = fields_of
+    self._base = base
 
   def register(self, name: str,
                fields: type | Mapping[str, Any] | None = None) -> Callable[[T], T]:
@@ -54,19 +58,23 @@ class Registry(Generic[T]):
     def decorate(obj: T) -> T:
       if name in self._entries and self._entries[name] is not obj:
         raise ValueError(f"{self.kind} {name!r} is registered twice")
+      declared = self._as_schema(name, fields) if fields is not None else None
       self._entries[name] = obj
       self._schemas.pop(name, None)
-      if fields is not None:
-        self._schemas[name] = self._as_schema(name, fields)
+      if declared is not None:
+        self._schemas[name] = declared
       return obj
 
     return decorate
 
-  @staticmethod
-  def _as_schema(name: str, declared: type | Mapping[str, Any]) -> type:
+  def _as_schema(self, name: str, declared: type | Mapping[str, Any]) -> type:
+    bases = (self._base,) if self._base is not None else ()
     if isinstance(declared, Mapping):
       return schema.from_defaults(f"{name}_fields",
-                                  {k: v for k, v in declared.items() if k != "name"})
+                                  {k: v for k, v in declared.items() if k != "name"}, bases)
+    if bases and not issubclass(declared, bases[0]):
+      raise TypeError(f"the fields of {self.kind} {name!r} ({declared.__name__}) must extend "
+                      f"{bases[0].__name__}")
     return declared
 
   def schema(self, name: str) -> type:

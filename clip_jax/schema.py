@@ -93,16 +93,16 @@ def defaults(schema: type) -> dict[str, Any]:
   return {f.name: _default(f) for f in dataclasses.fields(schema) if f.init}
 
 
-def from_defaults(name: str, declared: Mapping[str, Any]) -> type:
+def from_defaults(name: str, declared: Mapping[str, Any], bases: tuple[type, ...] = ()) -> type:
   """A schema dataclass from {field: default or REQUIRED} (fields not type-checked), for
-  components registered with a plain mapping."""
+  components registered with a plain mapping; it extends the schema dataclasses `bases`."""
   def spec(value: Any) -> Any:
     if value is not REQUIRED and type(value).__hash__ is None:  # mutable: a fresh copy each time
       return field(factory=functools.partial(copy.deepcopy, value))
     return field(value)
 
   return dataclasses.make_dataclass(name, [(k, Any, spec(v)) for k, v in declared.items()],
-                                    frozen=True, kw_only=True)
+                                    bases=bases, frozen=True, kw_only=True)
 
 
 def reject_unknown(keys: Iterable[str], known: Iterable[str], path: str,

@@ -80,7 +80,8 @@ class _null:
     ("data.name", "laion9b", "config.data.name = 'laion9b' is not a known data source"),
     ("evals.heldout.name", "vqa", "config.evals.heldout.name = 'vqa' is not a known evaluator"),
     ("optim.lr", 0.1, "config.optim.lr is not a known field"),
-    ("model.dtype", "float16", "config.model.dtype = 'float16'; choose float32 or bfloat16"),
+    ("model.dtype", "float16",
+     "config.model.dtype = 'float16' is not allowed; choose one of: 'float32', 'bfloat16'"),
 ])
 def test_config_mistakes_are_named(field, value, expected):
   config = _demo()

@@ -20,7 +20,6 @@ The learnable temperature / bias of the objective are not here (the loss owns th
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Any, Mapping
 
 import jax
@@ -30,8 +29,8 @@ from flax import nnx
 from clip_jax.models import layers
 from clip_jax.models import text as _text  # noqa: F401  (registers "text_transformer")
 from clip_jax.models import vit as _vit  # noqa: F401  (registers "vit")
-from clip_jax.models.registry import (MODEL_WIDE_FIELDS, REQUIRED, TOWERS, ConfigError,
-                                      canonical_dtype, check_bool)
+from clip_jax import schema
+from clip_jax.models.registry import TOWERS, ConfigError, canonical_dtype
 
 Array = jax.Array
 
@@ -41,14 +40,6 @@ def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
   x = x.astype(jnp.float32)
   sq_norm = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
   return x * jax.lax.rsqrt(jnp.maximum(sq_norm, eps * eps))
-
-
-def _as_dict(config: Any) -> dict[str, Any]:
-  if hasattr(config, "to_dict"):  # ml_collections.ConfigDict / FrozenConfigDict
-    return dict(config.to_dict())
-  if isinstance(config, Mapping):
-    return dict(config)
-  raise ConfigError(f"expected a ConfigDict or mapping, got {type(config).__name__}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,9 +65,9 @@ class TowerSpec:
       ConfigError naming the field for inputs the tower cannot take (e.g. an image size its
       patch size does not divide); TypeError for a tower class without `out_features`.
     """
-    check_config = getattr(self.cls, "check_config", None)
-    if check_config is not None:
-      check_config(self.kwargs, self.field, inputs)
+    check_inputs = getattr(self.cls, "check_inputs", None)
+    if check_inputs is not None:
+      check_inputs(self.kwargs, self.field, inputs)
     tower = self.cls(inputs, **self.kwargs, rngs=rngs)
     if not isinstance(getattr(tower, "out_features", None), int):
       raise TypeError(f"tower {self.name!r} ({self.cls.__name__}) must set an int attribute "
@@ -109,36 +100,32 @@ def resolve_tower(modality: str, tower_config: Any, dtype: Any = "float32",
     unknown or missing field, or an invalid value.
   """
   field = f"config.model.towers.{modality}"
-  kwargs = _as_dict(tower_config)
-  if "name" not in kwargs:
-    raise ConfigError(f"{field}.name is missing; choose one of: {', '.join(TOWERS.names())}")
-  name = kwargs.pop("name")
-  tower_cls = TOWERS.get(name, field=f"{field}.name")
-  declared = TOWERS.fields(name)
-  if declared is None:
-    raise ConfigError(f"tower {name!r} declares no config fields; register it with "
-                      f"TOWERS.register({name!r}, fields={{...}})")
-  allowed = [*declared, *MODEL_WIDE_FIELDS]
-  for key in kwargs:
-    if key not in allowed:
-      close = difflib.get_close_matches(key, allowed, n=1)
-      hint = f" (did you mean {close[0]!r}?)" if close else ""
-      raise ConfigError(
-          f"{field}.{key} is not a parameter of tower {name!r}{hint}; allowed fields: "
-          f"{', '.join(allowed)}")
-  missing = [n for n, default in declared.items() if n not in kwargs and default is REQUIRED]
-  if missing:
-    raise ConfigError(f"{field} is missing required field(s) of tower {name!r}: "
-                      f"{', '.join(f'{field}.{n}' for n in missing)}")
-  kwargs = {**{n: d for n, d in declared.items() if d is not REQUIRED}, **kwargs}
-  kwargs.setdefault("dtype", dtype)
-  kwargs.setdefault("remat", remat)
-  kwargs["dtype"] = canonical_dtype(kwargs["dtype"], f"{field}.dtype")
-  check_bool(kwargs["remat"], f"{field}.remat")
-  check_config = getattr(tower_cls, "check_config", None)
-  if check_config is not None:
-    check_config(kwargs, field)
-  return TowerSpec(name, tower_cls, kwargs, field)
+  name = TOWERS.select(tower_config, field)
+  fields = TOWERS.parse(tower_config, field)
+  kwargs = {f.name: getattr(fields, f.name) for f in dataclasses.fields(fields)}
+  if kwargs["dtype"] is None:
+    kwargs["dtype"] = canonical_dtype(dtype, f"{field}.dtype")
+  if kwargs["remat"] is None:
+    kwargs["remat"] = schema.boolean()(remat, f"{field}.remat")
+  return TowerSpec(name, TOWERS.get(name), kwargs, field)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelFields:
+  """The fields of `config.model` (its towers are read against their own schemas).
+
+  Attributes:
+    embed_dim: the shared embedding size every tower is projected to.
+    dtype: the compute dtype ("float32" | "bfloat16"; params are float32), unless a tower
+      sets its own.
+    remat: rematerialise every tower's blocks in the backward pass, unless a tower sets its own.
+    towers: {modality: ConfigDict(name=<registered tower>, **its fields)}.
+  """
+
+  embed_dim: int = schema.field(check=schema.integer(low=1))
+  dtype: Any = schema.field("float32", canonical_dtype)
+  remat: bool = False
+  towers: Any = schema.field()
 
 
 def parse_model_config(model_config: Any) -> ModelSpec:
@@ -152,33 +139,20 @@ def parse_model_config(model_config: Any) -> ModelSpec:
     ConfigError naming the offending field (e.g. `config.model.towers.image.pooling`) and the
     allowed values.
   """
-  config = _as_dict(model_config)
-  for key in config:
-    if key not in ("embed_dim", "dtype", "remat", "towers"):
-      raise ConfigError(f"config.model.{key} is not a model field; allowed fields: embed_dim, "
-                        "dtype, remat, towers")
-  embed_dim = config.get("embed_dim")
-  if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim <= 0:
-    raise ConfigError(f"config.model.embed_dim = {embed_dim!r} must be a positive integer")
-  dtype = canonical_dtype(config.get("dtype", "float32"), "config.model.dtype")
-  remat = config.get("remat", False)
-  check_bool(remat, "config.model.remat")
-  towers = config.get("towers")
-  if not isinstance(towers, Mapping) or not towers:
+  model = schema.parse(ModelFields, model_config, "config.model", owner="the model")
+  towers = model.towers
+  if not hasattr(towers, "items") or not towers:
     raise ConfigError("config.model.towers must map at least one modality to a tower config "
                       f"(ConfigDict(name=...)); got {towers!r}")
   specs = {}
   for modality, tower_config in towers.items():
-    if not isinstance(tower_config, Mapping):
-      raise ConfigError(f"config.model.towers.{modality} must be a ConfigDict(name=..., ...), "
-                        f"got {tower_config!r}")
     if (not modality.isidentifier() or modality.startswith("_")
         or hasattr(MultiTower, modality) or modality == "modalities"):
       raise ConfigError(f"config.model.towers.{modality}: the modality name must be a Python "
                         "identifier that is not an attribute of the model (e.g. 'image', "
                         "'text', 'audio')")
-    specs[modality] = resolve_tower(modality, tower_config, dtype, remat)
-  return ModelSpec(embed_dim, specs)
+    specs[modality] = resolve_tower(modality, tower_config, model.dtype, model.remat)
+  return ModelSpec(model.embed_dim, specs)
 
 
 class ModalityEmbedder(nnx.Module):

@@ -16,63 +16,30 @@ used) and `fields` are the section's values, declared defaults filled in. A towe
   and is None in evaluation. The model then projects the features to the shared embedding size
   and L2-normalises them.
 
-A tower class may define a classmethod `check_config(kwargs: dict, field: str, inputs=None)`
-that raises `ConfigError` for invalid values (e.g. a pooling kind outside the allowed set) and,
-given `inputs`, for input shapes it cannot take; `parse_model_config` calls it at start-up
-(without inputs) and `TowerSpec.build` before building (with them). The `check_*` helpers below are shared by the towers
-for such checks, and `resolve_size` reads named sizes such as `variant="B/16"`.
+A tower's fields are a schema dataclass that extends `TowerFields` (`clip_jax.schema`: types,
+defaults, checks, and a cross-field `check(self, path)` such as `resolve_size` for named sizes
+like `variant="B/16"`), or a plain {field: default or REQUIRED} mapping (those fields are not
+type-checked). Every tower also takes `dtype` and `remat`, which default to config.model's.
+`parse_model_config` reads each tower section against its schema at start-up. A tower class may
+also define a classmethod `check_inputs(kwargs: dict, field: str, inputs)` that raises
+`ConfigError` for input shapes it cannot take; `TowerSpec.build` calls it before building.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+import dataclasses
+from typing import Any, Mapping
 
 import jax.numpy as jnp
 
-from clip_jax.registry import REQUIRED, ConfigError, Registry
+from clip_jax import schema
+from clip_jax.registry import REQUIRED, ConfigError, Registry  # noqa: F401  (REQUIRED: for towers)
 
-# Fields every tower takes that default to the model's settings (config.model.dtype / remat).
-MODEL_WIDE_FIELDS = ("dtype", "remat")
 # The field named in errors of a tower built outside a model.
 GENERIC_FIELD = "config.model.towers.<modality>"
 
-TOWERS: Registry[type] = Registry("tower", "config.model.towers.<modality>.name")
-
 # Compute dtypes a model or tower may use (by config name). Parameters are always float32.
 DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def check_choice(value: Any, choices: Iterable[Any], field: str) -> None:
-  """Raises ConfigError unless `value` is one of `choices`."""
-  choices = tuple(choices)
-  if value not in choices:
-    raise ConfigError(
-        f"{field} = {value!r} is not allowed; choose one of: {', '.join(map(repr, choices))}")
-
-
-def check_positive_int(value: Any, field: str) -> None:
-  """Raises ConfigError unless `value` is an int > 0 (bools are rejected)."""
-  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-    raise ConfigError(f"{field} = {value!r} must be a positive integer")
-
-
-def check_positive_number(value: Any, field: str) -> None:
-  """Raises ConfigError unless `value` is a real number > 0 (bools are rejected)."""
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-    raise ConfigError(f"{field} = {value!r} must be a positive number")
-
-
-def check_bool(value: Any, field: str) -> None:
-  """Raises ConfigError unless `value` is a bool."""
-  if not isinstance(value, bool):
-    raise ConfigError(f"{field} = {value!r} must be True or False")
-
-
-def check_divisible(value: int, divisor: int, field: str, divisor_field: str) -> None:
-  """Raises ConfigError unless `divisor` divides `value`."""
-  if value % divisor:
-    raise ConfigError(
-        f"{field} = {value} must be divisible by {divisor_field} = {divisor}")
 
 
 def canonical_dtype(value: Any, field: str) -> Any:
@@ -91,6 +58,26 @@ def _same_dtype(a: Any, b: Any) -> bool:
     return jnp.dtype(a) == jnp.dtype(b)
   except (TypeError, ValueError):
     return False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TowerFields:
+  """The fields every tower takes; a tower's schema extends this dataclass.
+
+  Attributes:
+    dtype: the tower's compute dtype ("float32" | "bfloat16"); None: config.model.dtype.
+    remat: rematerialise the tower's blocks in the backward pass; None: config.model.remat.
+  """
+
+  dtype: Any = schema.field(None, canonical_dtype)
+  remat: Any = schema.field(None, schema.boolean())
+
+
+# Fields every tower takes that default to the model's settings (config.model.dtype / remat).
+MODEL_WIDE_FIELDS = tuple(schema.defaults(TowerFields))
+
+TOWERS: Registry[type] = Registry("tower", "config.model.towers.<modality>.name",
+                                  base=TowerFields)
 
 
 def resolve_size(kwargs: Mapping[str, Any], sizes: Mapping[str, tuple[int, int, int, int]],
@@ -137,10 +124,11 @@ def resolve_size(kwargs: Mapping[str, Any], sizes: Mapping[str, tuple[int, int, 
     raise ConfigError(f"{field} is missing required field(s): {', '.join(missing)}; set them, "
                       f"or a named size {field}.variant (e.g. {example})")
   if kwargs.get("mlp_ratio") is not None:
-    check_positive_number(kwargs["mlp_ratio"], f"{field}.mlp_ratio")
-    ratio = kwargs["mlp_ratio"]
+    ratio = schema.number(low=0, low_open=True)(kwargs["mlp_ratio"], f"{field}.mlp_ratio")
   for name in names:
-    check_positive_int(shape[name], f"{field}.{name}")
-  check_divisible(shape["width"], shape["num_heads"], f"{field}.width", f"{field}.num_heads")
+    shape[name] = schema.integer(low=1)(shape[name], f"{field}.{name}")
+  if shape["width"] % shape["num_heads"]:
+    raise ConfigError(f"{field}.width = {shape['width']} must be divisible by "
+                      f"{field}.num_heads = {shape['num_heads']}")
   shape["mlp_dim"] = int(round(shape["width"] * ratio))
   return shape

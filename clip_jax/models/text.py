@@ -10,6 +10,7 @@ tower for a ViT-B image tower); fields given explicitly override the size's valu
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -20,9 +21,9 @@ from jax.sharding import PartitionSpec as P
 
 from clip_jax.models import layers
 from clip_jax.models import pooling as pooling_lib
-from clip_jax.models.registry import (
-    GENERIC_FIELD, REQUIRED, TOWERS, ConfigError, canonical_dtype, check_bool, check_choice,
-    check_positive_int, resolve_size)
+from clip_jax import schema
+from clip_jax.models.registry import (GENERIC_FIELD, TOWERS, ConfigError, TowerFields,
+                                      canonical_dtype, resolve_size)
 
 Array = jax.Array
 
@@ -43,8 +44,26 @@ TEXT_SIZES: dict[str, tuple[int, int, int, int]] = {
     "So400m": (1152, 27, 16, 4304),
 }
 
-TEXT_FIELDS = dict(variant=None, vocab_size=REQUIRED, context_length=REQUIRED, width=None,
-                   depth=None, num_heads=None, mlp_ratio=None, causal=True, pooling="eos")
+_POSITIVE = schema.integer(low=1)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TextFields(TowerFields):
+  """The config fields of the "text_transformer" tower (see `TextTransformer`); the
+  transformer's shape is resolved from them and the named size by `resolve_size`."""
+
+  variant: str | None = schema.field(None, schema.string(nonempty=True))
+  vocab_size: int = schema.field(check=_POSITIVE)
+  context_length: int = schema.field(check=_POSITIVE)
+  width: int | None = schema.field(None, _POSITIVE)
+  depth: int | None = schema.field(None, _POSITIVE)
+  num_heads: int | None = schema.field(None, _POSITIVE)
+  mlp_ratio: float | None = schema.field(None, schema.number(low=0, low_open=True))
+  causal: bool = True
+  pooling: str = schema.field("eos", schema.one_of(*TEXT_POOLINGS))
+
+  def check(self, path: str) -> None:
+    resolve_size(vars(self), TEXT_SIZES, path, with_patch=False)
 
 
 def key_mask(tokens: Array, pad_id: int = PAD_ID) -> Array:
@@ -65,11 +84,11 @@ def embedding_lookup(table: Array, ids: Array) -> Array:
   return jnp.take(table, ids, axis=0)
 
 
-@TOWERS.register("text_transformer", fields=TEXT_FIELDS)
+@TOWERS.register("text_transformer", fields=TextFields)
 class TextTransformer(nnx.Module):
   """Transformer text tower.
 
-  Args (the config fields, `TEXT_FIELDS`):
+  Args (the config fields, `TextFields`):
     inputs: the shape of the batch entry it reads, int token ids [B, L], L <= context_length.
     variant: a named CLIP text size (e.g. "B", "L", "So400m"; sizes in TEXT_SIZES), or None: then
       width, depth and num_heads must be given.
@@ -87,7 +106,8 @@ class TextTransformer(nnx.Module):
     remat: rematerialise each transformer block.
     rngs: the `params` stream draws the initial parameters.
 
-  The model checks the config and the input shape (`check_config`) before it builds the tower.
+  The model checks the config (`TextFields`) and the input shape (`check_inputs`) before it
+  builds the tower.
   """
 
   def __init__(self, inputs: jax.ShapeDtypeStruct, *, vocab_size: int, context_length: int,
@@ -110,20 +130,9 @@ class TextTransformer(nnx.Module):
     self.final_norm = layers.layer_norm(width, dtype, rngs)
 
   @classmethod
-  def check_config(cls, kwargs: dict[str, Any], field: str,
-                   inputs: jax.ShapeDtypeStruct | None = None) -> None:
-    """Raises ConfigError (naming `<field>.<attribute>`) for invalid values, and, given the
-    shape of the batch entry it reads, for inputs that are not int ids [B, L] with
-    L <= context_length."""
-    for name in ("vocab_size", "context_length"):
-      check_positive_int(kwargs[name], f"{field}.{name}")
-    resolve_size(kwargs, TEXT_SIZES, field, with_patch=False)
-    check_bool(kwargs.get("causal", True), f"{field}.causal")
-    check_choice(kwargs.get("pooling", "eos"), TEXT_POOLINGS, f"{field}.pooling")
-    canonical_dtype(kwargs.get("dtype", "float32"), f"{field}.dtype")
-    check_bool(kwargs.get("remat", False), f"{field}.remat")
-    if inputs is None:
-      return
+  def check_inputs(cls, kwargs: dict[str, Any], field: str, inputs: jax.ShapeDtypeStruct) -> None:
+    """Raises ConfigError (naming `<field>.<attribute>`) for inputs that are not int ids [B, L]
+    with L <= context_length."""
     if len(inputs.shape) != 2 or not jnp.issubdtype(inputs.dtype, jnp.integer):
       raise ConfigError(f"{field}: the text tower expects int token ids [B, L], got "
                         f"{inputs.dtype} {tuple(inputs.shape)}")

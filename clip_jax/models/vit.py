@@ -9,6 +9,7 @@ size from the number after the slash; fields given explicitly override the size'
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -17,8 +18,9 @@ from flax import nnx
 
 from clip_jax.models import layers
 from clip_jax.models import pooling as pooling_lib
-from clip_jax.models.registry import (
-    GENERIC_FIELD, TOWERS, ConfigError, canonical_dtype, check_bool, check_choice, resolve_size)
+from clip_jax import schema
+from clip_jax.models.registry import (GENERIC_FIELD, TOWERS, ConfigError, TowerFields,
+                                      canonical_dtype, resolve_size)
 
 Array = jax.Array
 
@@ -39,15 +41,31 @@ VIT_SIZES: dict[str, tuple[int, int, int, int]] = {
     "So400m": (1152, 27, 16, 4304),
 }
 
-VIT_FIELDS = dict(variant=None, patch_size=None, width=None, depth=None, num_heads=None,
-                  mlp_ratio=None, pooling="map")
+_POSITIVE = schema.integer(low=1)
 
 
-@TOWERS.register("vit", fields=VIT_FIELDS)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ViTFields(TowerFields):
+  """The config fields of the "vit" tower (see `VisionTransformer`); the transformer's shape is
+  resolved from them and the named size by `resolve_size`."""
+
+  variant: str | None = schema.field(None, schema.string(nonempty=True))
+  patch_size: int | None = schema.field(None, _POSITIVE)
+  width: int | None = schema.field(None, _POSITIVE)
+  depth: int | None = schema.field(None, _POSITIVE)
+  num_heads: int | None = schema.field(None, _POSITIVE)
+  mlp_ratio: float | None = schema.field(None, schema.number(low=0, low_open=True))
+  pooling: str = schema.field("map", schema.one_of(*VIT_POOLINGS))
+
+  def check(self, path: str) -> None:
+    resolve_size(vars(self), VIT_SIZES, path, with_patch=True)
+
+
+@TOWERS.register("vit", fields=ViTFields)
 class VisionTransformer(nnx.Module):
   """ViT image tower. Also usable for any [B, H, W, C] input (e.g. spectrogram "images").
 
-  Args (the config fields, `VIT_FIELDS`):
+  Args (the config fields, `ViTFields`):
     inputs: the shape of the batch entry it reads, [B, H, W, C] (B is not used).
     variant: a named size "<size>/<patch>" (e.g. "B/16", "So400m/14"; sizes in VIT_SIZES), or
       None: then patch_size, width, depth and num_heads must be given.
@@ -62,7 +80,8 @@ class VisionTransformer(nnx.Module):
     remat: rematerialise each transformer block.
     rngs: the `params` stream draws the initial parameters.
 
-  The model checks the config and the input shape (`check_config`) before it builds the tower.
+  The model checks the config (`ViTFields`) and the input shape (`check_inputs`) before it
+  builds the tower.
   """
 
   def __init__(self, inputs: jax.ShapeDtypeStruct, *, variant: str | None = None,
@@ -90,17 +109,10 @@ class VisionTransformer(nnx.Module):
                                           rngs=rngs)
 
   @classmethod
-  def check_config(cls, kwargs: dict[str, Any], field: str,
-                   inputs: jax.ShapeDtypeStruct | None = None) -> None:
-    """Raises ConfigError (naming `<field>.<attribute>`) for invalid values, and, given the
-    shape of the batch entry it reads, for inputs that are not [B, H, W, C] with H and W
-    divisible by the patch size."""
+  def check_inputs(cls, kwargs: dict[str, Any], field: str, inputs: jax.ShapeDtypeStruct) -> None:
+    """Raises ConfigError (naming `<field>.<attribute>`) for inputs that are not [B, H, W, C]
+    with H and W divisible by the patch size."""
     shape = resolve_size(kwargs, VIT_SIZES, field, with_patch=True)
-    check_choice(kwargs.get("pooling", "map"), VIT_POOLINGS, f"{field}.pooling")
-    canonical_dtype(kwargs.get("dtype", "float32"), f"{field}.dtype")
-    check_bool(kwargs.get("remat", False), f"{field}.remat")
-    if inputs is None:
-      return
     if len(inputs.shape) != 4:
       raise ConfigError(f"{field}: the vit tower expects [B, H, W, C] inputs, got shape "
                         f"{tuple(inputs.shape)}")

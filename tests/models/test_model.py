@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import jax
@@ -183,25 +184,52 @@ def _typo(config):
      r"config\.model\.towers\.image\.name = 'vitt' .*text_transformer.*vit"),
     (_set("towers.text.name", "gpt"), r"config\.model\.towers\.text\.name = 'gpt'"),
     (_set("towers.image.pooling", "max"),
-     r"config\.model\.towers\.image\.pooling = 'max' .*'cls', 'gap', 'map'"),
+     r"config\.model\.towers\.image\.pooling must be one of 'cls', 'gap', 'map'; got 'max'"),
     (_set("towers.text.pooling", "cls"),
-     r"config\.model\.towers\.text\.pooling = 'cls' .*'eos', 'last', 'mean'"),
-    (_typo, r"config\.model\.towers\.image\.widht is not a parameter .*did you mean 'width'"),
+     r"config\.model\.towers\.text\.pooling must be one of 'eos', 'last', 'mean'; got 'cls'"),
+    (_typo,
+     r"config\.model\.towers\.image\.widht is not a field of tower 'vit'; did you mean 'width'"),
     (_set("towers.image.width", 30),
      r"config\.model\.towers\.image\.width = 30 .*config\.model\.towers\.image\.num_heads = 4"),
     (_set("towers.image.dtype", "float16"),
      r"config\.model\.towers\.image\.dtype = 'float16' .*'float32', 'bfloat16'"),
     (_set("dtype", "fp16"), r"config\.model\.dtype = 'fp16' .*'float32', 'bfloat16'"),
-    (_set("towers.text.causal", "yes"), r"config\.model\.towers\.text\.causal = 'yes'"),
-    (_set("towers.image.depth", 0), r"config\.model\.towers\.image\.depth = 0"),
+    (_set("towers.text.causal", "yes"),
+     r"config\.model\.towers\.text\.causal must be True or False; got 'yes'"),
+    (_set("towers.image.depth", 0), r"config\.model\.towers\.image\.depth must be >= 1; got 0"),
     (_remove("towers.image.depth"), r"missing .*config\.model\.towers\.image\.depth"),
     (_remove("towers.image.name"), r"config\.model\.towers\.image\.name is missing"),
-    (_set("embed_dim", -1), r"config\.model\.embed_dim = -1"),
+    (_set("embed_dim", -1), r"config\.model\.embed_dim must be >= 1; got -1"),
 ])
 def test_config_errors_name_the_field(tiny, edit, pattern):
   config = edit(tiny.model_config())
   with pytest.raises(ConfigError, match=pattern):
     parse_model_config(config)
+
+
+def test_towers_take_dtype_and_remat_from_the_model_unless_they_set_their_own(tiny):
+  config = tiny.model_config()
+  config.dtype, config.remat = "bfloat16", True
+  # A tower registered with a plain mapping of fields takes them too.
+  config.towers.sensor = ml_collections.ConfigDict(dict(name="_test_mean_tower", width=8,
+                                                        dtype="float32"))
+  towers = parse_model_config(config).towers
+  assert (towers["image"].kwargs["dtype"], towers["image"].kwargs["remat"]) == (jnp.bfloat16, True)
+  assert (towers["sensor"].kwargs["dtype"], towers["sensor"].kwargs["remat"]) == (jnp.float32, True)
+  config.towers.sensor.remat = "no"
+  with pytest.raises(ConfigError,
+                     match=r"config\.model\.towers\.sensor\.remat must be True or False"):
+    parse_model_config(config)
+
+
+def test_a_tower_schema_must_extend_tower_fields():
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class LooseFields:
+    width: int = 8
+
+  with pytest.raises(TypeError, match=r"LooseFields\) must extend TowerFields"):
+    TOWERS.register("_test_loose_tower", fields=LooseFields)(_MeanTower)
+  assert "_test_loose_tower" not in TOWERS
 
 
 def test_input_shape_errors_at_init_name_the_field(tiny, batch):
