@@ -28,7 +28,7 @@ also define a classmethod `check_inputs(kwargs: dict, field: str, inputs)` that 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import jax.numpy as jnp
 
@@ -78,6 +78,27 @@ MODEL_WIDE_FIELDS = tuple(schema.defaults(TowerFields))
 
 TOWERS: Registry[type] = Registry("tower", "config.model.towers.<modality>.name",
                                   base=TowerFields)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransformerFields(TowerFields):
+  """The shape fields of a transformer tower: a named size (`variant`) or its explicit width,
+  depth, heads and MLP ratio, fields given explicitly overriding the size's values. A subclass
+  sets the class attributes `SIZES` ({size name: (width, depth, num_heads, mlp_dim)}) and
+  `WITH_PATCH` (the variant is "<size>/<patch>" and the schema has a `patch_size` field);
+  `check` resolves the shape (`resolve_size`), so a bad combination is named at start-up."""
+
+  SIZES: ClassVar[Mapping[str, tuple[int, int, int, int]]] = {}
+  WITH_PATCH: ClassVar[bool] = False
+
+  variant: str | None = schema.field(None, schema.string(nonempty=True))
+  width: int | None = schema.field(None, schema.integer(low=1))
+  depth: int | None = schema.field(None, schema.integer(low=1))
+  num_heads: int | None = schema.field(None, schema.integer(low=1))
+  mlp_ratio: float | None = schema.field(None, schema.number(low=0, low_open=True))
+
+  def check(self, path: str) -> None:
+    resolve_size(vars(self), self.SIZES, path, with_patch=self.WITH_PATCH)
 
 
 def resolve_size(kwargs: Mapping[str, Any], sizes: Mapping[str, tuple[int, int, int, int]],

@@ -11,7 +11,7 @@ tower for a ViT-B image tower); fields given explicitly override the size's valu
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 from clip_jax.models import layers
 from clip_jax.models import pooling as pooling_lib
 from clip_jax import schema
-from clip_jax.models.registry import (GENERIC_FIELD, TOWERS, ConfigError, TowerFields,
+from clip_jax.models.registry import (GENERIC_FIELD, TOWERS, ConfigError, TransformerFields,
                                       canonical_dtype, resolve_size)
 
 Array = jax.Array
@@ -44,26 +44,16 @@ TEXT_SIZES: dict[str, tuple[int, int, int, int]] = {
     "So400m": (1152, 27, 16, 4304),
 }
 
-_POSITIVE = schema.integer(low=1)
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TextFields(TowerFields):
-  """The config fields of the "text_transformer" tower (see `TextTransformer`); the
-  transformer's shape is resolved from them and the named size by `resolve_size`."""
+class TextFields(TransformerFields):
+  """The config fields of the "text_transformer" tower (see `TextTransformer`)."""
 
-  variant: str | None = schema.field(None, schema.string(nonempty=True))
-  vocab_size: int = schema.field(check=_POSITIVE)
-  context_length: int = schema.field(check=_POSITIVE)
-  width: int | None = schema.field(None, _POSITIVE)
-  depth: int | None = schema.field(None, _POSITIVE)
-  num_heads: int | None = schema.field(None, _POSITIVE)
-  mlp_ratio: float | None = schema.field(None, schema.number(low=0, low_open=True))
+  SIZES: ClassVar[Mapping[str, tuple[int, int, int, int]]] = TEXT_SIZES
+
+  vocab_size: int = schema.field(check=schema.integer(low=1))
+  context_length: int = schema.field(check=schema.integer(low=1))
   causal: bool = True
   pooling: str = schema.field("eos", schema.one_of(*TEXT_POOLINGS))
-
-  def check(self, path: str) -> None:
-    resolve_size(vars(self), TEXT_SIZES, path, with_patch=False)
 
 
 def key_mask(tokens: Array, pad_id: int = PAD_ID) -> Array:

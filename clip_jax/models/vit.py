@@ -10,7 +10,7 @@ size from the number after the slash; fields given explicitly override the size'
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,7 @@ from flax import nnx
 from clip_jax.models import layers
 from clip_jax.models import pooling as pooling_lib
 from clip_jax import schema
-from clip_jax.models.registry import (GENERIC_FIELD, TOWERS, ConfigError, TowerFields,
+from clip_jax.models.registry import (GENERIC_FIELD, TOWERS, ConfigError, TransformerFields,
                                       canonical_dtype, resolve_size)
 
 Array = jax.Array
@@ -41,24 +41,15 @@ VIT_SIZES: dict[str, tuple[int, int, int, int]] = {
     "So400m": (1152, 27, 16, 4304),
 }
 
-_POSITIVE = schema.integer(low=1)
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ViTFields(TowerFields):
-  """The config fields of the "vit" tower (see `VisionTransformer`); the transformer's shape is
-  resolved from them and the named size by `resolve_size`."""
+class ViTFields(TransformerFields):
+  """The config fields of the "vit" tower (see `VisionTransformer`)."""
 
-  variant: str | None = schema.field(None, schema.string(nonempty=True))
-  patch_size: int | None = schema.field(None, _POSITIVE)
-  width: int | None = schema.field(None, _POSITIVE)
-  depth: int | None = schema.field(None, _POSITIVE)
-  num_heads: int | None = schema.field(None, _POSITIVE)
-  mlp_ratio: float | None = schema.field(None, schema.number(low=0, low_open=True))
+  SIZES: ClassVar[Mapping[str, tuple[int, int, int, int]]] = VIT_SIZES
+  WITH_PATCH: ClassVar[bool] = True
+
+  patch_size: int | None = schema.field(None, schema.integer(low=1))
   pooling: str = schema.field("map", schema.one_of(*VIT_POOLINGS))
-
-  def check(self, path: str) -> None:
-    resolve_size(vars(self), VIT_SIZES, path, with_patch=True)
 
 
 @TOWERS.register("vit", fields=ViTFields)
