@@ -29,6 +29,10 @@ setup(
         "matplotlib>=3.8",
         "absl-py>=2.0",
         "tokenizers>=0.19",
+        # "clip_bpe" cleans text as open_clip does (ftfy) and splits words with CLIP's pattern
+        # (regex): both are needed for open_clip's exact ids.
+        "ftfy>=6.1",
+        "regex>=2023.0",
     ],
     extras_require={
         "gcs": ["gcsfs>=2024.2"],

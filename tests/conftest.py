@@ -10,7 +10,9 @@ reaches subprocesses through the environment. A developer's own JAX_COMPILATION_
 left as it is.
 """
 
+import glob
 import os
+import pathlib
 import shutil
 import tempfile
 
@@ -58,3 +60,34 @@ def truncate_checkpoint():
     assert truncated
 
   return truncate
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+OPEN_CLIP_SETUP = "pip download --no-deps -d .whl open_clip_torch==3.3.0"
+
+
+@pytest.fixture(scope="session")
+def parity_missing():
+  """missing(what, setup): ends a parity test that lacks `what` (set up by running `setup`):
+  skipped with that reason (shown by `pytest -rs`), or failed under CLIP_JAX_REQUIRE_PARITY=1
+  (CI, which installs everything)."""
+
+  def missing(what: str, setup: str = OPEN_CLIP_SETUP):
+    message = f"open_clip parity needs {what}; set up with: {setup}"
+    if os.environ.get("CLIP_JAX_REQUIRE_PARITY") == "1":
+      pytest.fail(message)
+    pytest.skip(message)
+
+  return missing
+
+
+@pytest.fixture(scope="session")
+def open_clip_wheel(parity_missing) -> pathlib.Path:
+  """The open_clip_torch wheel that parity tests read files from without installing it:
+  $CLIP_JAX_OPEN_CLIP_WHEEL, else the newest .whl/open_clip_torch-*.whl at the repository root
+  (git-ignored)."""
+  wheels = ([os.environ["CLIP_JAX_OPEN_CLIP_WHEEL"]] if os.environ.get("CLIP_JAX_OPEN_CLIP_WHEEL")
+            else sorted(glob.glob(str(REPO / ".whl" / "open_clip_torch-*.whl"))))
+  if not wheels or not os.path.exists(wheels[-1]):
+    parity_missing("the open_clip_torch wheel in .whl/")
+  return pathlib.Path(wheels[-1])

@@ -1,13 +1,14 @@
 """Data: sources, tokenizers, preprocessing and the per-host training stream.
 
     from clip_jax.data import (make_tokenizer, make_train_iterator, load_eval_split, EvalSet,
-                               train_batch_spec)
+                               train_batch_spec, load_tokenizer)
     spec = train_batch_spec(config)  # {"image": ShapeDtypeStruct [B, H, W, 3] float32, ...}
     tokenizer = make_tokenizer(config.data)
     it = make_train_iterator(config, tokenizer, jax.process_index(), jax.process_count())
     batch = next(it)  # {"image": f32 [b, H, W, 3] in [-1, 1], "text": i32 [b, max_len]}
     state = it.get_state(); it.set_state(state)
     eval_set = load_eval_split(config.data, split="heldout")
+    clip = load_tokenizer("clip_bpe", context_length=77)  # no config: CLIP's BPE, as open_clip
 
 Sources ("emoji", "synthetic") register in `SOURCES`; `config.data.name` selects one.
 """
@@ -18,10 +19,10 @@ from clip_jax.data.cache import DataDownloadError, resolve_cache_dir
 from clip_jax.data.pipeline import (TrainIterator, load_eval_split, make_train_iterator,
                                     train_batch_spec)
 from clip_jax.data.registry import SOURCES, DataSource, EvalSet, build_source
-from clip_jax.data.tokenizer import TOKENIZERS, Tokenizer, make_tokenizer
+from clip_jax.data.tokenizer import TOKENIZERS, Tokenizer, load_tokenizer, make_tokenizer
 
 __all__ = [
     "DataDownloadError", "DataSource", "EvalSet", "SOURCES", "TOKENIZERS", "Tokenizer",
-    "TrainIterator", "build_source", "load_eval_split", "make_tokenizer", "make_train_iterator",
-    "resolve_cache_dir", "train_batch_spec",
+    "TrainIterator", "build_source", "load_eval_split", "load_tokenizer", "make_tokenizer",
+    "make_train_iterator", "resolve_cache_dir", "train_batch_spec",
 ]

@@ -3,7 +3,8 @@
 Image towers: class token ("cls"), global average ("gap"), multihead attention pooling ("map",
 a learned probe attends over the tokens, as in SigLIP, Zhai et al. 2023, "Sigmoid Loss for Language
 Image Pre-Training", after Lee et al. 2019's set transformer pooling).
-Text towers: the last non-pad (EOS) token ("eos" / "last") or the mean over non-pad tokens ("mean").
+Text towers: the last non-pad (EOS) token ("eos" / "last") or the mean over the tokens before the
+trailing padding ("mean").
 """
 
 from __future__ import annotations
@@ -29,12 +30,26 @@ def global_average(x: Array) -> Array:
   return jnp.mean(x.astype(jnp.float32), axis=1)
 
 
-def last_token_index(tokens: Array, pad_id: int = 0) -> Array:
-  """Index of the last non-pad token: sum(tokens != pad_id) - 1, clipped at 0. [B, L] -> [B].
+def token_lengths(tokens: Array, pad_id: int = 0) -> Array:
+  """The length of each row without its padding: 1 + the index of its last non-pad token (the EOS
+  token), 0 for a row of pads only. [B, L] -> int32 [B].
 
-  Assumes the padding is at the end of each row (the EOS token is the last non-pad token).
+  The padding is the run of pad ids at the end of a row; a pad id before the last non-pad token
+  is a token of the text (CLIP's vocabulary gives "!" the pad id 0).
   """
-  return jnp.maximum(jnp.sum(tokens != pad_id, axis=1) - 1, 0)
+  positions = jnp.arange(1, tokens.shape[1] + 1, dtype=jnp.int32)[None, :]
+  return jnp.max(jnp.where(tokens != pad_id, positions, 0), axis=1)
+
+
+def valid_tokens(tokens: Array, pad_id: int = 0) -> Array:
+  """Bool [B, L]: True at the tokens of each row, False at its trailing padding."""
+  lengths = token_lengths(tokens, pad_id)
+  return jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :] < lengths[:, None]
+
+
+def last_token_index(tokens: Array, pad_id: int = 0) -> Array:
+  """Index of the last non-pad token (the EOS token), 0 for a row of pads only. [B, L] -> [B]."""
+  return jnp.maximum(token_lengths(tokens, pad_id) - 1, 0)
 
 
 def last_token(x: Array, tokens: Array, pad_id: int = 0) -> Array:

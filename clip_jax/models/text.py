@@ -2,7 +2,9 @@
 
 tokens [B, L] int32 (pad id 0, the EOS token is the last non-pad token) -> token embeddings +
 learned position embeddings -> pre-LN transformer (causal or bidirectional; pad tokens are never
-attended to as keys) -> final LayerNorm -> pooling -> [B, D] float32.
+attended to as keys) -> final LayerNorm -> pooling -> [B, D] float32. The padding is the run of
+pad ids after the last non-pad token (`pooling.token_lengths`): a pad id inside the text, CLIP's
+"!" (id 0), is an ordinary token.
 
 Named sizes: `variant="B"` sets width, depth, heads and MLP size from `TEXT_SIZES` (CLIP's text
 tower for a ViT-B image tower); fields given explicitly override the size's values.
@@ -57,9 +59,9 @@ class TextFields(TransformerFields):
 
 
 def key_mask(tokens: Array, pad_id: int = PAD_ID) -> Array:
-  """Bool mask [B, 1, 1, L] (True = a query may attend to this key) for tokens [B, L]: pad
-  tokens are masked out as keys."""
-  return (tokens != pad_id)[:, None, None, :]
+  """Bool mask [B, 1, 1, L] (True = a query may attend to this key) for tokens [B, L]: the
+  trailing pad tokens are masked out as keys."""
+  return pooling_lib.valid_tokens(tokens, pad_id)[:, None, None, :]
 
 
 def embedding_lookup(table: Array, ids: Array) -> Array:
@@ -90,8 +92,8 @@ class TextTransformer(nnx.Module):
     num_heads: attention heads; must divide `width`.
     mlp_ratio: MLP hidden size as a multiple of `width` (default: the variant's, else 4).
     causal: causal (True) or bidirectional (False) self-attention.
-    pooling: "eos" / "last" (the features at the last non-pad token, index sum(tokens != 0) - 1)
-      or "mean" (mean over the non-pad tokens).
+    pooling: "eos" / "last" (the features at the last non-pad token) or "mean" (mean over the
+      tokens before the trailing padding).
     dtype: compute dtype ("float32" | "bfloat16"); params are float32, the output is float32.
     remat: rematerialise each transformer block.
     rngs: the `params` stream draws the initial parameters.
@@ -164,5 +166,5 @@ class TextTransformer(nnx.Module):
     if self.pooling in ("eos", "last"):
       out = pooling_lib.last_token(x, tokens, PAD_ID)
     else:
-      out = pooling_lib.masked_mean(x, tokens != PAD_ID)
+      out = pooling_lib.masked_mean(x, pooling_lib.valid_tokens(tokens, PAD_ID))
     return out.astype(jnp.float32)

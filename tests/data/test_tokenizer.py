@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import unicodedata
 
+import ml_collections
 import numpy as np
 import pytest
 import tokenizers
@@ -40,8 +41,7 @@ def test_encode_shape_pad_eos_and_truncation(synthetic_config, name):
   assert ids[1, 0] == tok.eos_id and np.all(ids[1, 1:] == 0)  # empty text: EOS only
   # Truncation keeps EOS in the last slot; the kept prefix equals the untruncated prefix.
   assert ids[2, -1] == tok.eos_id and np.all(ids[2] != tok.pad_id)
-  tok_long = tokenizer_lib.TOKENIZERS.get(name)(
-      _with_max_len(synthetic_config.data, 64))
+  tok_long = make_tokenizer(_with_max_len(synthetic_config.data, 64))
   full = tok_long.encode([long_text])[0]
   np.testing.assert_array_equal(ids[2, :-1], full[:synthetic_config.data.max_len - 1])
   np.testing.assert_array_equal(ids[3], ids[0])  # lowercased
@@ -159,7 +159,7 @@ def test_bpe_rejects_matchable_special_tokens_and_missing_bytes(synthetic_config
 
 # Special-token spellings of well-known tokenizers, fed to every tokenizer besides its own.
 _OTHER_SPECIALS = ("<|endoftext|>", "<|startoftext|>", "<pad>", "<unk>", "<s>", "</s>", "<mask>",
-                   "[MASK]", "[CLS]", "[SEP]", "[BOS]")
+                   "[MASK]", "[CLS]", "[SEP]", "[BOS]", "<start_of_text>", "<end_of_text>")
 _SURROUNDINGS = ("{}", "a {} b", "x{}y", " {} ", "{}{}", "\n{}\t", "{} red circle {}")
 
 
@@ -178,12 +178,23 @@ def _nfkc_lower(text: str) -> str:
   return unicodedata.normalize("NFKC", text).lower()
 
 
+def _squash(text: str) -> str:
+  """NFKC, lowercase, without whitespace."""
+  return "".join(_nfkc_lower(text).split())
+
+
 @pytest.mark.parametrize("name", tokenizer_lib.TOKENIZERS.names())
-def test_no_text_produces_a_special_id(synthetic_config, name):
+def test_no_text_produces_a_special_id(synthetic_config, name, request):
   synthetic_config.data.tokenizer.name = name
+  if name == "clip_bpe":  # CLIP's merges file (from the open_clip_torch wheel), no vocab_size
+    synthetic_config.data.tokenizer = ml_collections.ConfigDict(
+        dict(name=name, merges_path=request.getfixturevalue("clip_merges_path")))
   synthetic_config.data.max_len = 160  # the longest text: 102 bytes
   tok = make_tokenizer(synthetic_config.data)
-  assert tok.special_tokens["[PAD]"] == tok.pad_id and tok.special_tokens["[EOS]"] == tok.eos_id
+  assert tok.special_tokens["[EOS]"] == tok.eos_id
+  assert tok.special_tokens.get("[PAD]", tok.pad_id) == tok.pad_id  # clip_bpe: "!" is id 0
+  start = 0 if tok.bos_id is None else 1
+  clean = tokenizer_lib.clip_clean if name == "clip_bpe" else str
   literals = sorted(set(tok.special_tokens) | set(_OTHER_SPECIALS))
   spelled = [(s, form.format(s, s)) for lit in literals for s in _spellings(lit)
              for form in _SURROUNDINGS]
@@ -194,9 +205,11 @@ def test_no_text_produces_a_special_id(synthetic_config, name):
   special = np.array(sorted(set(tok.special_tokens.values())))
   pooled_at = np.asarray(pooling.last_token_index(ids))
   for (literal, text), row, pool in zip(spelled, ids, pooled_at, strict=True):
-    length = int(np.sum(row != tok.pad_id))
+    length = int(np.flatnonzero(row != tok.pad_id)[-1]) + 1
     assert length < tok.max_len, text  # not truncated: the whole text is checked
     assert row[length - 1] == tok.eos_id and np.all(row[length:] == tok.pad_id), (text, row)
-    assert not np.isin(row[:length - 1], special).any(), (text, row)
+    assert row[:start].tolist() == [tok.bos_id][:start], (text, row)
+    assert not np.isin(row[start:length - 1], special).any(), (text, row)
     assert pool == length - 1, (text, row)
-    assert _nfkc_lower(literal[:40]) in _nfkc_lower(tok.decode(row)), (text, tok.decode(row))
+    # clip_bpe drops control characters (CLIP's cleaning) and decodes words spaced apart.
+    assert _squash(clean(literal[:40])) in _squash(tok.decode(row)), (text, tok.decode(row))

@@ -15,10 +15,7 @@ with CLIP_JAX_REQUIRE_PARITY=1 a missing requirement is a failure instead.
 from __future__ import annotations
 
 import functools
-import glob
 import importlib.util
-import os
-import pathlib
 import zipfile
 
 import jax
@@ -29,31 +26,18 @@ import pytest
 import losses_reference as ref  # tests/losses/reference.py, registered by conftest.py
 from clip_jax.losses import sigmoid_loss, softmax_loss
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 SETUP = "pip install torch==2.13.0 && pip download --no-deps open_clip_torch -d .whl/"
 
 
-def _missing(what: str):
-  message = f"open_clip parity needs {what}; set up with: {SETUP}"
-  if os.environ.get("CLIP_JAX_REQUIRE_PARITY") == "1":
-    pytest.fail(message)
-  pytest.skip(message)
-
-
-
 @pytest.fixture(scope="module")
-def open_clip_loss(tmp_path_factory):
+def open_clip_loss(open_clip_wheel, parity_missing, tmp_path_factory):
   """The open_clip/loss.py module of the open_clip_torch wheel, loaded by file path."""
   try:
     import torch  # noqa: F401
   except ImportError:
-    _missing("PyTorch")
-  wheels = ([os.environ["CLIP_JAX_OPEN_CLIP_WHEEL"]] if os.environ.get("CLIP_JAX_OPEN_CLIP_WHEEL")
-            else sorted(glob.glob(str(REPO / ".whl" / "open_clip_torch-*.whl"))))
-  if not wheels or not os.path.exists(wheels[-1]):
-    _missing("the open_clip_torch wheel in .whl/")
+    parity_missing("PyTorch", SETUP)
   path = tmp_path_factory.mktemp("open_clip") / "open_clip_loss.py"
-  with zipfile.ZipFile(wheels[-1]) as wheel:
+  with zipfile.ZipFile(open_clip_wheel) as wheel:
     path.write_bytes(wheel.read("open_clip/loss.py"))
   spec = importlib.util.spec_from_file_location("open_clip_loss_for_parity", path)
   module = importlib.util.module_from_spec(spec)

@@ -80,6 +80,21 @@ def test_text_pooling_ignores_padding(tiny, pooling, causal):
     np.testing.assert_allclose(pooled[row], expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("pooling", ["eos", "mean"])
+def test_text_pad_id_inside_the_text_is_a_token(tiny, pooling):
+  """CLIP's vocabulary gives "!" the pad id 0: a 0 before the last non-pad token is a token
+  (attended to, pooled over, EOS found after it); only the trailing zeros are padding. The row
+  must give what it gives with that 0 spelled as another id of the same embedding."""
+  tower = _text_tower(tiny, length=8, causal=False, pooling=pooling)
+  spare = tiny.vocab - 1
+  table = tower.token_embedding[...]
+  tower.token_embedding[...] = table.at[spare].set(table[0])
+  with_zero = np.array([[9, 5, 0, 7, 3, 0, 0, 0]], np.int32)  # [BOS, a, "!", b, EOS, pad...]
+  spelled = np.where(np.arange(8) == 2, spare, with_zero).astype(np.int32)
+  np.testing.assert_allclose(np.asarray(tower(with_zero)), np.asarray(tower(spelled)),
+                             rtol=1e-5, atol=1e-5)
+
+
 def test_text_all_padding_row_is_finite(tiny):
   tower = _text_tower(tiny, length=4, pooling="mean")
   tokens = np.array([[5, 6, 0, 0], [0, 0, 0, 0]], np.int32)
