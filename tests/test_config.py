@@ -146,10 +146,12 @@ def _train_cli(workdir, config, *overrides):
 
 
 def test_readme_loss_switch_trains_softmax_with_its_own_defaults(tmp_path):
-  # The README's command (a sigmoid config switched to softmax), on a 2-step budget.
+  # The README's command (a sigmoid config switched to softmax), on a 2-step budget and with
+  # one-block towers (compiling the demo's ViT dominated the test's time).
   proc = _train_cli(tmp_path, DEMO, "--config.loss.name=softmax", "--config.total_steps=2",
                     "--config.log_every_steps=1", "--config.eval_every_steps=2",
-                    "--config.optim.warmup_steps=0", "--config.batch_size=32")
+                    "--config.optim.warmup_steps=0", "--config.batch_size=32",
+                    "--config.model.towers.image.depth=1", "--config.model.towers.text.depth=1")
   assert proc.returncode == 0, proc.stderr[-3000:]
   # The user sees which settings apply.
   assert "config.loss.name: 'sigmoid' -> 'softmax'" in proc.stdout

@@ -82,7 +82,7 @@ def batches(config, n: int = 1) -> list[dict[str, np.ndarray]]:
   return [next(it) for _ in range(n)]
 
 
-def built(config, devices, batch) -> Trainer:
+def built(config, devices) -> Trainer:
   return Trainer(config, devices=devices)
 
 
@@ -131,12 +131,12 @@ def test_microbatched_step_equals_the_plain_step(objective):
   config = make_config(objective, ONE, towers=towers)
   [batch] = batches(config)
   assert ("instance_id" in batch) == (objective == "multi_positive")
-  one = built(config, jax.devices()[:1], batch)
+  one = built(config, jax.devices()[:1])
   params = jax.device_get(one.init_state()["params"])
   update = make_update(one.tx)
   (want_loss, want_metrics), want_grads = gradients(one, params, batch, 0)
   want_params = update(params, want_grads)
-  eight = built(make_config(objective, EIGHT, towers=towers), jax.devices(), batch)
+  eight = built(make_config(objective, EIGHT, towers=towers), jax.devices())
   for trainer in (one, eight):
     sharded = jax.device_put(params, trainer.state_shardings["params"])
     for num_micro in (2, 4):
@@ -177,7 +177,7 @@ def test_microbatched_step_equals_the_plain_step_in_bfloat16_with_remat():
   config = make_config("sigmoid", EIGHT, towers="flat")
   config.model.update(dtype="bfloat16", remat=True)
   [batch] = batches(config)
-  trainer = built(config, jax.devices(), batch)
+  trainer = built(config, jax.devices())
   params = jax.device_get(trainer.init_state()["params"])
   sharded = jax.device_put(params, trainer.state_shardings["params"])
   global_batch = trainer.global_batch(batch)
@@ -243,9 +243,9 @@ def test_frozen_tower_runs_once_and_the_trainer_step_equals_the_plain_step():
   config.optim.freeze = (r"^model/image/",)
   config.optim.grad_clip_norm = 0.0  # clipping would hide a wrong gradient scale from mu
   [batch] = batches(config)
-  plain = built(config, jax.devices(), batch)
+  plain = built(config, jax.devices())
   config.microbatch_size = BATCH // num_micro
-  micro = built(config, jax.devices(), batch)
+  micro = built(config, jax.devices())
   start = jax.device_get(plain.init_state())
   results = {}
   for name, trainer in (("plain", plain), ("micro", micro)):
@@ -280,7 +280,7 @@ def test_resume_with_microbatches_is_exact(tmp_path):
   steps: same losses and params, bit for bit."""
   config = make_config("sigmoid", EIGHT, microbatch_size=BATCH // 2, towers="flat")
   data = batches(config, 4)
-  first = built(config, jax.devices(), data[0])
+  first = built(config, jax.devices())
   state = first.init_state()
   for batch in data[:2]:
     state, _ = first.train_step(state, first.global_batch(batch))
@@ -296,7 +296,7 @@ def test_resume_with_microbatches_is_exact(tmp_path):
     return losses, jax.device_get(state["params"])
 
   want_losses, want_params = continue_from(first, state)
-  second = built(config, jax.devices(), data[0])
+  second = built(config, jax.devices())
   ckpt = Checkpointer(str(tmp_path))
   step, restored, _ = ckpt.restore_latest(second.abstract_state)
   ckpt.close()

@@ -1,5 +1,6 @@
-"""Fault tolerance: exact resume after SIGKILL, SIGTERM and SIGINT at seeded random steps,
-resharding restore, fallback from a corrupted checkpoint, and the divergence guard's clean stop.
+"""Fault tolerance: exact resume after SIGKILL and SIGTERM at seeded random steps (SIGINT takes
+the same path: test_preemption.py), fallback from a corrupted checkpoint, and the divergence
+guard's clean stop. Restoring onto another mesh: test_restore_state.py.
 
 The signal steps are drawn from a fixed seed (set CLIP_JAX_TEST_SEED to draw others); each test
 prints its step, so a failure can be replayed."""
@@ -73,7 +74,7 @@ def assert_same_training(lines, reference):
       np.testing.assert_allclose(got[key], want[key], rtol=1e-6, err_msg=f"{key} @ {got['step']}")
 
 
-@pytest.mark.parametrize("async_save", [False, True])
+@pytest.mark.parametrize("async_save", [True])
 def test_sigkill_then_restart_matches_uninterrupted(tmp_path, reference, async_save):
   kill_at = signal_step(f"sigkill-async={async_save}")
   proc = train_cli(tmp_path, f"--config.ckpt_async={async_save}",
@@ -90,7 +91,7 @@ def test_sigkill_then_restart_matches_uninterrupted(tmp_path, reference, async_s
   assert_same_training(training_lines(tmp_path), reference)
 
 
-@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("signal_name", ["SIGTERM"])  # SIGINT: test_preemption.py
 def test_stop_signal_checkpoints_and_exits_zero(tmp_path, reference, signal_name):
   stop_at = signal_step(signal_name)
   proc = train_cli(tmp_path, fault_signal=f"{signal_name}@{stop_at}")
@@ -117,29 +118,6 @@ def _trainer(devices, fsdp):
   config = load_config_file(TINY)
   config.mesh = (("data", -1), ("fsdp", fsdp))
   return Trainer(config, devices=devices)
-
-
-@pytest.mark.parametrize("src, dst", [(8, 4), (4, 8), (8, 1)])
-def test_restore_onto_another_mesh(tmp_path, src, dst):
-  devices = jax.devices()
-  a = _trainer(devices[:src], fsdp=2 if src > 1 else 1)
-  state, _ = _steps(a, a.init_state(), 2)
-  ckpt = Checkpointer(tmp_path, async_save=False)
-  ckpt.save(2, state, {"step": 2}, force=True)
-  ckpt.close()
-  saved_params = jax.device_get(state["params"])
-  _, loss_a = _steps(a, state, 1, seed=1)
-
-  b = _trainer(devices[:dst], fsdp=2 if dst > 1 else 1)
-  ckpt = Checkpointer(tmp_path)
-  step, restored, data = ckpt.restore_latest(b.abstract_state)
-  ckpt.close()
-  assert step == 2 and data == {"step": 2}
-  kernel = restored["params"]["model"]["image"]["projection"]["kernel"]
-  assert len(kernel.sharding.device_set) == dst
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored["params"]), saved_params)
-  _, loss_b = _steps(b, restored, 1, seed=1)
-  np.testing.assert_allclose(loss_b, loss_a, rtol=1e-5)
 
 
 def test_corrupted_latest_checkpoint_falls_back(tmp_path, capsys, truncate_checkpoint):

@@ -48,7 +48,7 @@ def run_steps(config, devices, batches):
   return losses, jax.device_get(state["params"]), state
 
 
-@pytest.mark.parametrize("loss", ["sigmoid", "softmax"])
+@pytest.mark.parametrize("loss", ["sigmoid"])  # every other objective: test_sharded_grads.py
 def test_sharded_step_equals_single_device(loss):
   batches = [random_batch(16, seed=s) for s in range(3)]
   one_losses, one_params, _ = run_steps(
