@@ -44,7 +44,7 @@ from absl import app, flags, logging
 
 # jax's backend starts in run(), after _parse_flags has set XLA_FLAGS for --devices.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from clip_jax.config import define_config_flag, parse_flags_or_exit  # noqa: E402
+from clip_jax.cli import define_config_flag, parse_flags_or_exit  # noqa: E402
 from clip_jax.registry import ConfigError  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

@@ -21,7 +21,8 @@ import ml_collections
 from absl import app, flags, logging
 
 from clip_jax import distributed, fs
-from clip_jax.config import define_config_flag, parse_flags_or_exit, saved_config
+from clip_jax.cli import define_config_flag, parse_flags_or_exit
+from clip_jax.config import saved_config
 from clip_jax.registry import ConfigError
 
 _CONFIG = define_config_flag("Optional get_config() file.")

@@ -8,7 +8,7 @@ defaults, checks) at registration (`@LOSSES.register("dcl", fields=DclFields)`),
 {field: default or REQUIRED} mapping (fields not type-checked), or through the registry's
 `fields_of` (evaluators: their `Fields`). `Registry.parse` reads a section against the selected
 entry's schema; switching a component by name on the command line starts the section from these
-defaults (`clip_jax.config.switch_components`).
+defaults (`clip_jax.cli.switch_components`).
 """
 
 from __future__ import annotations

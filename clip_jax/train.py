@@ -13,7 +13,7 @@ import sys
 from absl import app, flags, logging
 
 from clip_jax import distributed
-from clip_jax.config import define_config_flag, parse_flags_or_exit
+from clip_jax.cli import define_config_flag, parse_flags_or_exit
 from clip_jax.registry import ConfigError
 
 _CONFIG = define_config_flag("Path to a get_config() file.")

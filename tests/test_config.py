@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from clip_jax.config import (load_config_file, saved_config, switch_components, validate_config,
-                             with_defaults)
+from clip_jax.cli import switch_components
+from clip_jax.config import load_config_file, saved_config, validate_config, with_defaults
 from clip_jax.evals.registry import EVALUATORS
 from clip_jax.metrics import read_metrics
 from clip_jax.registry import ConfigError
