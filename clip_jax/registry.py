@@ -3,6 +3,21 @@
 Every pluggable part of clip_jax is looked up by the name given in the config. An unknown name
 stops with a message that names the config field and lists the registered names.
 
+One factory contract: a registered factory is called with its config section (the ConfigDict
+that holds its `name`) and keyword context, `factory(section, **context)`, and reads its fields
+with `REGISTRY.parse(section, name=<its name>)` (so a wrapper registered under another name can
+reuse it):
+
+    loss        LOSSES      objective = factory(config.loss, axis_name=batch_axes)
+    data source SOURCES     source = factory(config.data)
+    tokenizer   TOKENIZERS  tokenizer = factory(config.data.tokenizer, max_len=..., data_config=...)
+    evaluator   EVALUATORS  evaluator = cls(config.evals.<e>, eval_name=e, tokenizer=...,
+                                        load_split=...)
+
+Towers and sharding tactics are built from values rather than from a section: a tower class
+gets its parsed fields as keyword arguments (`clip_jax.models.registry`), a tactic its
+arguments (`clip_jax.sharding`).
+
 Each entry also declares its config fields: a schema dataclass (`clip_jax.schema`: types,
 defaults, checks) at registration (`@LOSSES.register("dcl", fields=DclFields)`), a plain
 {field: default or REQUIRED} mapping (fields not type-checked), or through the registry's

@@ -376,20 +376,21 @@ FITTED_ON_CAPTIONS = frozenset({"bpe"})
 
 
 @TOKENIZERS.register("bytes", fields=BytesFields)
-def _make_bytes(fields: BytesFields, max_len: int, data_config: Any) -> ByteTokenizer:
-  del fields, data_config
+def _make_bytes(section: Any, *, max_len: int, data_config: Any) -> ByteTokenizer:
+  del section, data_config  # no fields of its own
   return ByteTokenizer(max_len)
 
 
 @TOKENIZERS.register("clip_bpe", fields=ClipBpeFields)
-def _make_clip_bpe(fields: ClipBpeFields, max_len: int, data_config: Any) -> ClipBpeTokenizer:
+def _make_clip_bpe(section: Any, *, max_len: int, data_config: Any) -> ClipBpeTokenizer:
   del data_config
+  fields: ClipBpeFields = TOKENIZERS.parse(section, TOKENIZER_PATH, name="clip_bpe")
   return ClipBpeTokenizer(fields.merges_path, max_len)
 
 
 @TOKENIZERS.register("bpe", fields=BpeFields)
-def _make_bpe(fields: BpeFields, max_len: int, data_config: Any) -> BpeTokenizer:
-  vocab_size = fields.vocab_size
+def _make_bpe(section: Any, *, max_len: int, data_config: Any) -> BpeTokenizer:
+  vocab_size = TOKENIZERS.parse(section, TOKENIZER_PATH, name="bpe").vocab_size
   source = data_registry.build_source(data_config)
   captions = source.train_captions()
   key = hashlib.sha256(json.dumps(
@@ -457,7 +458,7 @@ def _build(section: Mapping[str, Any], max_len: int, data_config: Any) -> Tokeni
   """Parses a tokenizer section, makes the tokenizer and checks its optional `vocab_size`."""
   fields = TOKENIZERS.parse(section, TOKENIZER_PATH)
   name = section["name"]
-  tokenizer = TOKENIZERS.get(name)(fields, max_len, data_config)
+  tokenizer = TOKENIZERS.get(name)(section, max_len=max_len, data_config=data_config)
   limit = getattr(fields, "vocab_size", None)
   if limit is not None and tokenizer.vocab_size > limit:
     raise ConfigError(f"{TOKENIZER_PATH}.vocab_size = {limit} is smaller than the "

@@ -66,5 +66,6 @@ def make_evaluators(config: Any, tokenizer: Tokenizer, *,
   evaluators = {}
   for eval_name, cfg in evals_cfg.items():
     cls = EVALUATORS.get(EVALUATORS.select(cfg, f"config.evals.{eval_name}"))
-    evaluators[eval_name] = cls(eval_name, cfg, tokenizer=tokenizer, load_split=cached_load)
+    evaluators[eval_name] = cls(cfg, eval_name=eval_name, tokenizer=tokenizer,
+                                 load_split=cached_load)
   return evaluators

@@ -66,7 +66,7 @@ class Evaluator:
 
   Fields: type
 
-  def __init__(self, eval_name: str, cfg: Mapping[str, Any]):
+  def __init__(self, cfg: Mapping[str, Any], *, eval_name: str):
     self.eval_name = eval_name
     self.fields = EVALUATORS.parse(cfg, f"config.evals.{eval_name}")
 

@@ -281,9 +281,9 @@ class RetrievalEvaluator(Evaluator):
 
   Fields = SplitFields
 
-  def __init__(self, eval_name: str, cfg: Mapping[str, Any], *, tokenizer: Tokenizer,
+  def __init__(self, cfg: Mapping[str, Any], *, eval_name: str, tokenizer: Tokenizer,
                load_split: LoadSplitFn):
-    super().__init__(eval_name, cfg)
+    super().__init__(cfg, eval_name=eval_name)
     split = self.fields.split
     eval_set = load_split(split)
     self.images = np.asarray(eval_set.images)  # [N, H, W, 3]
