@@ -47,6 +47,7 @@ import numpy as np
 
 from clip_jax.evals.base import (EmbedFn, Evaluator, LoadSplitFn, SplitFields, Tokenizer,
                                 embed_checked)
+from clip_jax.evals.geometry import geometry
 from clip_jax.evals.registry import EVALUATORS
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
@@ -276,7 +277,9 @@ class RetrievalEvaluator(Evaluator):
 
   Metrics: `<eval_name>/i2t_recall@{1,5,10}`, `<eval_name>/t2i_recall@{1,5,10}`,
   `<eval_name>/mean_recall` (the mean of those six), `<eval_name>/num_images`,
-  `<eval_name>/num_texts`.
+  `<eval_name>/num_texts`, and the geometry of the embeddings (`clip_jax.evals.geometry`):
+  `<eval_name>/modality_gap`, `<eval_name>/alignment` (over the caption-image pairs),
+  `<eval_name>/uniformity_image`, `<eval_name>/uniformity_text`.
   """
 
   Fields = SplitFields
@@ -316,4 +319,6 @@ class RetrievalEvaluator(Evaluator):
     out[f"{self.eval_name}/mean_recall"] = float(np.mean(list(recalls.values())))
     out[f"{self.eval_name}/num_images"] = float(self.num_images)
     out[f"{self.eval_name}/num_texts"] = float(self.num_texts)
+    out.update((f"{self.eval_name}/{k}", v)
+               for k, v in geometry(image_emb, text_emb, self.text_image).items())
     return out

@@ -8,6 +8,7 @@ import pytest
 
 from clip_jax.data import EvalSet
 from clip_jax.evals import make_evaluators, retrieval_recalls
+from clip_jax.evals.geometry import modality_gap
 from clip_jax.evals.retrieval import (image_classes, image_to_text_ranks, text_classes,
                                       text_to_image_ranks)
 
@@ -365,12 +366,15 @@ def test_retrieval_evaluator_end_to_end():
   assert loaded == ["heldout"] and sorted(calls) == ["image", "text"]
   want = retrieval_recalls(unit(image_vecs), unit(text_vecs), text_image)
   expected_keys = {f"heldout/{k}" for k in want} | {
-      "heldout/mean_recall", "heldout/num_images", "heldout/num_texts"}
+      "heldout/mean_recall", "heldout/num_images", "heldout/num_texts", "heldout/modality_gap",
+      "heldout/alignment", "heldout/uniformity_image", "heldout/uniformity_text"}
   assert set(metrics) == expected_keys
   for k, v in want.items():
     assert metrics[f"heldout/{k}"] == pytest.approx(v)
   assert metrics["heldout/mean_recall"] == pytest.approx(np.mean(list(want.values())))
   assert metrics["heldout/num_images"] == n and metrics["heldout/num_texts"] == len(texts)
+  assert metrics["heldout/modality_gap"] == pytest.approx(modality_gap(unit(image_vecs),
+                                                                       unit(text_vecs)))
   assert all(isinstance(v, float) for v in metrics.values())
 
 
