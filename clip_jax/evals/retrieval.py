@@ -222,18 +222,17 @@ def _checked_classes(text_image: np.ndarray, image_class: np.ndarray | None,
   return image_class, text_class, image_class[text_image]
 
 
-def retrieval_recalls(image_emb: np.ndarray, text_emb: np.ndarray, text_image: np.ndarray,
-                      ks: Sequence[int] = DEFAULT_KS, chunk_size: int = CHUNK_ROWS, *,
-                      image_class: np.ndarray | None = None,
-                      text_class: np.ndarray | None = None) -> dict[str, float]:
-  """Image->text and text->image Recall@K with duplicates as equivalent answers (module docstring).
+def retrieval_ranks(image_emb: np.ndarray, text_emb: np.ndarray, text_image: np.ndarray,
+                    chunk_size: int = CHUNK_ROWS, *, image_class: np.ndarray | None = None,
+                    text_class: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """The 0-based rank of every query (module docstring: ties with wrong items count against
+  the model; duplicates are equivalent answers).
 
   Args:
     image_emb: float [N, d] image embeddings; scores are dot products, so pass unit-norm rows for
       cosine similarity.
     text_emb: float [M, d] text embeddings.
     text_image: int [M], the image each text describes.
-    ks: the K values.
     chunk_size: query rows per similarity block.
     image_class: int [N], equal for images with identical content (`image_classes(images)`), or
       None: every image distinct.
@@ -242,8 +241,7 @@ def retrieval_recalls(image_emb: np.ndarray, text_emb: np.ndarray, text_image: n
       (but with ties still counted against the model).
 
   Returns:
-    {"i2t_recall@K": float, "t2i_recall@K": float for K in ks}. i2t averages over the images that
-    have at least one correct text (NaN if none do).
+    (i2t int [N'] over the N' images that have at least one correct text, t2i int [M]).
 
   Raises:
     ValueError: mismatched shapes, or text_image / a class array of the wrong shape or dtype.
@@ -255,14 +253,48 @@ def retrieval_recalls(image_emb: np.ndarray, text_emb: np.ndarray, text_image: n
                      f"{text_emb.shape}")
   classes = dict(image_class=image_class, text_class=text_class)
   i2t, has_text = image_to_text_ranks(image_emb, text_emb, text_image, chunk_size, **classes)
-  i2t = i2t[has_text]
   t2i = text_to_image_ranks(image_emb, text_emb, text_image, chunk_size, **classes)
+  return i2t[has_text], t2i
+
+
+def recalls_at(i2t: np.ndarray, t2i: np.ndarray,
+               ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+  """{"i2t_recall@K", "t2i_recall@K" for K in ks} from 0-based ranks: the share of queries
+  ranked below K (NaN for no queries)."""
   out = {}
-  for k in ks:
-    out[f"i2t_recall@{k}"] = float(np.mean(i2t < k)) if len(i2t) else float("nan")
-  for k in ks:
-    out[f"t2i_recall@{k}"] = float(np.mean(t2i < k)) if len(t2i) else float("nan")
+  for direction, ranks in (("i2t", i2t), ("t2i", t2i)):
+    for k in ks:
+      out[f"{direction}_recall@{k}"] = float(np.mean(ranks < k)) if len(ranks) else float("nan")
   return out
+
+
+def rank_summary(i2t: np.ndarray, t2i: np.ndarray) -> dict[str, float]:
+  """{"i2t_mean_rank", "i2t_median_rank", "t2i_mean_rank", "t2i_median_rank"}: 1-based ranks
+  of the first correct answer (1 = top), as open_clip's retrieval metrics report them; NaN for
+  no queries."""
+  out = {}
+  for direction, ranks in (("i2t", i2t), ("t2i", t2i)):
+    one_based = np.asarray(ranks, np.float64) + 1
+    out[f"{direction}_mean_rank"] = float(np.mean(one_based)) if len(ranks) else float("nan")
+    out[f"{direction}_median_rank"] = (float(np.median(one_based)) if len(ranks)
+                                       else float("nan"))
+  return out
+
+
+def retrieval_recalls(image_emb: np.ndarray, text_emb: np.ndarray, text_image: np.ndarray,
+                      ks: Sequence[int] = DEFAULT_KS, chunk_size: int = CHUNK_ROWS, *,
+                      image_class: np.ndarray | None = None,
+                      text_class: np.ndarray | None = None) -> dict[str, float]:
+  """Image->text and text->image Recall@K with duplicates as equivalent answers (module
+  docstring); arguments as `retrieval_ranks`.
+
+  Returns:
+    {"i2t_recall@K": float, "t2i_recall@K": float for K in ks}. i2t averages over the images that
+    have at least one correct text (NaN if none do).
+  """
+  i2t, t2i = retrieval_ranks(image_emb, text_emb, text_image, chunk_size,
+                             image_class=image_class, text_class=text_class)
+  return recalls_at(i2t, t2i, ks)
 
 
 @EVALUATORS.register("retrieval")
@@ -276,9 +308,9 @@ class RetrievalEvaluator(Evaluator):
   image_modality, text_modality).
 
   Metrics: `<eval_name>/i2t_recall@{1,5,10}`, `<eval_name>/t2i_recall@{1,5,10}`,
-  `<eval_name>/mean_recall` (the mean of those six), `<eval_name>/num_images`,
-  `<eval_name>/num_texts`, and the geometry of the embeddings (`clip_jax.evals.geometry`):
-  `<eval_name>/modality_gap`, `<eval_name>/alignment` (over the caption-image pairs),
+  `<eval_name>/mean_recall` (the mean of those six), `<eval_name>/{i2t,t2i}_{mean,median}_rank`
+  (1-based), `<eval_name>/num_images`, `<eval_name>/num_texts`, and the geometry of the
+  embeddings (`clip_jax.evals.geometry`): `<eval_name>/modality_gap`, `<eval_name>/alignment` (over the caption-image pairs),
   `<eval_name>/uniformity_image`, `<eval_name>/uniformity_text`.
   """
 
@@ -313,10 +345,12 @@ class RetrievalEvaluator(Evaluator):
   def __call__(self, embed: EmbedFn) -> dict[str, float]:
     image_emb = embed_checked(embed, self.fields.image_modality, self.images, "images")
     text_emb = embed_checked(embed, self.fields.text_modality, self.tokens, "token ids")
-    recalls = retrieval_recalls(image_emb, text_emb, self.text_image,
-                                image_class=self.image_class, text_class=self.text_class)
+    i2t, t2i = retrieval_ranks(image_emb, text_emb, self.text_image,
+                               image_class=self.image_class, text_class=self.text_class)
+    recalls = recalls_at(i2t, t2i)
     out = {f"{self.eval_name}/{k}": v for k, v in recalls.items()}
     out[f"{self.eval_name}/mean_recall"] = float(np.mean(list(recalls.values())))
+    out.update((f"{self.eval_name}/{k}", v) for k, v in rank_summary(i2t, t2i).items())
     out[f"{self.eval_name}/num_images"] = float(self.num_images)
     out[f"{self.eval_name}/num_texts"] = float(self.num_texts)
     out.update((f"{self.eval_name}/{k}", v)

@@ -9,8 +9,8 @@ import pytest
 from clip_jax.data import EvalSet
 from clip_jax.evals import make_evaluators, retrieval_recalls
 from clip_jax.evals.geometry import modality_gap
-from clip_jax.evals.retrieval import (image_classes, image_to_text_ranks, text_classes,
-                                      text_to_image_ranks)
+from clip_jax.evals.retrieval import (image_classes, image_to_text_ranks, rank_summary,
+                                      retrieval_ranks, text_classes, text_to_image_ranks)
 
 
 def scores_as_embeddings(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -367,7 +367,9 @@ def test_retrieval_evaluator_end_to_end():
   want = retrieval_recalls(unit(image_vecs), unit(text_vecs), text_image)
   expected_keys = {f"heldout/{k}" for k in want} | {
       "heldout/mean_recall", "heldout/num_images", "heldout/num_texts", "heldout/modality_gap",
-      "heldout/alignment", "heldout/uniformity_image", "heldout/uniformity_text"}
+      "heldout/alignment", "heldout/uniformity_image", "heldout/uniformity_text",
+      "heldout/i2t_mean_rank", "heldout/i2t_median_rank", "heldout/t2i_mean_rank",
+      "heldout/t2i_median_rank"}
   assert set(metrics) == expected_keys
   for k, v in want.items():
     assert metrics[f"heldout/{k}"] == pytest.approx(v)
@@ -384,3 +386,18 @@ def test_embed_with_wrong_row_count_raises():
   ev = make_evaluators(config, FakeTokenizer(), load_split=lambda s: eval_set)["r"]
   with pytest.raises(ValueError, match=r"returned shape \(2, 4\)"):
     ev(lambda modality, x: np.ones((2, 4), np.float32))
+
+
+def test_rank_summary_is_one_based_and_matches_the_recalls():
+  assert rank_summary(np.array([0, 1, 5]), np.array([0, 0, 3, 2])) == {
+      "i2t_mean_rank": 3.0, "i2t_median_rank": 2.0, "t2i_mean_rank": 2.25,
+      "t2i_median_rank": 2.0}
+  nan = rank_summary(np.array([], int), np.array([0]))
+  assert np.isnan(nan["i2t_mean_rank"]) and nan["t2i_median_rank"] == 1.0
+  # On random data the ranks are those behind the recalls: R@K = share of ranks below K.
+  rng = np.random.default_rng(3)
+  images, texts = rng.normal(size=(20, 8)), rng.normal(size=(30, 8))
+  text_image = rng.integers(0, 20, size=30)
+  i2t, t2i = retrieval_ranks(images, texts, text_image)
+  recalls = retrieval_recalls(images, texts, text_image, ks=(1, 5))
+  assert recalls["i2t_recall@5"] == np.mean(i2t < 5) and recalls["t2i_recall@1"] == np.mean(t2i < 1)
