@@ -1,27 +1,40 @@
-"""The emoji demo data ("emoji"): Google's emoji images from npm's emoji-datasource-google.
+"""The emoji demo data ("emoji"): emoji images from npm's emoji-datasource-<style> packages.
 
-On first use the pinned package tarball is fetched with `npm pack` into the cache directory
-(see `clip_jax.data.cache`), its SHA-1 is checked, emoji.json and the 64 px PNGs are extracted,
-and every image is decoded once at `config.data.image_size` into a uint8 .npy file. Later runs
-memory-map that file and start in well under a second.
+`config.data.style` picks the art: "google" (emoji-datasource-google, the default) or "twitter"
+(emoji-datasource-twitter, Twemoji), both at the pinned release 16.0.0, whose emoji.json files
+are identical (the same emoji, names and code points; each emoji has an image in both styles).
 
-Units and captions. A unit is one emoji entry with an image (`has_img_google`). Its captions are
-its name, lowercased (or its first short name where the name is empty), then its short names
-with "_" and "-" read as spaces. Its images are the base image and its skin-tone variations.
-Training draws one image and one caption of a unit per example.
+On first use the style's pinned package tarball is fetched with `npm pack` into the cache
+directory (see `clip_jax.data.cache`), its SHA-1 is checked, emoji.json and the 64 px PNGs are
+extracted into <cache>/emoji-datasource-<style>-16.0.0/, and every image is decoded once at
+`config.data.image_size` into a uint8 .npy file there. Later runs memory-map that file and start
+in well under a second. Each style has its own tarball, directory and decoded-image files.
 
-The split is fixed (independent of `config.seed`): the base emoji outside the "Component"
-category (the 5 skin-tone swatches, which stay in training) are ranked by a SHA-256 hash of their
-"unified" code point string, and the first ceil(heldout_fraction * count) are held out. Raising
-the fraction only adds emoji to the held-out split. Held-out emoji, their skin variations and
-every caption of a held-out emoji are kept out of training (a training emoji loses a caption that
-equals a held-out caption, e.g. the short name "cat" of "cat face" when "cat" is held out, and an
-image that is byte-identical to a held-out emoji's image), so the tokenizer never sees them either.
+Units and captions. A unit is one emoji entry with an image in the style (`has_img_<style>`).
+Its captions are its name, lowercased (or its first short name where the name is empty), then its
+short names with "_" and "-" read as spaces. Its images are the base image and its skin-tone
+variations. Training draws one image and one caption of a unit per example.
+
+The split is fixed (independent of `config.seed` and of the style): the base emoji outside the
+"Component" category (the 5 skin-tone swatches, which stay in training) are ranked by a SHA-256
+hash of their "unified" code point string, and the first ceil(heldout_fraction * count) are held
+out. Raising the fraction only adds emoji to the held-out split. Held-out emoji, their skin
+variations and every caption of a held-out emoji are kept out of training (a training emoji loses
+a caption that equals a held-out caption, e.g. the short name "cat" of "cat face" when "cat" is
+held out, and an image that is byte-identical to a held-out emoji's image), so the tokenizer
+never sees them either. As every emoji has an image in both styles, the two hold out the same
+emoji with the same texts. Their training units differ where the art does: Twemoji draws 21
+family emoji kept for training with the same picture as a held-out family emoji, so the twitter
+style drops them (1,602 training units against google's 1,623), and its BPE tokenizer, fitted on
+fewer captions, differs from google's. A model trained on one style therefore cannot be evaluated
+on the other's held-out split with `clip_jax.evaluate --config <other style>` (it would tokenise
+with the other style's tokenizer).
 
 Evaluation splits: "heldout" (each held-out emoji's base image and its name) and "train" (the same
 for the training emoji), with labels "category" (e.g. "Smileys & Emotion") and "subcategory".
 
-Config fields: `EmojiFields` (config.data.heldout_fraction, default 0.15, and `SourceFields`).
+Config fields: `EmojiFields` (config.data.style, default "google"; config.data.heldout_fraction,
+default 0.15; and `SourceFields`).
 """
 
 from __future__ import annotations
@@ -43,10 +56,7 @@ from clip_jax.data import registry as data_registry
 from clip_jax.data import transforms
 from clip_jax.data.registry import SOURCES, DataSource, EvalSet, SourceFields
 
-PACKAGE = "emoji-datasource-google"
 VERSION = "16.0.0"
-TARBALL_SHA1 = "a80ac3e8106cbd4d8648ce758aa099e8827b6157"  # npm's `shasum` of the 16.0.0 tarball
-IMAGE_DIR = "img/google/64"
 COMPONENT = "Component"  # skin-tone swatches, not emoji of their own; never held out
 DEFAULT_HELDOUT_FRACTION = 0.15
 _SPLIT_SALT = "clip_jax/emoji-split/v1:"
@@ -54,8 +64,39 @@ _DECODE_FORMAT = 1  # bump when decoding changes, to invalidate the decoded-imag
 
 
 @dataclasses.dataclass(frozen=True)
+class Style:
+  """One art style: the npm package emoji-datasource-<name>@VERSION.
+
+  Attributes:
+    name: the `config.data.style` value, e.g. "google".
+    tarball_sha1: npm's `shasum` of the package's VERSION tarball.
+  """
+  name: str
+  tarball_sha1: str
+
+  @property
+  def package(self) -> str:
+    return f"emoji-datasource-{self.name}"
+
+  @property
+  def image_dir(self) -> str:
+    """The 64 px PNGs, relative to the package root."""
+    return f"img/{self.name}/64"
+
+  @property
+  def has_image(self) -> str:
+    """The emoji.json key that says an entry (or skin variation) has an image in this style."""
+    return f"has_img_{self.name}"
+
+
+STYLES = {s.name: s for s in (Style("google", "a80ac3e8106cbd4d8648ce758aa099e8827b6157"),
+                              Style("twitter", "e2bd39a8acb77e158106f8249dd7b4cd93fa1b14"))}
+DEFAULT_STYLE = "google"
+
+
+@dataclasses.dataclass(frozen=True)
 class Emoji:
-  """One emoji entry that has a Google image.
+  """One emoji entry that has an image in the chosen style.
 
   Attributes:
     unified: code points, e.g. "1F600".
@@ -80,11 +121,12 @@ def _clean(text: str | None) -> str:
   return re.sub(r"\s+", " ", (text or "").replace("_", " ").replace("-", " ")).strip().lower()
 
 
-def parse_entries(meta: list[dict[str, Any]]) -> list[Emoji]:
-  """The emoji with a Google image from emoji.json's entries, with their captions and images."""
+def parse_entries(meta: list[dict[str, Any]], style: Style) -> list[Emoji]:
+  """The emoji with an image in `style` from emoji.json's entries, with their captions and
+  images."""
   entries = []
   for e in meta:
-    if not e.get("has_img_google"):
+    if not e.get(style.has_image):
       continue
     short = [_clean(s) for s in (e.get("short_names") or [e.get("short_name")]) if _clean(s)]
     name = re.sub(r"\s+", " ", (e.get("name") or "")).strip().lower()
@@ -92,7 +134,7 @@ def parse_entries(meta: list[dict[str, Any]]) -> list[Emoji]:
     if not captions:
       continue
     variations = (e.get("skin_variations") or {}).values()
-    images = [e["image"]] + [v["image"] for v in variations if v.get("has_img_google")]
+    images = [e["image"]] + [v["image"] for v in variations if v.get(style.has_image)]
     entries.append(Emoji(
         unified=e["unified"], captions=tuple(captions), category=e.get("category") or "",
         subcategory=e.get("subcategory") or "", images=tuple(data_registry.unique(images)),
@@ -126,23 +168,25 @@ def _ordered_labels(entries: list[Emoji], attr: str) -> list[str]:
   return sorted(first, key=lambda v: (first[v], v))
 
 
-def ensure_extracted(cache_dir: Path) -> Path:
-  """Returns <cache_dir>/emoji-datasource-google-<VERSION>/ holding emoji.json and img/google/64.
+def ensure_extracted(cache_dir: Path, style: Style) -> Path:
+  """Returns <cache_dir>/emoji-datasource-<style>-<VERSION>/ holding emoji.json and
+  img/<style>/64.
 
   Fetches (npm pack) and checks the tarball, then extracts atomically, on first use.
   """
-  root = Path(cache_dir) / f"{PACKAGE}-{VERSION}"
+  root = Path(cache_dir) / f"{style.package}-{VERSION}"
   if (root / "emoji.json").is_file():
     return root
-  tarball = cache.npm_pack(PACKAGE, VERSION, cache_dir)
+  tarball = cache.npm_pack(style.package, VERSION, cache_dir)
   sha1 = cache.file_sha1(tarball)
-  if sha1 != TARBALL_SHA1:
+  if sha1 != style.tarball_sha1:
     raise cache.DataDownloadError(
-        f"{tarball} has SHA-1 {sha1}, expected {TARBALL_SHA1} for {PACKAGE}@{VERSION}; it is "
-        "corrupt or a different version. Delete it and run again.")
-  prefix = f"package/{IMAGE_DIR}/"
+        f"{tarball} has SHA-1 {sha1}, expected {style.tarball_sha1} for "
+        f"{style.package}@{VERSION}; it is corrupt or a different version. Delete it and run "
+        "again.")
+  prefix = f"package/{style.image_dir}/"
   with cache.atomic_path(root) as tmp:
-    (tmp / IMAGE_DIR).mkdir(parents=True)
+    (tmp / style.image_dir).mkdir(parents=True)
     with tarfile.open(tarball, "r:gz") as tar:
       for member in tar:
         if not member.isfile():
@@ -151,7 +195,7 @@ def ensure_extracted(cache_dir: Path) -> Path:
           dest = tmp / "emoji.json"
         elif (member.name.startswith(prefix) and member.name.endswith(".png")
               and "/" not in member.name[len(prefix):]):
-          dest = tmp / IMAGE_DIR / member.name[len(prefix):]
+          dest = tmp / style.image_dir / member.name[len(prefix):]
         else:
           continue
         dest.write_bytes(tar.extractfile(member).read())
@@ -160,18 +204,19 @@ def ensure_extracted(cache_dir: Path) -> Path:
   return root
 
 
-def image_digests(root: Path, files: list[str]) -> list[str]:
-  """SHA-1 of each image file's bytes, cached in <root>/image-sha1.json."""
+def image_digests(root: Path, image_dir: str, files: list[str]) -> list[str]:
+  """SHA-1 of each image file's bytes (in <root>/<image_dir>), cached in <root>/image-sha1.json."""
   path = root / "image-sha1.json"
   known = json.loads(path.read_text()) if path.is_file() else {}
   if not all(f in known for f in files):
-    known = {f: hashlib.sha1((root / IMAGE_DIR / f).read_bytes()).hexdigest() for f in files}
+    known = {f: hashlib.sha1((root / image_dir / f).read_bytes()).hexdigest() for f in files}
     cache.atomic_write_text(path, json.dumps(known, sort_keys=True))
   return [known[f] for f in files]
 
 
-def decoded_images(root: Path, files: list[str], image_size: int) -> np.ndarray:
-  """All `files` decoded at `image_size`, cached as <root>/images-<size>px-v<format>.npy.
+def decoded_images(root: Path, image_dir: str, files: list[str], image_size: int) -> np.ndarray:
+  """All `files` (in <root>/<image_dir>) decoded at `image_size`, cached as
+  <root>/images-<size>px-v<format>.npy.
 
   Returns:
     uint8 [len(files), image_size, image_size, 3], memory-mapped read-only.
@@ -182,7 +227,7 @@ def decoded_images(root: Path, files: list[str], image_size: int) -> np.ndarray:
     with cache.atomic_path(path) as tmp:
       out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
       for i, f in enumerate(files):
-        out[i] = transforms.decode_image(root / IMAGE_DIR / f, image_size)
+        out[i] = transforms.decode_image(root / image_dir / f, image_size)
       out.flush()
       del out
   images = np.load(path, mmap_mode="r")
@@ -197,18 +242,19 @@ class EmojiSource(DataSource):
   name = "emoji"
 
   def __init__(self, cache_dir: Path, image_size: int,
-               heldout_fraction: float = DEFAULT_HELDOUT_FRACTION):
+               heldout_fraction: float = DEFAULT_HELDOUT_FRACTION, style: str = DEFAULT_STYLE):
     self.image_size = image_size
     self.heldout_fraction = heldout_fraction
-    self.root = ensure_extracted(cache_dir)
+    self.style = STYLES[style]
+    self.root = ensure_extracted(cache_dir, self.style)
     self.meta = json.loads((self.root / "emoji.json").read_text(encoding="utf-8"))
-    self.entries = parse_entries(self.meta)
+    self.entries = parse_entries(self.meta, self.style)
     train, heldout = split_entries(self.entries, heldout_fraction)
     self.heldout_ids = heldout
     self.files = sorted({f for e in self.entries for f in e.images})
     index = {f: k for k, f in enumerate(self.files)}
     self.entry_images = [np.array([index[f] for f in e.images], np.int64) for e in self.entries]
-    digests = image_digests(self.root, self.files)
+    digests = image_digests(self.root, self.style.image_dir, self.files)
     self.heldout_captions = frozenset(c for i in heldout for c in self.entries[i].captions)
     heldout_digests = {digests[k] for i in heldout for k in self.entry_images[i].tolist()}
     # Training units: their captions minus every held-out caption, and their images minus any
@@ -225,7 +271,7 @@ class EmojiSource(DataSource):
         self.train_ids.append(i)
         self.train_caption_lists.append(kept)
         self.train_image_lists.append(np.array(imgs, np.int64))
-    self.images = decoded_images(self.root, self.files, image_size)
+    self.images = decoded_images(self.root, self.style.image_dir, self.files, image_size)
     self.categories = _ordered_labels(self.entries, "category")
     self.subcategories = _ordered_labels(self.entries, "subcategory")
 
@@ -279,9 +325,10 @@ class EmojiSource(DataSource):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EmojiFields(SourceFields):
-  """`config.data` of the emoji source: `SourceFields` and heldout_fraction, the share of the
-  base emoji held out for evaluation, in (0, 1)."""
+  """`config.data` of the emoji source: `SourceFields`, style, the art ("google" or "twitter"),
+  and heldout_fraction, the share of the base emoji held out for evaluation, in (0, 1)."""
 
+  style: str = schema.field(DEFAULT_STYLE, schema.one_of(*STYLES))
   heldout_fraction: float = schema.field(
       DEFAULT_HELDOUT_FRACTION, schema.number(0.0, 1.0, low_open=True, high_open=True))
 
@@ -290,4 +337,5 @@ class EmojiFields(SourceFields):
 def build(data_config: Any) -> EmojiSource:
   """The emoji source for `config.data` (fields: `EmojiFields`)."""
   f: EmojiFields = data_registry.parse_source(data_config, "emoji")
-  return EmojiSource(cache.resolve_cache_dir(data_config), f.image_size, f.heldout_fraction)
+  return EmojiSource(cache.resolve_cache_dir(data_config), f.image_size, f.heldout_fraction,
+                     f.style)

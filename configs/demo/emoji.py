@@ -35,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.name = "emoji"
   config.data.cache_dir = ""  # "" -> $CLIP_JAX_CACHE or ~/.cache/clip_jax
+  config.data.style = "google"  # the art; "twitter": configs/demo/emoji_twitter.py
   config.data.image_size = 32
   config.data.max_len = 16
   config.data.heldout_fraction = 0.15

@@ -36,20 +36,22 @@ def synthetic_config(tmp_path) -> ml_collections.ConfigDict:
 
 @pytest.fixture(scope="session")
 def emoji_cache_dir(tmp_path_factory) -> Path:
-  """A fresh cache directory holding the emoji-datasource-google tarball.
+  """A fresh cache directory holding the tarballs of both emoji styles (emoji-datasource-google
+  and emoji-datasource-twitter).
 
-  The tarball is copied from the user's cache ($CLIP_JAX_CACHE or ~/.cache/clip_jax) when it is
-  there, else fetched with `npm pack` (network, ~2 s). Extraction, the decoded-image cache and the
-  tokenizer then run from scratch in this directory.
+  Each tarball is copied from the user's cache ($CLIP_JAX_CACHE or ~/.cache/clip_jax) when it is
+  there, else fetched with `npm pack` on first use (network, ~3 s each). Extraction, the
+  decoded-image caches and the tokenizer then run from scratch in this directory.
   """
   cache_dir = tmp_path_factory.mktemp("emoji_cache")
   user_cache = Path(os.environ.get(cache.ENV_VAR) or cache.DEFAULT_DIR).expanduser()
-  have = cache.npm_tarball_path(emoji.PACKAGE, emoji.VERSION, user_cache)
-  if have.is_file():
-    shutil.copy(have, cache.npm_tarball_path(emoji.PACKAGE, emoji.VERSION, cache_dir))
-  elif shutil.which("npm") is None:
-    pytest.fail(f"emoji tests need npm (Node.js: apt-get install npm) or the tarball at {have}",
-                pytrace=False)
+  for style in emoji.STYLES.values():
+    have = cache.npm_tarball_path(style.package, emoji.VERSION, user_cache)
+    if have.is_file():
+      shutil.copy(have, cache.npm_tarball_path(style.package, emoji.VERSION, cache_dir))
+    elif shutil.which("npm") is None:
+      pytest.fail(f"emoji tests need npm (Node.js: apt-get install npm) or the tarball at {have}",
+                  pytrace=False)
   return cache_dir
 
 

@@ -57,7 +57,7 @@ def test_missing_npm_names_install_and_manual_path(tmp_path, monkeypatch):
     emoji.build(_emoji_data_config(tmp_path))
   message = str(info.value)
   assert "npm" in message and "apt-get install npm" in message
-  assert str(tmp_path / f"{emoji.PACKAGE}-{emoji.VERSION}.tgz") in message
+  assert str(tmp_path / f"{emoji.STYLES['google'].package}-{emoji.VERSION}.tgz") in message
   assert list(tmp_path.iterdir()) == []
 
 
@@ -71,12 +71,12 @@ def test_failing_npm_is_reported(tmp_path, monkeypatch):
   cache_dir = tmp_path / "cache"
   cache_dir.mkdir()
   with pytest.raises(cache.DataDownloadError, match="(?s)exit code 3.*network unreachable"):
-    cache.npm_pack(emoji.PACKAGE, emoji.VERSION, cache_dir)
+    cache.npm_pack(emoji.STYLES["google"].package, emoji.VERSION, cache_dir)
   assert list(cache_dir.iterdir()) == []  # no partial tarball, no temporary directory
 
 
 def test_corrupt_tarball_is_rejected(tmp_path):
-  tarball = cache.npm_tarball_path(emoji.PACKAGE, emoji.VERSION, tmp_path)
+  tarball = cache.npm_tarball_path(emoji.STYLES["google"].package, emoji.VERSION, tmp_path)
   tarball.write_bytes(gzip.compress(b"not the package"))
   with pytest.raises(cache.DataDownloadError, match="SHA-1"):
     emoji.build(_emoji_data_config(tmp_path))

@@ -1,4 +1,4 @@
-"""Tests for the emoji source on the real emoji-datasource-google@16.0.0 package."""
+"""Tests for the emoji source on the real emoji-datasource-google and -twitter@16.0.0 packages."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ def test_entries_images_and_decoded_cache(source, emoji_cache_dir):
   assert len(source.files) == len(source.entries) + num_variants
   assert source.images.shape == (len(source.files), 32, 32, 3)
   assert source.images.dtype == np.uint8
-  cached = emoji_cache_dir / f"{emoji.PACKAGE}-{emoji.VERSION}" / "images-32px-v1.npy"
+  # The google style's cache paths, as before the twitter style existed.
+  assert (emoji_cache_dir / "emoji-datasource-google-16.0.0.tgz").is_file()
+  cached = emoji_cache_dir / "emoji-datasource-google-16.0.0" / "images-32px-v1.npy"
   mtime = cached.stat().st_mtime_ns
   again = emoji.build(emoji_config_copy(source, emoji_cache_dir))  # a fresh build, same cache
   assert cached.stat().st_mtime_ns == mtime  # loaded, not re-decoded
@@ -56,7 +58,7 @@ def test_heldout_split_is_large_enough_fixed_and_disjoint(source):
   train_images = set(np.concatenate(source.train_image_lists).tolist())
   heldout_images = set(np.concatenate([source.entry_images[i] for i in heldout]).tolist())
   assert not train_images & heldout_images
-  digests = emoji.image_digests(source.root, source.files)
+  digests = emoji.image_digests(source.root, source.style.image_dir, source.files)
   assert not {digests[k] for k in train_images} & {digests[k] for k in heldout_images}
   # Only the few training emoji that share artwork with a held-out emoji lose images.
   assert len(train_images) + len(heldout_images) > 0.99 * len(source.files)
@@ -104,7 +106,7 @@ def test_heldout_eval_set(source, emoji_config):
 
 def test_transparent_pixels_are_white(source, emoji_config):
   ev = load_eval_split(emoji_config.data, split="heldout")
-  png_dir = source.root / emoji.IMAGE_DIR
+  png_dir = source.root / source.style.image_dir
   checked = 0
   for k, i in enumerate(source.heldout_ids[:80]):
     raw = np.asarray(transforms.Image.open(png_dir / source.entries[i].images[0]).convert("RGBA"))
@@ -157,6 +159,30 @@ def test_emoji_training_stream(source, emoji_config):
   np.testing.assert_array_equal(nxt["text"], following["text"])
 
 
+@pytest.fixture(scope="module")
+def twitter(emoji_config):
+  data = emoji_config.data.copy_and_resolve_references()
+  data.style = "twitter"
+  return build_source(data)
+
+
+def test_twitter_style_same_emoji_and_split_other_art(source, twitter, emoji_cache_dir):
+  assert twitter.root == emoji_cache_dir / "emoji-datasource-twitter-16.0.0"
+  assert (twitter.root / "images-32px-v1.npy").is_file() and source.root != twitter.root
+  assert twitter.meta == source.meta and all(e["has_img_twitter"] for e in twitter.meta)
+  assert twitter.entries == source.entries and twitter.files == source.files  # names, captions
+  assert twitter.heldout_ids == source.heldout_ids
+  heldout, google_heldout = twitter.eval_split("heldout"), source.eval_split("heldout")
+  assert heldout.texts == google_heldout.texts
+  # The same file names, other art: no image is pixel-identical across the styles.
+  assert not any(np.array_equal(t, g) for t, g in zip(twitter.images, source.images))
+  assert not np.any(np.all(heldout.images == google_heldout.images, axis=(1, 2, 3)))
+  # Training drops the family emoji that Twemoji draws like a held-out one (module docstring).
+  dropped = set(source.train_ids) - set(twitter.train_ids)
+  assert set(twitter.train_ids) < set(source.train_ids) and len(dropped) == 21
+  assert all(source.entries[i].text.startswith("family") for i in dropped)
+
+
 def test_config_errors(emoji_config):
   data = emoji_config.data.copy_and_resolve_references()
   for bad in (0.0, 1.0, -0.2):
@@ -164,5 +190,9 @@ def test_config_errors(emoji_config):
     with pytest.raises(ConfigError, match="config.data.heldout_fraction"):
       build_source(data)
   data.heldout_fraction = 0.15
+  data.style = "apple"
+  with pytest.raises(ConfigError, match="config.data.style.*'google', 'twitter'"):
+    build_source(data)
+  data.style = "google"
   with pytest.raises(ConfigError, match="heldout.*train"):
     load_eval_split(data, split="test")
