@@ -1,5 +1,5 @@
 """`train_batch_spec` (the shapes the trainer and the evaluator build from, with no data drawn)
-is exactly what the pipeline delivers, for every config file: both sources, extra views, several
+is exactly what the pipeline delivers, for every config file: every source, extra views, several
 captions per example."""
 
 import glob
@@ -22,6 +22,9 @@ def test_spec_is_the_shape_of_a_real_batch(path, request):
   config = load_config_file(path)
   if config.data.name == "emoji":  # the session's emoji cache (tests/data/conftest.py)
     config.data.cache_dir = str(request.getfixturevalue("emoji_cache_dir"))
+  if config.data.name == "fashion_mnist":  # a fresh cache, a few of the training images
+    config.data.cache_dir = str(request.getfixturevalue("tmp_path"))
+    config.data.num_train = 16
   config.batch_size = 4 * config.data.get("captions_per_example", 1)  # a few examples suffice
   spec = train_batch_spec(config)
   batch = next(make_train_iterator(config, make_tokenizer(config.data)))
@@ -29,9 +32,9 @@ def test_spec_is_the_shape_of_a_real_batch(path, request):
       k: (v.shape, v.dtype) for k, v in batch.items()}
 
 
-def test_config_files_cover_both_sources_views_and_captions():
+def test_config_files_cover_every_source_views_and_captions():
   configs = [load_config_file(p).data for p in CONFIG_FILES]
-  assert {c.name for c in configs} == {"emoji", "synthetic"}
+  assert {c.name for c in configs} == {"emoji", "fashion_mnist", "synthetic"}
   assert any(c.get("extra_views", ()) for c in configs)
   assert any(c.get("captions_per_example", 1) > 1 for c in configs)
 

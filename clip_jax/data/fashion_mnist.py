@@ -1,0 +1,224 @@
+"""Fashion-MNIST ("fashion_mnist"): Zalando's 28x28 clothing photos from Debian's package.
+
+The data are read from the local files of the Debian package `dataset-fashion-mnist`
+(`apt-get install dataset-fashion-mnist`), in `config.data.path` (default
+/usr/share/datasets/fashion-mnist): train-{images-idx3,labels-idx1}-ubyte.gz (60,000 images) and
+t10k-{images-idx3,labels-idx1}-ubyte.gz (10,000 images), gzipped IDX files (big-endian header:
+magic 0x803 for uint8 images [N, 28, 28], 0x801 for uint8 labels [N] in [0, 10)). Nothing is
+downloaded. The grey images (a light garment on black, kept as they are) are resized once with
+Pillow's Lanczos filter to `config.data.image_size`, repeated to RGB and cached as uint8 .npy
+files in the cache directory (see `clip_jax.data.cache`), keyed by the SHA-1 of the package's
+image file; later runs memory-map them.
+
+Units and captions. Training unit i is train image i, for i < `config.data.num_train` (default:
+all 60,000). Fashion-MNIST has no text but the class, so a unit's captions are its lowercased
+class name in each of `CAPTION_TEMPLATES` ("{}", "a photo of the {}.", "a picture of the {}."):
+the bare name, and two framings so that the text tower sees more than one phrasing of the same
+content ("the" rather than "a" so that "ankle boot" needs no "an"). Training draws one of them per
+example. The tokenizer is fitted on the 30 distinct captions, each once (the 10 classes are
+balanced, 6,000 training images each, so repeating them per unit would change nothing but the
+fitting time).
+
+Evaluation split: "heldout", the 10,000 test images (never trained on), each with one text, its
+bare lowercased class name, and the label "class" (indices into `CLASSES`). The zero-shot
+classifier builds its own prompts from the class names (`configs/demo/fashion_mnist.py` uses
+`CAPTION_TEMPLATES`). There is no "train" split: the evaluators need only one split.
+
+Config fields: `FashionMnistFields` (config.data.path, config.data.num_train, and `SourceFields`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from clip_jax import schema
+from clip_jax.data import cache
+from clip_jax.data import registry as data_registry
+from clip_jax.data import transforms
+from clip_jax.data.registry import SOURCES, DataSource, EvalSet, SourceFields
+from clip_jax.registry import ConfigError
+
+DEFAULT_PATH = "/usr/share/datasets/fashion-mnist"
+PACKAGE = "dataset-fashion-mnist"
+CLASSES: tuple[str, ...] = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                            "Shirt", "Sneaker", "Bag", "Ankle boot")
+CAPTION_TEMPLATES: tuple[str, ...] = ("{}", "a photo of the {}.", "a picture of the {}.")
+# IDX file stem of each part: (stem, number of images in the package).
+PARTS: dict[str, tuple[str, int]] = {"train": ("train", 60000), "heldout": ("t10k", 10000)}
+SIDE = 28
+_IMAGES_MAGIC = 0x00000803  # uint8 data, 3 dimensions
+_LABELS_MAGIC = 0x00000801  # uint8 data, 1 dimension
+_DECODE_FORMAT = 1  # bump when decoding changes, to invalidate the decoded-image caches
+
+
+def idx_files(path: Path, stem: str) -> tuple[Path, Path]:
+  """The (images, labels) IDX files of part `stem` ("train" or "t10k") in `path`.
+
+  Raises:
+    ConfigError: a file is missing; the message names config.data.path and the Debian package.
+  """
+  files = (path / f"{stem}-images-idx3-ubyte.gz", path / f"{stem}-labels-idx1-ubyte.gz")
+  for f in files:
+    if not f.is_file():
+      raise ConfigError(
+          f"config.data.path = {str(path)!r}: {f.name} is not there. Install the data with "
+          f"`apt-get install {PACKAGE}` (it puts the files in {DEFAULT_PATH}), or point "
+          "config.data.path at a folder holding the four Fashion-MNIST *-ubyte.gz files.")
+  return files
+
+
+def read_idx(file: Path, magic: int, count: int | None = None) -> np.ndarray:
+  """The first `count` (default: all) items of a gzipped uint8 IDX file.
+
+  Returns:
+    uint8 [count, *item_shape], e.g. [n, 28, 28] for images, [n] for labels.
+
+  Raises:
+    cache.DataDownloadError: the header's magic number or sizes do not match the file.
+  """
+  with gzip.open(file, "rb") as f:
+    raw = f.read()
+  dims = magic & 0xFF
+  header = np.frombuffer(raw, ">u4", count=1 + dims) if len(raw) >= 4 * (1 + dims) else None
+  if header is None or int(header[0]) != magic:
+    raise cache.DataDownloadError(
+        f"{file} is not a uint8 IDX file with {dims} dimension(s) (magic {magic:#010x}); the "
+        f"copy is damaged: reinstall it (`apt-get install --reinstall {PACKAGE}`)")
+  shape = tuple(int(d) for d in header[1:])
+  data = np.frombuffer(raw, np.uint8, offset=4 * (1 + dims))
+  if data.size != int(np.prod(shape)):
+    raise cache.DataDownloadError(
+        f"{file} declares shape {shape} but holds {data.size} bytes of data; the copy is damaged: "
+        f"reinstall it (`apt-get install --reinstall {PACKAGE}`)")
+  data = data.reshape(shape)
+  return data if count is None else data[:count]
+
+
+def resize(images: np.ndarray, image_size: int) -> np.ndarray:
+  """uint8 [n, 28, 28] grey -> uint8 [n, image_size, image_size, 3] RGB (Pillow, Lanczos)."""
+  if image_size != images.shape[1]:
+    images = np.stack([
+        np.asarray(Image.fromarray(img, "L").resize((image_size, image_size),
+                                                    Image.Resampling.LANCZOS)) for img in images])
+  return np.repeat(images[..., None], 3, axis=-1)
+
+
+def decoded_images(file: Path, count: int, image_size: int, cache_dir: Path) -> np.ndarray:
+  """The first `count` images of IDX file `file` at `image_size`, cached in
+  <cache_dir>/fashion-mnist/<stem>-<sha1 of file, 12 hex>-n<count>-<size>px-v<format>.npy.
+
+  Returns:
+    uint8 [count, image_size, image_size, 3], memory-mapped read-only.
+  """
+  stem = file.name.split("-")[0]
+  path = (Path(cache_dir) / "fashion-mnist" /
+          f"{stem}-{cache.file_sha1(file)[:12]}-n{count}-{image_size}px-v{_DECODE_FORMAT}.npy")
+  shape = (count, image_size, image_size, 3)
+  if not path.is_file():
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with cache.atomic_path(path) as tmp:
+      grey = read_idx(file, _IMAGES_MAGIC, count)
+      if grey.shape != (count, SIDE, SIDE):
+        raise cache.DataDownloadError(
+            f"{file} holds images of shape {grey.shape[1:]} (first {count}: {grey.shape[0]}); "
+            f"expected {count} of {SIDE}x{SIDE}")
+      with open(tmp, "wb") as f:
+        np.save(f, resize(grey, image_size))
+  images = np.load(path, mmap_mode="r")
+  if images.shape != shape or images.dtype != np.uint8:
+    raise cache.DataDownloadError(
+        f"{path} holds {images.dtype} {images.shape}, expected uint8 {shape}; delete it and rerun")
+  return images
+
+
+class FashionMnistSource(DataSource):
+  """See the module docstring.
+
+  Attributes:
+    images: uint8 [num_train, image_size, image_size, 3] training images (memory-mapped).
+    labels: uint8 [num_train] their classes, indices into `CLASSES`.
+  """
+  name = "fashion_mnist"
+
+  def __init__(self, path: str, image_size: int, cache_dir: Path, num_train: int = 60000):
+    self.path = Path(path)
+    self.image_size = image_size
+    self.cache_dir = Path(cache_dir)
+    if not self.path.is_dir():
+      raise ConfigError(
+          f"config.data.path = {path!r} is not a directory. Install Fashion-MNIST with "
+          f"`apt-get install {PACKAGE}` (it puts the files in {DEFAULT_PATH}), or point "
+          "config.data.path at a folder holding the four Fashion-MNIST *-ubyte.gz files.")
+    for stem, _ in PARTS.values():
+      idx_files(self.path, stem)  # all four files, before any decoding
+    self.images, self.labels = self._part("train", num_train)
+    self.captions = [[t.format(c.lower()) for t in CAPTION_TEMPLATES] for c in CLASSES]
+
+  def _part(self, part: str, count: int) -> tuple[np.ndarray, np.ndarray]:
+    stem, _ = PARTS[part]
+    image_file, label_file = idx_files(self.path, stem)
+    labels = read_idx(label_file, _LABELS_MAGIC, count)
+    if labels.shape != (count,) or labels.max(initial=0) >= len(CLASSES):
+      raise cache.DataDownloadError(
+          f"{label_file} holds {labels.shape[0]} labels up to {labels.max(initial=0)} for the "
+          f"first {count}; expected {count} in [0, {len(CLASSES)})")
+    return decoded_images(image_file, count, self.image_size, self.cache_dir), labels
+
+  @property
+  def num_train(self) -> int:
+    return len(self.labels)
+
+  def train_captions(self) -> list[str]:
+    return [c for caps in self.captions for c in caps]
+
+  def train_examples(self, units: np.ndarray,
+                     draws: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    units = np.asarray(units, dtype=np.int64)
+    picks = np.minimum((np.asarray(draws)[:, 1] * len(CAPTION_TEMPLATES)).astype(np.int64),
+                       len(CAPTION_TEMPLATES) - 1)
+    captions = [self.captions[self.labels[u]][t] for u, t in zip(units.tolist(), picks.tolist(),
+                                                                  strict=True)]
+    return np.asarray(self.images[units]), captions
+
+  @property
+  def eval_splits(self) -> tuple[str, ...]:
+    return ("heldout",)
+
+  def eval_split(self, split: str) -> EvalSet:
+    if split not in self.eval_splits:
+      raise self.unknown_split(split)
+    images, labels = self._part(split, PARTS[split][1])
+    return EvalSet(
+        images=transforms.to_float(np.asarray(images)),
+        texts=[self.captions[k][0] for k in labels.tolist()],
+        text_image=np.arange(len(labels), dtype=np.int32),
+        labels={"class": (labels.astype(np.int32), list(CLASSES))})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FashionMnistFields(SourceFields):
+  """`config.data` of the Fashion-MNIST source: `SourceFields` and
+
+  Attributes:
+    path: the folder of the four IDX files (Debian's `dataset-fashion-mnist` puts them in
+      /usr/share/datasets/fashion-mnist).
+    num_train: how many of the 60,000 training images (the first ones) to train on, in
+      [1, 60000]; fewer make tests fast.
+  """
+
+  path: str = schema.field(DEFAULT_PATH, schema.string(nonempty=True))
+  num_train: int = schema.field(PARTS["train"][1], schema.integer(1, PARTS["train"][1]))
+
+
+@SOURCES.register("fashion_mnist", fields=FashionMnistFields)
+def build(data_config: Any) -> FashionMnistSource:
+  """The Fashion-MNIST source for `config.data` (fields: `FashionMnistFields`)."""
+  f: FashionMnistFields = data_registry.parse_source(data_config, "fashion_mnist")
+  return FashionMnistSource(f.path, f.image_size, cache.resolve_cache_dir(data_config),
+                            f.num_train)
