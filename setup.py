@@ -33,6 +33,9 @@ setup(
         # (regex): both are needed for open_clip's exact ids.
         "ftfy>=6.1",
         "regex>=2023.0",
+        # TensorBoard event files of every metric (clip_jax/tensorboard.py): a maintained writer
+        # that needs neither TensorFlow nor the tensorboard package.
+        "tensorboardX>=2.6",
     ],
     extras_require={
         "gcs": ["gcsfs>=2024.2"],

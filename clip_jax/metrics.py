@@ -23,6 +23,7 @@ from typing import Any, Mapping, TextIO
 import numpy as np
 
 from clip_jax import fs
+from clip_jax.tensorboard import TensorBoardWriter
 
 METRICS_FILENAME = "metrics.jsonl"
 
@@ -75,7 +76,8 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
 
 
 class MetricsWriter:
-  """Appends `{"step": step, **metrics}` lines to `<workdir>/metrics.jsonl`.
+  """Appends `{"step": step, **metrics}` lines to `<workdir>/metrics.jsonl`, and the same
+  scalars to TensorBoard event files in `<workdir>/tensorboard/` (`clip_jax.tensorboard`).
 
   Args:
     workdir: the run directory (created if missing), local or on object storage.
@@ -90,6 +92,7 @@ class MetricsWriter:
     self.path = fs.join(workdir, METRICS_FILENAME)
     self.enabled = enabled
     self._file: fs.Appender | None = None
+    self._tensorboard = TensorBoardWriter(workdir, resume_step=resume_step, enabled=enabled)
     if not enabled:
       return
     fs.makedirs(workdir)
@@ -125,17 +128,20 @@ class MetricsWriter:
     for name, value in metrics.items():
       record[str(name)] = _to_float(name, value)
     self._file.write(json.dumps(record) + "\n")
+    self._tensorboard.write(step, {k: v for k, v in record.items() if k != "step"})
 
   def sync(self) -> None:
     """Makes every line written so far readable at `path` (on object storage a rewrite of the
-    object; locally each line is already flushed)."""
+    object; locally each line is already flushed), and the TensorBoard events too."""
     if self._file is not None:
       self._file.sync()
+    self._tensorboard.sync()
 
   def close(self) -> None:
     if self._file is not None:
       self._file.close()
       self._file = None
+    self._tensorboard.close()
 
   def __enter__(self) -> MetricsWriter:
     return self

@@ -68,7 +68,7 @@ def test_resume_truncates_later_steps(tmp_path):
       w.write(s, {"loss": 0.0})
   steps = [r["step"] for r in read_metrics(str(tmp_path))]
   assert steps == [10, 20, 20, 30, 40, 40, 50, 60]
-  assert os.listdir(tmp_path) == ["metrics.jsonl"]  # no temp file left behind
+  assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl", "tensorboard"]  # no temp file left
 
 
 def test_resume_none_appends(tmp_path):
@@ -90,7 +90,7 @@ def test_resume_rewrite_is_atomic(tmp_path, monkeypatch):
     MetricsWriter(str(tmp_path), resume_step=20)
   # The old file is untouched and the temporary file is gone.
   assert (tmp_path / "metrics.jsonl").read_bytes() == before
-  assert os.listdir(tmp_path) == ["metrics.jsonl"]
+  assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl", "tensorboard"]
 
 
 def test_torn_last_line_is_dropped(tmp_path):

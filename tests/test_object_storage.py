@@ -163,6 +163,13 @@ def test_train_on_gcs_matches_local_and_resumes(gcs, tmp_path, monkeypatch, caps
   assert json.loads(gcs.read("runs/e2e/final_metrics.json")) == final
   assert gcs.read("runs/e2e/config.json") == (local / "config.json").read_bytes()
   assert gcs.read("runs/e2e/metrics.png")[:8] == b"\x89PNG\r\n\x1a\n"
+  # The TensorBoard events, written locally and copied to the bucket: the same bytes as the
+  # local run's apart from their wall times, so compare sizes.
+  events = [n for n in names if n.startswith("tensorboard/events.out.tfevents.")]
+  local_events = os.listdir(local / "tensorboard")
+  assert len(events) == len(local_events) == 1
+  assert len(gcs.read(f"runs/e2e/{events[0]}")) == os.path.getsize(
+      local / "tensorboard" / local_events[0])
   lines = _train_lines(gcs.read("runs/e2e/metrics.jsonl").decode())
   assert [r["step"] for r in lines] == list(range(1, 9))
   local_lines = _train_lines((local / "metrics.jsonl").read_text())
