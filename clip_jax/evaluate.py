@@ -7,8 +7,9 @@ model's params are read from the checkpoint (no optimizer state), into a model b
 config alone: the training data is never read (only the evaluation splits), and no optimizer or
 train step is built. Several processes evaluate together with the multi-host flags of
 `clip_jax.train` (--multihost, or --coordinator_address/--num_processes/--process_id). Process 0
-prints one JSON object of metrics and appends it to `<workdir>/eval_results.jsonl`. The workdir
-may be local or on object storage (gs://bucket/run).
+prints one JSON object of metrics and writes it to `<workdir>/eval/<step>.json` (a later
+evaluation of the same step replaces it). The workdir may be local or on object storage
+(gs://bucket/run).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from clip_jax.registry import ConfigError
 
 _CONFIG = define_config_flag("Optional get_config() file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's directory.")
+EVAL_DIRNAME = "eval"  # <workdir>/eval/<step>.json: the metrics of each evaluated checkpoint
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _START_DISTRIBUTED = distributed.define_flags()
 
@@ -90,9 +92,8 @@ def main(argv: list[str]) -> None:
   if jax.process_index() == 0:
     line = json.dumps(metrics)
     print(line)
-    results = fs.Appender(fs.join(workdir, "eval_results.jsonl"))
-    results.write(line + "\n")
-    results.close()
+    fs.makedirs(fs.join(workdir, EVAL_DIRNAME))
+    fs.write_text(fs.join(workdir, EVAL_DIRNAME, f"{metrics['step']}.json"), line + "\n")
 
 
 if __name__ == "__main__":

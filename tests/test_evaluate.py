@@ -60,8 +60,8 @@ def test_evaluate_reproduces_training_evals(workdir, step):
   proc = evaluate_cli(workdir, *([f"--step={step}"] if step else []))
   assert proc.returncode == 0, proc.stderr[-3000:]
   printed = json.loads(proc.stdout.strip().splitlines()[-1])
-  with open(os.path.join(workdir, "eval_results.jsonl")) as f:
-    assert json.loads(f.read().splitlines()[-1]) == printed  # the JSON written to the workdir
+  with open(os.path.join(workdir, "eval", f"{step or 8}.json")) as f:
+    assert json.load(f) == printed  # the JSON written to the workdir
   assert printed.pop("step") == (step or 8)
   assert_same_metrics(printed, evals[step or 8])
   if step is None:

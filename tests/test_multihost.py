@@ -82,4 +82,5 @@ def test_evaluate_on_two_processes_matches_one_process(single):
   assert set(metrics) == set(want) and metrics["heldout/num_images"] > 0
   for key, value in want.items():
     assert metrics[key] == pytest.approx(value, abs=1e-5), key
-  assert len((single / "eval_results.jsonl").read_text().splitlines()) == 1
+  assert os.listdir(single / "eval") == ["6.json"]  # written once, by process 0
+  assert json.loads((single / "eval" / "6.json").read_text()) == dict(metrics, step=6)

@@ -192,8 +192,7 @@ def test_train_on_gcs_matches_local_and_resumes(gcs, tmp_path, monkeypatch, caps
   assert "checkpoints/12/state/manifest.ocdbt" in gcs.names("runs/e2e/")
   assert os.listdir(cwd) == []
 
-  # The evaluate CLI reads config.json from the bucket and appends to eval_results.jsonl there.
-  gcs.write("runs/e2e/eval_results.jsonl", b'{"step": 0}\n')
+  # The evaluate CLI reads config.json from the bucket and writes eval/8.json there.
   proc = subprocess.run(
       [sys.executable, "-m", "clip_jax.evaluate", "--workdir", run, "--step", "8"],
       capture_output=True, text=True, timeout=600, cwd=cwd,
@@ -201,7 +200,7 @@ def test_train_on_gcs_matches_local_and_resumes(gcs, tmp_path, monkeypatch, caps
   assert proc.returncode == 0, proc.stderr[-3000:]
   printed = proc.stdout.strip().splitlines()[-1]
   assert json.loads(printed)["step"] == 8
-  assert gcs.read("runs/e2e/eval_results.jsonl").decode() == '{"step": 0}\n' + printed + "\n"
+  assert gcs.read("runs/e2e/eval/8.json").decode() == printed + "\n"
   assert os.listdir(cwd) == []
 
 
