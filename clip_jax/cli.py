@@ -62,9 +62,16 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
       config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
       known = list(dotted(config, "config")) if config is not None else []
       close = difflib.get_close_matches(unknown_flag.group(1), known, n=1)
-      message = f"--{unknown_flag.group(1)} is not a known field" + (
-          f"; did you mean --{close[0]}?" if close
-          else "; see the config file for the known fields")
+      missing = _missing_section(config, unknown_flag.group(1))
+      if missing:  # e.g. --config.evals.fs.name where config.evals has no "fs"
+        message = _new_section_message(f"--{unknown_flag.group(1)}", missing)
+      else:
+        message = f"--{unknown_flag.group(1)} is not a known field" + (
+            f"; did you mean --{close[0]}?" if close
+            else "; see the config file for the known fields")
+    elif isinstance(e, KeyError) and arg is None and _flag_with_key(argv, _key(e)):
+      # A section the file lacks, e.g. --config.evals.fs.name when config.evals has no "fs".
+      message = _new_section_message(_flag_with_key(argv, _key(e)), _key(e))
     elif isinstance(e, (AttributeError, KeyError)):
       message = f"{name} is not a known field" + (
           f"; did you mean {name.rsplit('.', 1)[0]}.{suggestion.group(1)}?" if suggestion
@@ -76,6 +83,42 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
       message = text if re.match(r"^-*config[.:]", text) else f"{name}: {text}"
     print(f"Config error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def _key(error: KeyError) -> str:
+  """The missing key of a KeyError from ml_collections, without the quotes it adds."""
+  return str(error.args[0] if error.args else "").strip("'\"")
+
+
+def _flag_with_key(argv: list[str], key: Any) -> str | None:
+  """The first `--config.a.b.c` flag of argv with `key` as one of its sections (not its last
+  component), without its value; None if there is none."""
+  for a in argv[1:]:
+    if a.startswith("--config."):
+      flag = a.split("=")[0]
+      if key in flag[len("--config."):].split(".")[:-1]:
+        return flag
+  return None
+
+
+def _missing_section(config: Any, dotted_path: str) -> str | None:
+  """The first section of "config.a.b.field" that `config` lacks, or None when every section
+  exists (then only the field itself is unknown)."""
+  if config is None:
+    return None
+  node = config
+  for key in dotted_path.split(".")[1:-1]:
+    if not hasattr(node, "get") or key not in node:
+      return key
+    node = node[key]
+  return None
+
+
+def _new_section_message(flag: str, key: str) -> str:
+  """The error for a flag that sets a field of a section the config file does not have."""
+  return (f"{flag}: the config has no section {key!r}, and the command line can only set fields "
+          "of sections the config file has; add a new section (an eval, a tower) in a config "
+          "file whose get_config() starts from this one")
 
 
 def component_sections(config: ml_collections.ConfigDict) -> list[tuple[str, Any, tuple[str, ...]]]:
@@ -180,10 +223,11 @@ def switch_components(config: ml_collections.ConfigDict,
     parent = _section(config, parent_path) if parent_path else config
     with config.unlocked():
       parent[key] = ml_collections.ConfigDict(rebuilt)
+    applies = "apply" if len(dropped) > 1 else "applies"
     notes.append((path,
         f"config.{path}.name: {old.get('name')!r} -> {new!r} (command line); {new!r} starts "
-        f"from its defaults" + (f"; the file's {', '.join(dropped)} no longer apply" if dropped
-                                else "")))
+        f"from its defaults" + (f"; the file's {', '.join(dropped)} no longer {applies}"
+                                if dropped else "")))
   return notes
 
 

@@ -123,12 +123,19 @@ def _cli(*args):
                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
 
 
-def test_cli_unknown_override_is_one_line_message(tmp_path):
-  proc = _cli("--workdir", str(tmp_path), "--config.total_stepz=3")
+@pytest.mark.parametrize("flag, expected", [
+    ("--config.total_stepz=3",
+     "--config.total_stepz is not a known field; did you mean --config.total_steps?"),
+    # A field of a section the file lacks (a new eval): named, with what to do instead.
+    ("--config.evals.fewshot.name=fewshot_linear",
+     "--config.evals.fewshot.name: the config has no section 'fewshot', and the command line can "
+     "only set fields of sections the config file has; add a new section"),
+])
+def test_cli_unknown_override_is_one_line_message(tmp_path, flag, expected):
+  proc = _cli("--workdir", str(tmp_path), flag)
   assert proc.returncode == 2
   assert "Traceback" not in proc.stderr
-  assert "--config.total_stepz is not a known field; did you mean --config.total_steps?" in (
-      proc.stderr)
+  assert expected in proc.stderr
 
 
 def test_cli_validation_error_exits_cleanly(tmp_path):

@@ -13,24 +13,17 @@ copies of its text) and text -> image has 10 distinct queries (`clip_jax.evals.r
 (add --config.total_steps=100 for a short run).
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
+from clip_jax.config import load_config_file
 from clip_jax.data.fashion_mnist import CAPTION_TEMPLATES, DEFAULT_PATH
 
 
-def _load_sibling(name: str):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"_clip_jax_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def get_config() -> ml_collections.ConfigDict:
-  config = _load_sibling("emoji").get_config()  # the model, loss, optimizer and schedule
+  # The emoji demo's model, loss, optimizer and schedule.
+  config = load_config_file(os.path.join(os.path.dirname(__file__), "emoji.py"))
   config.data = ml_collections.ConfigDict()
   config.data.name = "fashion_mnist"
   config.data.path = DEFAULT_PATH  # the files of Debian's dataset-fashion-mnist
