@@ -19,7 +19,9 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+import numpy as np
 
 from clip_jax import fs
 from clip_jax.registry import ConfigError
@@ -97,6 +99,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
   """Writes `text` (UTF-8) to `path` atomically."""
   atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def cached_images(path: Path, shape: tuple[int, ...], write: Callable[[Path], None]) -> np.ndarray:
+  """The decoded images cached as the .npy file `path`, written once by `write(tmp)` (a temporary
+  sibling renamed onto `path` when it succeeds), then memory-mapped read-only.
+
+  Returns:
+    uint8 `shape` (e.g. [n, size, size, 3]).
+
+  Raises:
+    DataDownloadError: the cached file holds another shape or dtype (naming it; delete it).
+  """
+  if not path.is_file():
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+      write(tmp)
+  images = np.load(path, mmap_mode="r")
+  if images.shape != tuple(shape) or images.dtype != np.uint8:
+    raise DataDownloadError(
+        f"{path} holds {images.dtype} {images.shape}, expected uint8 {tuple(shape)}; delete it and "
+        "rerun")
+  return images
 
 
 def file_sha1(path: Path) -> str:

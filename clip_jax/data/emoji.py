@@ -221,20 +221,15 @@ def decoded_images(root: Path, image_dir: str, files: list[str], image_size: int
   Returns:
     uint8 [len(files), image_size, image_size, 3], memory-mapped read-only.
   """
-  path = root / f"images-{image_size}px-v{_DECODE_FORMAT}.npy"
   shape = (len(files), image_size, image_size, 3)
-  if not path.is_file():
-    with cache.atomic_path(path) as tmp:
-      out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-      for i, f in enumerate(files):
-        out[i] = transforms.decode_image(root / image_dir / f, image_size)
-      out.flush()
-      del out
-  images = np.load(path, mmap_mode="r")
-  if images.shape != shape or images.dtype != np.uint8:
-    raise cache.DataDownloadError(
-        f"{path} holds {images.dtype} {images.shape}, expected uint8 {shape}; delete it and rerun")
-  return images
+
+  def write(tmp: Path) -> None:
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+    for i, f in enumerate(files):
+      out[i] = transforms.decode_image(root / image_dir / f, image_size)
+    out.flush()
+
+  return cache.cached_images(root / f"images-{image_size}px-v{_DECODE_FORMAT}.npy", shape, write)
 
 
 class EmojiSource(DataSource):
@@ -289,8 +284,8 @@ class EmojiSource(DataSource):
     for unit, (u_image, u_caption) in zip(np.asarray(units).tolist(), draws, strict=True):
       imgs = self.train_image_lists[unit]
       caps = self.train_caption_lists[unit]
-      rows.append(imgs[min(int(u_image * len(imgs)), len(imgs) - 1)])
-      captions.append(caps[min(int(u_caption * len(caps)), len(caps) - 1)])
+      rows.append(imgs[data_registry.draw_index(u_image, len(imgs))])
+      captions.append(caps[data_registry.draw_index(u_caption, len(caps))])
     order = np.asarray(rows, dtype=np.int64)
     return np.asarray(self.images[order]), captions
 

@@ -119,22 +119,17 @@ def decoded_images(file: Path, count: int, image_size: int, cache_dir: Path) -> 
   stem = file.name.split("-")[0]
   path = (Path(cache_dir) / "fashion-mnist" /
           f"{stem}-{cache.file_sha1(file)[:12]}-n{count}-{image_size}px-v{_DECODE_FORMAT}.npy")
-  shape = (count, image_size, image_size, 3)
-  if not path.is_file():
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with cache.atomic_path(path) as tmp:
-      grey = read_idx(file, _IMAGES_MAGIC, count)
-      if grey.shape != (count, SIDE, SIDE):
-        raise cache.DataDownloadError(
-            f"{file} holds images of shape {grey.shape[1:]} (first {count}: {grey.shape[0]}); "
-            f"expected {count} of {SIDE}x{SIDE}")
-      with open(tmp, "wb") as f:
-        np.save(f, resize(grey, image_size))
-  images = np.load(path, mmap_mode="r")
-  if images.shape != shape or images.dtype != np.uint8:
-    raise cache.DataDownloadError(
-        f"{path} holds {images.dtype} {images.shape}, expected uint8 {shape}; delete it and rerun")
-  return images
+
+  def write(tmp: Path) -> None:
+    grey = read_idx(file, _IMAGES_MAGIC, count)
+    if grey.shape != (count, SIDE, SIDE):
+      raise cache.DataDownloadError(
+          f"{file} holds images of shape {grey.shape[1:]} (first {count}: {grey.shape[0]}); "
+          f"expected {count} of {SIDE}x{SIDE}")
+    with open(tmp, "wb") as f:
+      np.save(f, resize(grey, image_size))
+
+  return cache.cached_images(path, (count, image_size, image_size, 3), write)
 
 
 class FashionMnistSource(DataSource):
@@ -180,8 +175,7 @@ class FashionMnistSource(DataSource):
   def train_examples(self, units: np.ndarray,
                      draws: np.ndarray) -> tuple[np.ndarray, list[str]]:
     units = np.asarray(units, dtype=np.int64)
-    picks = np.minimum((np.asarray(draws)[:, 1] * len(CAPTION_TEMPLATES)).astype(np.int64),
-                       len(CAPTION_TEMPLATES) - 1)
+    picks = data_registry.draw_index(np.asarray(draws)[:, 1], len(CAPTION_TEMPLATES))
     captions = [self.captions[self.labels[u]][t] for u, t in zip(units.tolist(), picks.tolist(),
                                                                   strict=True)]
     return np.asarray(self.images[units]), captions

@@ -121,6 +121,12 @@ class EvalSet:
     self.labels = labels
 
 
+def draw_index(draws: Any, n: Any) -> Any:
+  """The index in [0, n) that uniform draws in [0, 1) pick (`DataSource.train_examples`):
+  floor(draw * n), capped at n - 1. Scalars or arrays (int64)."""
+  return np.minimum((np.asarray(draws) * n).astype(np.int64), np.asarray(n) - 1)
+
+
 class DataSource(abc.ABC):
   """Training units by index plus named evaluation splits, all at one image size.
 
