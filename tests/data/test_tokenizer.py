@@ -94,7 +94,7 @@ def test_unseen_words_encode_to_known_subwords(synthetic_config):
 
 def test_tokenizer_config_errors(synthetic_config):
   data = synthetic_config.data
-  data.tokenizer.name = "sentencepiece"
+  data.tokenizer.name = "wordpiece"
   with pytest.raises(ConfigError, match="config.data.tokenizer.name"):
     make_tokenizer(data)
   data.tokenizer.name = "bpe"
@@ -160,6 +160,8 @@ def test_bpe_rejects_matchable_special_tokens_and_missing_bytes(synthetic_config
 # Special-token spellings of well-known tokenizers, fed to every tokenizer besides its own.
 _OTHER_SPECIALS = ("<|endoftext|>", "<|startoftext|>", "<pad>", "<unk>", "<s>", "</s>", "<mask>",
                    "[MASK]", "[CLS]", "[SEP]", "[BOS]", "<start_of_text>", "<end_of_text>")
+# The tokenizers read from a file, and the fixture giving each one's file.
+_FILE_TOKENIZERS = {"tokenizer_json": "minilm_tokenizer_json", "sentencepiece": "spm_model_path"}
 _SURROUNDINGS = ("{}", "a {} b", "x{}y", " {} ", "{}{}", "\n{}\t", "{} red circle {}")
 
 
@@ -189,6 +191,9 @@ def test_no_text_produces_a_special_id(synthetic_config, name, request):
   if name == "clip_bpe":  # CLIP's merges file (from the open_clip_torch wheel), no vocab_size
     synthetic_config.data.tokenizer = ml_collections.ConfigDict(
         dict(name=name, merges_path=request.getfixturevalue("clip_merges_path")))
+  elif name in _FILE_TOKENIZERS:  # MiniLM's tokenizer.json; a SentencePiece model
+    synthetic_config.data.tokenizer = ml_collections.ConfigDict(
+        dict(name=name, path=request.getfixturevalue(_FILE_TOKENIZERS[name])))
   synthetic_config.data.max_len = 160  # the longest text: 102 bytes
   tok = make_tokenizer(synthetic_config.data)
   assert tok.special_tokens["[EOS]"] == tok.eos_id
@@ -211,5 +216,7 @@ def test_no_text_produces_a_special_id(synthetic_config, name, request):
     assert row[:start].tolist() == [tok.bos_id][:start], (text, row)
     assert not np.isin(row[start:length - 1], special).any(), (text, row)
     assert pool == length - 1, (text, row)
-    # clip_bpe drops control characters (CLIP's cleaning) and decodes words spaced apart.
-    assert _squash(clean(literal[:40])) in _squash(tok.decode(row)), (text, tok.decode(row))
+    # clip_bpe drops control characters (CLIP's cleaning) and decodes words spaced apart. The
+    # file tokenizers' small or foreign vocabularies turn some characters into an unknown piece.
+    if name not in _FILE_TOKENIZERS:
+      assert _squash(clean(literal[:40])) in _squash(tok.decode(row)), (text, tok.decode(row))
