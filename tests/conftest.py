@@ -63,7 +63,7 @@ def truncate_checkpoint():
 
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-OPEN_CLIP_SETUP = "pip download --no-deps -d .whl open_clip_torch==3.3.0"
+OPEN_CLIP_SETUP = "pip download --no-deps -d .whl open_clip_torch==3.3.0 clip_benchmark==1.6.2"
 
 
 @pytest.fixture(scope="session")
@@ -86,8 +86,19 @@ def open_clip_wheel(parity_missing) -> pathlib.Path:
   """The open_clip_torch wheel that parity tests read files from without installing it:
   $CLIP_JAX_OPEN_CLIP_WHEEL, else the newest .whl/open_clip_torch-*.whl at the repository root
   (git-ignored)."""
-  wheels = ([os.environ["CLIP_JAX_OPEN_CLIP_WHEEL"]] if os.environ.get("CLIP_JAX_OPEN_CLIP_WHEEL")
-            else sorted(glob.glob(str(REPO / ".whl" / "open_clip_torch-*.whl"))))
+  return _reference_wheel("open_clip_torch", "CLIP_JAX_OPEN_CLIP_WHEEL", parity_missing)
+
+
+@pytest.fixture(scope="session")
+def clip_benchmark_wheel(parity_missing) -> pathlib.Path:
+  """The clip_benchmark wheel (its class-name and template files): $CLIP_JAX_CLIP_BENCHMARK_WHEEL,
+  else the newest .whl/clip_benchmark-*.whl."""
+  return _reference_wheel("clip_benchmark", "CLIP_JAX_CLIP_BENCHMARK_WHEEL", parity_missing)
+
+
+def _reference_wheel(distribution: str, env_var: str, parity_missing) -> pathlib.Path:
+  wheels = ([os.environ[env_var]] if os.environ.get(env_var)
+            else sorted(glob.glob(str(REPO / ".whl" / f"{distribution}-*.whl"))))
   if not wheels or not os.path.exists(wheels[-1]):
-    parity_missing("the open_clip_torch wheel in .whl/")
+    parity_missing(f"the {distribution} wheel in .whl/")
   return pathlib.Path(wheels[-1])

@@ -4,14 +4,16 @@ A template set is a tuple of format strings with one `{}` slot that receives the
 class name. The zero-shot classifier embeds every template filled with every class name and
 averages the normalised embeddings over the set (a prompt ensemble), one vector per class.
 
-`config.evals.<eval_name>.templates` names a set in `TEMPLATE_SETS`, or gives the templates
-themselves as a tuple of strings.
+`config.evals.<eval_name>.templates` names a set in `TEMPLATE_SETS` or a standard set of
+`clip_jax.evals.prompt_sets` (the CLIP paper's 80 ImageNet prompts: "openai_imagenet"), or gives
+the templates themselves as a tuple of strings.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+from clip_jax.evals import prompt_sets
 from clip_jax.registry import ConfigError
 
 # Short prompts in the style of the emoji captions: the bare name and a few "emoji"/"icon"
@@ -50,7 +52,9 @@ def get_templates(spec: str | Sequence[str], field: str = "templates") -> tuple[
   """Resolves a template spec to a tuple of format strings.
 
   Args:
-    spec: the name of a set in `TEMPLATE_SETS`, or a non-empty sequence of format strings that
+    spec: the name of a set in `TEMPLATE_SETS` or of a standard set (`clip_jax.evals.prompt_sets`:
+      "openai_imagenet", "simple_imagenet", "cifar10", "cifar100", "clip_benchmark/<dataset>"),
+      or a non-empty sequence of format strings that
       each contain exactly one `{}`.
     field: the config field the spec came from, used in error messages.
 
@@ -61,13 +65,14 @@ def get_templates(spec: str | Sequence[str], field: str = "templates") -> tuple[
     ConfigError: an unknown set name or a malformed template list.
   """
   if isinstance(spec, str):
-    try:
+    if spec in TEMPLATE_SETS:
       return TEMPLATE_SETS[spec]
-    except KeyError:
-      raise ConfigError(
-          f"{field} = {spec!r} is not a known template set; choose one of: "
-          f"{', '.join(sorted(TEMPLATE_SETS))} (or give a tuple of strings with one '{{}}' "
-          "each)") from None
+    if prompt_sets.is_known(spec):
+      return prompt_sets.templates(spec, field)
+    raise ConfigError(
+        f"{field} = {spec!r} is not a known template set; choose one of: "
+        f"{', '.join([*sorted(TEMPLATE_SETS), *prompt_sets.template_set_names()])}, "
+        "clip_benchmark/<dataset> (or give a tuple of strings with one '{}' each)")
   templates = tuple(spec)
   if not templates:
     raise ConfigError(f"{field} is empty; give a template set name "

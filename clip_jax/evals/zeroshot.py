@@ -16,11 +16,13 @@ treated as unlabelled and skipped.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from clip_jax import schema
+from clip_jax.evals import prompt_sets
 from clip_jax.evals.base import (EmbedFn, Evaluator, LoadSplitFn, SplitFields, Tokenizer,
                                 embed_checked)
 from clip_jax.evals.registry import EVALUATORS
@@ -110,18 +112,47 @@ def classification_metrics(image_emb: np.ndarray, class_emb: np.ndarray, labels:
   return out
 
 
+def get_classnames(spec: Any, field: str) -> tuple[str, ...]:
+  """The `classnames` field: a standard set's name, a .txt file (one name per line, blank lines
+  skipped) or a sequence of names -> a non-empty tuple of names.
+
+  Raises:
+    ConfigError: naming `field`: an unknown set, a missing file, or an empty or non-string list.
+  """
+  if isinstance(spec, str) and spec.endswith(".txt"):
+    path = Path(spec).expanduser()
+    if not path.is_file():
+      raise ConfigError(f"{field} = {spec!r}: no such file; give a .txt file with one class name "
+                        "per line")
+    names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    names = tuple(n for n in names if n)
+  elif isinstance(spec, str):
+    names = prompt_sets.classnames(spec, field)
+  else:
+    names = tuple(spec) if isinstance(spec, (list, tuple)) else ()
+  if not names or not all(isinstance(n, str) and n for n in names):
+    raise ConfigError(f"{field} = {spec!r} must name a class-name set or a .txt file, or list "
+                      "the class names (non-empty strings)")
+  return names
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ZeroShotFields(SplitFields):
   """The fields of "zeroshot_classification": `SplitFields` plus
 
   Attributes:
     label: which label set of the split to classify by (a key of `eval_set.labels`).
-    templates: a template set name from `clip_jax.evals.templates.TEMPLATE_SETS`, or a tuple of
-      format strings with one "{}"; parsed into the tuple of templates.
+    templates: a template set name (`clip_jax.evals.templates`: "emoji", "photo", "name", or a
+      standard set such as the CLIP paper's 80 "openai_imagenet" prompts), or a tuple of format
+      strings with one "{}"; parsed into the tuple of templates.
+    classnames: the names the prompts use for the label set's classes, in label order: None (the
+      split's own names), a standard set ("imagenet1k", "clip_benchmark/<dataset>";
+      `clip_jax.evals.prompt_sets`), a .txt file with one name per line, or the names.
   """
 
   label: str = schema.field(check=schema.string(nonempty=True))
   templates: Any = schema.field("emoji", get_templates)
+  classnames: Any = schema.field(None, get_classnames)
 
 
 @EVALUATORS.register("zeroshot_classification")
@@ -151,6 +182,13 @@ class ZeroShotClassificationEvaluator(Evaluator):
           f"{self.field_path('label')} = {label!r} is not a label set of split {split!r}; choose "
           f"one of: {', '.join(sorted(available)) or '(the split has no labels)'}")
     labels, classnames = available[label]
+    if self.fields.classnames is not None:
+      if len(self.fields.classnames) != len(classnames):
+        raise ConfigError(
+            f"{self.field_path('classnames')} has {len(self.fields.classnames)} names but label "
+            f"set {label!r} of split {split!r} has {len(classnames)} classes; give one name per "
+            "class, in label order")
+      classnames = self.fields.classnames
     self.classnames = [str(c) for c in classnames]
     self.images = np.asarray(eval_set.images)  # [N, H, W, 3]
     self.labels = np.asarray(labels)
