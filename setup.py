@@ -39,6 +39,9 @@ setup(
         # "sentencepiece" tokenizer: big_vision's SigLIP text models are SentencePiece models,
         # and fitting one on captions is the library's own trainer.
         "sentencepiece>=0.2",
+        # "linear_probe": the CLIP paper's logistic-regression probe is scikit-learn's L-BFGS
+        # LogisticRegression (a maintained solver rather than one of our own).
+        "scikit-learn>=1.3",
     ],
     extras_require={
         "gcs": ["gcsfs>=2024.2"],

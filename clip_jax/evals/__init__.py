@@ -1,5 +1,5 @@
 """Evaluators: zero-shot retrieval Recall@K (with the embedding geometry), prompt-ensemble
-classification, and few-shot linear probes.
+classification, few-shot ridge probes and the logistic-regression linear probe.
 
   from clip_jax.evals import make_evaluators
   evaluators = make_evaluators(config, tokenizer)   # {eval_name: Evaluator}, data loaded once
@@ -7,8 +7,8 @@ classification, and few-shot linear probes.
 
 `embed(modality, inputs) -> float32 [N, d]` L2-normalised embeddings; the caller batches and
 shards. `config.evals` maps an eval name to a ConfigDict whose `name` selects a registered
-evaluator ("retrieval", "zeroshot_classification", "fewshot_linear"); see their docstrings for
-the other fields.
+evaluator ("retrieval", "zeroshot_classification", "fewshot_linear", "linear_probe"); see their
+docstrings for the other fields.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from clip_jax.evals import fewshot as fewshot  # registers "fewshot_linear"
+from clip_jax.evals import linear_probe as linear_probe  # registers "linear_probe"
 from clip_jax.evals import retrieval as retrieval  # registers "retrieval"
 from clip_jax.evals import zeroshot as zeroshot  # registers "zeroshot_classification"
 from clip_jax.evals.base import EmbedFn, EvalSet, Evaluator, Tokenizer

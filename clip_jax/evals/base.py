@@ -20,6 +20,7 @@ import numpy as np
 
 from clip_jax import schema
 from clip_jax.evals.registry import EVALUATORS
+from clip_jax.registry import ConfigError
 
 EmbedFn = Callable[[str, np.ndarray], np.ndarray]
 
@@ -95,3 +96,76 @@ def embed_checked(embed: EmbedFn, modality: str, inputs: np.ndarray,
                      f"expected [{n}, d]")
   norm = np.linalg.norm(out, axis=1, keepdims=True)
   return out / np.maximum(norm, 1e-12)
+
+
+def labelled_images(eval_set: EvalSet, label: str, split: str,
+                    field: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  """(images [n, H, W, 3], int64 labels [n], class names) of the images of `eval_set` that carry
+  label set `label` (unlabelled images, -1, are left out).
+
+  Raises:
+    ConfigError: naming `field` (the evaluator's `label` field) when the split has no such label
+      set.
+  """
+  if label not in eval_set.labels:
+    raise ConfigError(
+        f"{field} = {label!r} is not a label set of split {split!r}; choose one of: "
+        f"{', '.join(sorted(eval_set.labels)) or '(the split has no labels)'}")
+  labels, names = eval_set.labels[label]
+  labels = np.asarray(labels, np.int64)
+  keep = labels >= 0
+  return np.asarray(eval_set.images)[keep], labels[keep], [str(n) for n in names]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProbeFields:
+  """The fields of a probe on frozen image embeddings, fitted on one split and tested on another.
+
+  Attributes:
+    train_split: the split the probe is fitted on (e.g. "train").
+    test_split: the split that is classified (e.g. "heldout").
+    label: the label set of both splits (a key of `eval_set.labels`, e.g. "category").
+    image_modality: the modality name `embed` gets the images under.
+  """
+
+  train_split: str = schema.field("train", schema.string(nonempty=True))
+  test_split: str = schema.field(check=schema.string(nonempty=True))
+  label: str = schema.field(check=schema.string(nonempty=True))
+  image_modality: str = "image"
+
+
+class ProbeEvaluator(Evaluator):
+  """Base of the probes: loads the labelled images of `train_split` and `test_split`
+  (`train_images`, `train_labels`, `test_images`, `test_labels`, `num_classes`) and embeds them
+  (`embed_splits`). Subclasses' `Fields` extend `ProbeFields`.
+
+  Raises:
+    ConfigError: a label set that a split lacks, or splits whose class names differ.
+  """
+
+  def __init__(self, cfg: Mapping[str, Any], *, eval_name: str, tokenizer: Tokenizer,
+               load_split: LoadSplitFn):
+    del tokenizer  # images only
+    super().__init__(cfg, eval_name=eval_name)
+    f = self.fields
+    (self.train_images, self.train_labels, names), (self.test_images, self.test_labels,
+                                                    test_names) = (
+        labelled_images(load_split(split), f.label, split, self.field_path("label"))
+        for split in (f.train_split, f.test_split))
+    if list(names) != list(test_names):
+      raise ConfigError(f"{self.field_path('label')} = {f.label!r}: the class names of splits "
+                        f"{f.train_split!r} and {f.test_split!r} differ; the probe needs one "
+                        "label set")
+    self.num_classes = len(names)
+
+  def embed_splits(self, embed: EmbedFn) -> tuple[np.ndarray, np.ndarray]:
+    """(train embeddings [N, d], test embeddings [M, d]), unit-norm float32."""
+    f = self.fields
+    return (embed_checked(embed, f.image_modality, self.train_images, "images"),
+            embed_checked(embed, f.image_modality, self.test_images, "images"))
+
+  def counts(self) -> dict[str, float]:
+    """The probe's `<eval_name>/num_classes`, `num_train_images` and `num_test_images`."""
+    return {f"{self.eval_name}/num_classes": float(self.num_classes),
+            f"{self.eval_name}/num_train_images": float(len(self.train_labels)),
+            f"{self.eval_name}/num_test_images": float(len(self.test_labels))}

@@ -19,12 +19,12 @@ draws on every call) and the accuracies are averaged.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from clip_jax import schema
-from clip_jax.evals.base import EmbedFn, Evaluator, LoadSplitFn, Tokenizer, embed_checked
+from clip_jax.evals.base import EmbedFn, ProbeEvaluator, ProbeFields
 from clip_jax.evals.registry import EVALUATORS
 from clip_jax.registry import ConfigError
 
@@ -76,30 +76,22 @@ def fewshot_accuracy(train_emb: np.ndarray, train_labels: np.ndarray, test_emb: 
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class FewShotFields:
-  """The fields of "fewshot_linear" (`config.evals.<eval_name>`).
+class FewShotFields(ProbeFields):
+  """The fields of "fewshot_linear" (`config.evals.<eval_name>`): `ProbeFields` and
 
   Attributes:
-    train_split: the split the shots are drawn from (e.g. "train").
-    test_split: the split that is classified (e.g. "heldout").
-    label: the label set of both splits (a key of `eval_set.labels`, e.g. "category").
     shots: the K values, e.g. (1, 5, 10, 25).
     l2_reg: the ridge penalty lambda (>= 0).
     seeds: draws per K, averaged (>= 1).
-    image_modality: the modality name `embed` gets the images under.
   """
 
-  train_split: str = schema.field("train", schema.string(nonempty=True))
-  test_split: str = schema.field(check=schema.string(nonempty=True))
-  label: str = schema.field(check=schema.string(nonempty=True))
   shots: Any = schema.field((1, 5, 10, 25), _shots)
   l2_reg: float = schema.field(1.0, schema.number(low=0.0))
   seeds: int = schema.field(3, schema.integer(low=1))
-  image_modality: str = "image"
 
 
 @EVALUATORS.register("fewshot_linear")
-class FewShotLinearEvaluator(Evaluator):
+class FewShotLinearEvaluator(ProbeEvaluator):
   """Few-shot ridge probes on frozen image embeddings (module docstring).
 
   Config fields: name ("fewshot_linear") and `FewShotFields`.
@@ -113,36 +105,9 @@ class FewShotLinearEvaluator(Evaluator):
 
   Fields = FewShotFields
 
-  def __init__(self, cfg: Mapping[str, Any], *, eval_name: str, tokenizer: Tokenizer,
-               load_split: LoadSplitFn):
-    del tokenizer  # images only
-    super().__init__(cfg, eval_name=eval_name)
-    f = self.fields
-    (self.train_images, self.train_labels, names), (self.test_images, self.test_labels,
-                                                    test_names) = (
-        self._labelled(load_split(split), split) for split in (f.train_split, f.test_split))
-    if list(names) != list(test_names):
-      raise ConfigError(f"{self.field_path('label')} = {f.label!r}: the class names of splits "
-                        f"{f.train_split!r} and {f.test_split!r} differ; the probe needs one "
-                        "label set")
-    self.num_classes = len(names)
-
-  def _labelled(self, eval_set: Any, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(images, labels) of the split's images that carry a label, and the class names."""
-    label = self.fields.label
-    if label not in eval_set.labels:
-      raise ConfigError(
-          f"{self.field_path('label')} = {label!r} is not a label set of split {split!r}; "
-          f"choose one of: {', '.join(sorted(eval_set.labels)) or '(the split has no labels)'}")
-    labels, names = eval_set.labels[label]
-    labels = np.asarray(labels, np.int64)
-    keep = labels >= 0
-    return np.asarray(eval_set.images)[keep], labels[keep], [str(n) for n in names]
-
   def __call__(self, embed: EmbedFn) -> dict[str, float]:
     f = self.fields
-    train_emb = embed_checked(embed, f.image_modality, self.train_images, "images")
-    test_emb = embed_checked(embed, f.image_modality, self.test_images, "images")
+    train_emb, test_emb = self.embed_splits(embed)
     out = {}
     for k in f.shots:
       accuracies = [fewshot_accuracy(train_emb, self.train_labels, test_emb, self.test_labels,
@@ -150,7 +115,4 @@ class FewShotLinearEvaluator(Evaluator):
                                      np.random.default_rng([seed, k]))
                     for seed in range(f.seeds)]
       out[f"{self.eval_name}/{k}shot_top1"] = float(np.mean(accuracies))
-    out[f"{self.eval_name}/num_classes"] = float(self.num_classes)
-    out[f"{self.eval_name}/num_train_images"] = float(len(self.train_labels))
-    out[f"{self.eval_name}/num_test_images"] = float(len(self.test_labels))
-    return out
+    return {**out, **self.counts()}

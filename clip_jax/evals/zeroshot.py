@@ -102,7 +102,22 @@ def classification_metrics(image_emb: np.ndarray, class_emb: np.ndarray, labels:
   image_emb, labels = np.asarray(image_emb)[keep], labels[keep].astype(np.int64)
   if len(labels) == 0:
     return {**{f"top{k}": float("nan") for k in ks}, "mean_per_class_recall": float("nan")}
-  ranks = true_class_ranks(image_emb, class_emb, labels)
+  return rank_metrics(true_class_ranks(image_emb, class_emb, labels), labels, num_classes, ks)
+
+
+def rank_metrics(ranks: np.ndarray, labels: np.ndarray, num_classes: int,
+                 ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+  """Top-K accuracy and mean per-class recall from the rank of each image's true class.
+
+  Args:
+    ranks: int [N] in [0, num_classes): the number of other classes scoring >= the true one.
+    labels: int [N] true classes in [0, num_classes) (no unlabelled images).
+    num_classes: C; each K is capped at C, the key keeps the asked K.
+    ks: the K values.
+
+  Returns:
+    As `classification_metrics`.
+  """
   out = {f"top{k}": float(np.mean(ranks < min(k, num_classes))) for k in ks}
   hit = (ranks == 0).astype(np.float64)
   counts = np.bincount(labels, minlength=num_classes)
