@@ -8,7 +8,8 @@ config alone: the training data is never read (only the evaluation splits), and 
 train step is built. Several processes evaluate together with the multi-host flags of
 `clip_jax.train` (--multihost, or --coordinator_address/--num_processes/--process_id). Process 0
 prints one JSON object of metrics and writes it to `<workdir>/eval/<step>.json` (a later
-evaluation of the same step replaces it). The workdir may be local or on object storage
+evaluation of the same step replaces it), with the evaluators' pictures beside it
+(`<step>_<eval_name>_grid.png`, `..._projection.png`, `..._confusion.png`). The workdir may be local or on object storage
 (gs://bucket/run).
 """
 
@@ -34,9 +35,14 @@ _START_DISTRIBUTED = distributed.define_flags()
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                        step: int | None = None) -> dict[str, float]:
+                        step: int | None = None, pictures_dir: str | None = None
+                        ) -> dict[str, float]:
   """Restores the model params of checkpoint `step` (latest if None) of `workdir` and runs the
   config's evaluators.
+
+  With `pictures_dir` (local or object storage), process 0 writes each evaluator's pictures there
+  as `<step>_<eval_name>_<picture>.png` (a retrieval split's "grid" and "projection", a
+  classification's "confusion"; `clip_jax.evals.pictures`).
 
   Returns:
     {"step": the checkpoint's step, **the evaluators' metrics}.
@@ -68,7 +74,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     params = ckpt.restore_params(step, embedder.abstract_model_params)
   finally:
     ckpt.close()
-  metrics = run_evals(make_evaluators(config, tokenizer), embedder.embed, params["model"])
+  evaluators = make_evaluators(config, tokenizer)
+  metrics = run_evals(evaluators, embedder.embed, params["model"])
+  if pictures_dir is not None and jax.process_index() == 0:
+    fs.makedirs(pictures_dir)
+    for eval_name, evaluator in evaluators.items():
+      for picture, png in evaluator.pictures().items():
+        fs.write_atomic(fs.join(pictures_dir, f"{step}_{eval_name}_{picture}.png"), png)
   return {"step": step, **metrics}
 
 
@@ -85,7 +97,8 @@ def main(argv: list[str]) -> None:
       if not fs.exists(path):
         raise ConfigError(f"{path} not found: pass --config, or a --workdir made by training")
       config = saved_config(fs.read_text(path))
-    metrics = evaluate_checkpoint(config, workdir, _STEP.value)
+    metrics = evaluate_checkpoint(config, workdir, _STEP.value,
+                                  pictures_dir=fs.join(workdir, EVAL_DIRNAME))
   except ConfigError as e:
     print(f"Config error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -1,5 +1,5 @@
 """`python -m clip_jax.evaluate` on a tiny trained run: it reproduces the training evals at the
-chosen checkpoint, also when the training data is gone (it reads the model's params only), and a
+chosen checkpoint and draws its pictures, also when the training data is gone (it reads the model's params only), and a
 step without a checkpoint is a one-line error naming the steps there are. Evaluation on two
 processes is in tests/test_multihost.py."""
 
@@ -10,6 +10,7 @@ import sys
 
 import ml_collections
 import pytest
+from PIL import Image
 
 from clip_jax.checkpoint import Checkpointer
 from clip_jax.config import load_config_file, saved_config
@@ -64,6 +65,10 @@ def test_evaluate_reproduces_training_evals(workdir, step):
     assert json.load(f) == printed  # the JSON written to the workdir
   assert printed.pop("step") == (step or 8)
   assert_same_metrics(printed, evals[step or 8])
+  # The pictures beside the JSON: the retrieval split's grid and projection, the confusion matrix.
+  for picture in ("heldout_grid", "heldout_projection", "shapes_confusion"):
+    with Image.open(os.path.join(workdir, "eval", f"{step or 8}_{picture}.png")) as png:
+      assert png.format == "PNG" and min(png.size) > 100, picture
   if step is None:
     with open(os.path.join(workdir, "final_metrics.json")) as f:
       assert_same_metrics(printed, json.load(f))

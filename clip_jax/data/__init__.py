@@ -10,8 +10,8 @@
     eval_set = load_eval_split(config.data, split="heldout")
     clip = load_tokenizer("clip_bpe", context_length=77)  # no config: CLIP's BPE, as open_clip
 
-Sources ("emoji", "fashion_mnist", "synthetic") register in `SOURCES`; `config.data.name` selects one.
-Tokenizers ("bpe", "bytes", "clip_bpe", "sentencepiece", "tokenizer_json") register in `TOKENIZERS`;
+Sources ("emoji", "fashion_mnist", "synthetic") register in `SOURCES`; `config.data.name` selects
+one. Tokenizers ("bpe", "bytes", "clip_bpe", "sentencepiece", "tokenizer_json") register in `TOKENIZERS`;
 `config.data.tokenizer.name` selects one.
 """
 

@@ -78,6 +78,11 @@ class Evaluator:
   def __call__(self, embed: EmbedFn) -> dict[str, float]:
     raise NotImplementedError
 
+  def pictures(self) -> dict[str, bytes]:
+    """PNG pictures of the last call, by name ({} before a call, or for an evaluator that draws
+    none); `clip_jax.evaluate` writes them next to the metrics."""
+    return {}
+
 
 def embed_checked(embed: EmbedFn, modality: str, inputs: np.ndarray,
                   what: str) -> np.ndarray:

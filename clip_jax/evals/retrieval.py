@@ -47,12 +47,14 @@ import numpy as np
 
 from clip_jax.evals.base import (EmbedFn, Evaluator, LoadSplitFn, SplitFields, Tokenizer,
                                 embed_checked)
+from clip_jax.evals import pictures
 from clip_jax.evals.geometry import geometry
 from clip_jax.evals.registry import EVALUATORS
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 CHUNK_ROWS = 4096  # query rows per similarity block
 MAX_BLOCK_ELEMENTS = 1 << 26  # cap a block at 64M similarities (256 MiB float32)
+GRID_QUERIES = 4  # text queries in the retrieval grid picture
 
 
 def row_blocks(num_rows: int, num_cols: int, chunk_size: int = CHUNK_ROWS) -> Iterator[slice]:
@@ -330,7 +332,9 @@ class RetrievalEvaluator(Evaluator):
     self.text_image = check_text_image(eval_set.text_image, len(self.images), len(texts))
     self.image_class = image_classes(self.images)  # int64 [N]: byte-identical images share one
     self.text_class = text_classes(texts)  # int64 [M]: identical strings share one
+    self.texts = texts
     self.tokens = np.asarray(tokenizer.encode(texts))  # [M, L]
+    self._embeddings: tuple[np.ndarray, np.ndarray] | None = None  # of the last call
     if len(self.tokens) != len(texts):
       raise ValueError(f"tokenizer.encode returned {len(self.tokens)} rows for {len(texts)} texts")
 
@@ -345,6 +349,7 @@ class RetrievalEvaluator(Evaluator):
   def __call__(self, embed: EmbedFn) -> dict[str, float]:
     image_emb = embed_checked(embed, self.fields.image_modality, self.images, "images")
     text_emb = embed_checked(embed, self.fields.text_modality, self.tokens, "token ids")
+    self._embeddings = image_emb, text_emb
     i2t, t2i = retrieval_ranks(image_emb, text_emb, self.text_image,
                                image_class=self.image_class, text_class=self.text_class)
     recalls = recalls_at(i2t, t2i)
@@ -356,3 +361,19 @@ class RetrievalEvaluator(Evaluator):
     out.update((f"{self.eval_name}/{k}", v)
                for k, v in geometry(image_emb, text_emb, self.text_image).items())
     return out
+
+  def pictures(self) -> dict[str, bytes]:
+    """After a call: "grid", `GRID_QUERIES` texts spread over the split with their top-5 images
+    (a hit: the text's image or a byte-identical copy), and "projection", both modalities on
+    their first two principal components (`clip_jax.evals.pictures`)."""
+    if self._embeddings is None:
+      return {}
+    image_emb, text_emb = self._embeddings
+    queries = np.unique(np.linspace(0, len(self.texts) - 1, GRID_QUERIES).round().astype(int))
+    k = min(5, self.num_images)
+    top = np.argsort(-(text_emb[queries] @ image_emb.T), axis=1, kind="stable")[:, :k]
+    hits = self.image_class[top] == self.image_class[self.text_image[queries]][:, None]
+    return {"grid": pictures.retrieval_grid([self.texts[q] for q in queries], self.images, top,
+                                            hits),
+            "projection": pictures.projection_png(image_emb, text_emb, self.text_image,
+                                                  title=self.eval_name)}

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from clip_jax import schema
-from clip_jax.evals import prompt_sets
+from clip_jax.evals import pictures, prompt_sets
 from clip_jax.evals.base import (EmbedFn, Evaluator, LoadSplitFn, SplitFields, Tokenizer,
                                 embed_checked)
 from clip_jax.evals.registry import EVALUATORS
@@ -31,6 +31,7 @@ from clip_jax.evals.templates import get_templates
 from clip_jax.registry import ConfigError
 
 DEFAULT_KS: tuple[int, ...] = (1, 5)
+MAX_CONFUSION_CLASSES = 100  # larger label sets get no confusion-matrix picture
 
 
 def build_prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[str]:
@@ -222,6 +223,7 @@ class ZeroShotClassificationEvaluator(Evaluator):
                        f"{len(self.prompts)} prompts")
     # Only labelled images are embedded.
     self._labelled = self.labels >= 0
+    self._predicted: np.ndarray | None = None  # top-1 class of each labelled image, last call
     if not self._labelled.any():
       raise ValueError(f"split {split!r} has no image with a {label!r} label")
 
@@ -242,8 +244,18 @@ class ZeroShotClassificationEvaluator(Evaluator):
     class_emb = self.class_embeddings(embed)
     images = self.images if self._labelled.all() else self.images[self._labelled]
     image_emb = embed_checked(embed, self.fields.image_modality, images, "images")
+    self._predicted = np.argmax(image_emb @ class_emb.T, axis=1)
     metrics = classification_metrics(image_emb, class_emb, self.labels[self._labelled])
     out = {f"{self.eval_name}/{k}": v for k, v in metrics.items()}
     out[f"{self.eval_name}/num_classes"] = float(self.num_classes)
     out[f"{self.eval_name}/num_images"] = float(self.num_images)
     return out
+
+  def pictures(self) -> dict[str, bytes]:
+    """After a call, with at most `MAX_CONFUSION_CLASSES` classes: "confusion", the top-1
+    confusion matrix of the labelled images (`clip_jax.evals.pictures`)."""
+    if self._predicted is None or self.num_classes > MAX_CONFUSION_CLASSES:
+      return {}
+    matrix = pictures.confusion(self.labels[self._labelled], self._predicted, self.num_classes)
+    return {"confusion": pictures.confusion_png(
+        matrix, self.classnames, f"{self.eval_name}: zero-shot top-1 ({self.num_classes} classes)")}
