@@ -59,3 +59,11 @@ def test_train_throughput_prints_table():
   assert float(compile_s) > 0 and float(ms) > 0 and float(temp) >= 0
   # examples/s = global batch / median step time (both printed rounded).
   assert float(speed.replace(",", "")) == pytest.approx(16 / (float(ms) / 1e3), rel=0.01, abs=1)
+
+
+def test_retrieval_scale_prints_its_table():
+  proc = run_script("retrieval_scale.py", "--images", "300", "--d", "32")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  (row,) = table_rows(proc.stdout, ("300",))
+  assert row[1] == "1,500" and row[7] == "0.0"
+  assert "i2t_recall@1" in proc.stdout and "t2i_median_rank" in proc.stdout
