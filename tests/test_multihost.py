@@ -73,7 +73,8 @@ def test_two_processes_match_one_process(single, tmp_path):
 
 def test_evaluate_on_two_processes_matches_one_process(single):
   # The one-process run's evals at its last step are what one process evaluates from that
-  # checkpoint (tests/test_evaluate.py); two processes evaluate that checkpoint to the same.
+  # checkpoint (tests/test_evaluate.py); two processes evaluate that checkpoint to the same (each
+  # ranking half of the retrieval queries).
   outputs = _two_processes("clip_jax.evaluate", "--workdir", str(single))
   metrics = json.loads(outputs[0][0].strip().splitlines()[-1])
   assert "{" not in outputs[1][0]  # process 0 alone prints and records the result
@@ -82,5 +83,7 @@ def test_evaluate_on_two_processes_matches_one_process(single):
   assert set(metrics) == set(want) and metrics["heldout/num_images"] > 0
   for key, value in want.items():
     assert metrics[key] == pytest.approx(value, abs=1e-5), key
-  assert os.listdir(single / "eval") == ["6.json"]  # written once, by process 0
+  # Written by process 0: the metrics and the retrieval split's pictures.
+  assert sorted(os.listdir(single / "eval")) == [
+      "6.json", "6_heldout_grid.png", "6_heldout_projection.png"]
   assert json.loads((single / "eval" / "6.json").read_text()) == dict(metrics, step=6)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from clip_jax.data import EvalSet
-from clip_jax.evals import make_evaluators, retrieval_recalls
+from clip_jax.evals import make_evaluators, retrieval, retrieval_recalls
 from clip_jax.evals.geometry import modality_gap
 from clip_jax.evals.retrieval import (image_classes, image_to_text_ranks, rank_summary,
                                       retrieval_ranks, text_classes, text_to_image_ranks)
@@ -401,3 +401,35 @@ def test_rank_summary_is_one_based_and_matches_the_recalls():
   i2t, t2i = retrieval_ranks(images, texts, text_image)
   recalls = retrieval_recalls(images, texts, text_image, ks=(1, 5))
   assert recalls["i2t_recall@5"] == np.mean(i2t < 5) and recalls["t2i_recall@1"] == np.mean(t2i < 1)
+
+
+class _Gathered(Exception):
+  """Carries one simulated process's contribution out of process_allgather."""
+
+
+@pytest.mark.parametrize("num_processes", [2, 3])
+def test_ranks_shared_among_processes_equal_one_process(monkeypatch, num_processes):
+  # Each simulated process ranks its share of the queries; the gathered ranks must be the ranks
+  # one process computes (the real 2-process run: tests/test_multihost.py).
+  rng = np.random.default_rng(4)
+  query, candidates = unit(rng.normal(size=(11, 5))), unit(rng.normal(size=(7, 5)))
+  query_class = np.arange(11)
+  answers = [np.array([q % 7]) if q % 4 else np.zeros(0, np.int64) for q in range(11)]
+  want = retrieval.answer_ranks(query, candidates, query_class, answers, chunk_size=2)
+  monkeypatch.setattr(retrieval.jax, "process_count", lambda: num_processes)
+  shares = []
+
+  def capture(mine):
+    shares.append(np.array(mine))
+    raise _Gathered
+
+  monkeypatch.setattr(retrieval.multihost_utils, "process_allgather", capture)
+  for index in range(num_processes):
+    monkeypatch.setattr(retrieval.jax, "process_index", lambda index=index: index)
+    with pytest.raises(_Gathered):
+      retrieval.answer_ranks_across_processes(query, candidates, query_class, answers, 2)
+  monkeypatch.setattr(retrieval.multihost_utils, "process_allgather",
+                      lambda mine: np.stack(shares))
+  got = retrieval.answer_ranks_across_processes(query, candidates, query_class, answers, 2)
+  np.testing.assert_array_equal(got[0][want[1]], want[0][want[1]])  # ranks where meaningful
+  np.testing.assert_array_equal(got[1], want[1])
