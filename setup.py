@@ -36,6 +36,8 @@ setup(
         # TensorBoard event files of every metric (clip_jax/tensorboard.py): a maintained writer
         # that needs neither TensorFlow nor the tensorboard package.
         "tensorboardX>=2.6",
+        # Shard patterns of the "webdataset" source ("shard-{00000..00127}.tar").
+        "braceexpand>=0.1.7",
     ],
     extras_require={
         "gcs": ["gcsfs>=2024.2"],

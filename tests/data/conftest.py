@@ -3,6 +3,7 @@ of open_clip's tokenizer."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -89,3 +90,21 @@ def open_clip_dir(open_clip_wheel, tmp_path_factory) -> Path:
 def clip_merges_path(open_clip_dir) -> str:
   """CLIP's bpe_simple_vocab_16e6.txt.gz, from the open_clip_torch wheel."""
   return str(open_clip_dir / tokenizer.CLIP_MERGES_FILE)
+
+
+@pytest.fixture
+def file_config(tmp_path):
+  """`file_config(**data)`: a run config (batch 4, seed 3) over a file source ("csv" or
+  "webdataset": `data` holds its name and fields), 8 px images, the bytes tokenizer and a cache
+  in tmp_path."""
+  return functools.partial(_file_config, tmp_path / "cache")
+
+
+def _file_config(cache_dir: Path, **data) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 3
+  config.batch_size = 4
+  config.data = ml_collections.ConfigDict(dict(
+      cache_dir=str(cache_dir), image_size=8, max_len=20,
+      tokenizer=ml_collections.ConfigDict(dict(name="bytes")), **data))
+  return config
