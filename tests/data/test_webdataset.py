@@ -3,7 +3,6 @@ its cache, bad input, errors."""
 
 import io
 import json
-import os
 import tarfile
 
 import numpy as np
