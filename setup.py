@@ -42,6 +42,8 @@ setup(
         # "linear_probe": the CLIP paper's logistic-regression probe is scikit-learn's L-BFGS
         # LogisticRegression (a maintained solver rather than one of our own).
         "scikit-learn>=1.3",
+        # Shard patterns of the "webdataset" source ("shard-{00000..00127}.tar").
+        "braceexpand>=0.1.7",
     ],
     extras_require={
         "gcs": ["gcsfs>=2024.2"],

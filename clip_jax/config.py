@@ -14,6 +14,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 from typing import Any
 
 import ml_collections
@@ -84,6 +85,44 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   if not hasattr(module, "get_config"):
     raise ConfigError(f"--config {file_path!r} has no get_config() function")
   return module.get_config(arg) if has_arg else module.get_config()
+
+
+def apply_config_arg(config: ml_collections.ConfigDict, arg: str,
+                     file: str) -> ml_collections.ConfigDict:
+  """Sets the fields named in a config file's ":arg" (`--config file.py:k=v,k=v`) and returns
+  `config`.
+
+  Each key is a field of `config.data`, else a top-level field, and must already be set there;
+  its value is converted to that field's type (int, float, str, or bool from "true"/"false"). A
+  new pair starts only at a comma followed by "<name>=", so a comma inside a value (a brace
+  pattern "shard-{a,b}.tar") stays in it.
+
+  Raises:
+    ConfigError: naming `file` and the key: an unknown key (listing the known ones), a pair
+      without "=", or a value of the wrong type.
+  """
+  for pair in (p for p in re.split(r",(?=[A-Za-z_]\w*=)", arg) if p):
+    key, eq, raw = pair.partition("=")
+    section = config.data if key in config.data else config
+    if not eq or key not in section or isinstance(section[key], ml_collections.ConfigDict):
+      known = sorted(k for k in [*config.data.keys(), *config.keys()]
+                     if not isinstance(config.get(k, config.data.get(k)),
+                                       ml_collections.ConfigDict))
+      raise ConfigError(f"--config {file}:{arg}: {pair!r} is not key=value for a field of "
+                        f"config.data or config; known keys: {', '.join(known)}")
+    old = section[key]
+    try:
+      if isinstance(old, bool):
+        value = {"true": True, "false": False}[raw.lower()]
+      else:
+        value = type(old)(raw) if isinstance(old, (int, float, str)) else None
+    except (KeyError, ValueError):
+      value = None
+    if value is None:
+      raise ConfigError(f"--config {file}:{arg}: {key} = {raw!r} is not of type "
+                        f"{type(old).__name__}, as its default {old!r} is")
+    section[key] = value
+  return config
 
 
 def saved_config(text: str) -> ml_collections.ConfigDict:

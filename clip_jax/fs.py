@@ -24,13 +24,14 @@ Object storage is not a disk, and the differences show up here:
 
 from __future__ import annotations
 
+import glob as glob_lib
 import os
 import posixpath
 import re
 import shutil
 import tempfile
 import time
-from typing import TextIO, Union
+from typing import BinaryIO, TextIO, Union
 
 from etils import epath
 
@@ -98,6 +99,44 @@ def makedirs(path: PathLike) -> None:
 def remove(path: PathLike) -> None:
   """Deletes the file `path`."""
   _epath(path).unlink()
+
+
+def open_read(path: PathLike) -> BinaryIO:
+  """File `path` opened for binary reading (seekable; on object storage each read past the
+  buffer is a ranged request)."""
+  return _epath(path).open("rb")
+
+
+def read_bytes(path: PathLike, offset: int = 0, size: int = -1) -> bytes:
+  """`size` bytes of file `path` from `offset` (-1: to the end); fewer where the file ends
+  sooner."""
+  with open_read(path) as f:
+    if offset:
+      f.seek(offset)
+    return f.read(size)
+
+
+def size_and_mtime(path: PathLike) -> tuple[int, float]:
+  """(bytes, modification time in seconds) of file `path`.
+
+  Raises:
+    FileNotFoundError: there is no such file.
+  """
+  if not is_remote(path):  # os.stat: epath's local mtime is whole seconds
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns / 1e9
+  st = _epath(path).stat()
+  return int(st.length), float(st.mtime)
+
+
+def glob(pattern: PathLike) -> list[str]:
+  """The paths matching a glob `pattern` (*, ?, [...]), sorted. On object storage only the last
+  path component may hold wildcards."""
+  pattern = os.fspath(pattern)
+  if not is_remote(pattern):
+    return sorted(glob_lib.glob(pattern))
+  folder, name = pattern.rsplit("/", 1)
+  return sorted(str(p) for p in _epath(folder).glob(name))
 
 
 def read_text(path: PathLike) -> str:

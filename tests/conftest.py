@@ -35,7 +35,9 @@ assert jax.device_count() == 8, (
     "tests/conftest.py set XLA_FLAGS?")
 
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -102,3 +104,33 @@ def _reference_wheel(distribution: str, env_var: str, parity_missing) -> pathlib
   if not wheels or not os.path.exists(wheels[-1]):
     parity_missing(f"the {distribution} wheel in .whl/")
   return pathlib.Path(wheels[-1])
+
+
+# Users' own data (tests/data/test_table.py, test_webdataset.py, test_pack.py,
+# tests/training/test_own_data.py).
+PHOTO_SIZES = ((24, 16), (16, 24), (20, 20))  # (width, height): landscape, portrait, square
+
+
+def write_photos(folder: pathlib.Path, count: int = 12) -> pathlib.Path:
+  """Writes `count` small images to <folder>/imgs (i.png for even i, i.jpg for odd i; each
+  size of PHOTO_SIZES in turn; image i a distinct colour) and the table <folder>/train.csv
+  (columns filepath, title) listing them by path relative to the table, caption "photo number
+  i"; returns the table's path."""
+  (folder / "imgs").mkdir(parents=True)
+  lines = ["filepath,title"]
+  for i in range(count):
+    w, h = PHOTO_SIZES[i % len(PHOTO_SIZES)]
+    name = f"imgs/{i}.{'jpg' if i % 2 else 'png'}"
+    pixels = np.zeros((h, w, 3), np.uint8)
+    pixels[...] = (20 * i, 255 - 20 * i, 60 + 10 * i)
+    Image.fromarray(pixels).save(folder / name)
+    lines.append(f"{name},photo number {i}")
+  table = folder / "train.csv"
+  table.write_text("\n".join(lines) + "\n")
+  return table
+
+
+@pytest.fixture
+def photo_table(tmp_path) -> pathlib.Path:
+  """`write_photos(tmp_path / "data")`: 12 images and their table train.csv."""
+  return write_photos(tmp_path / "data")

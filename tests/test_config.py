@@ -26,9 +26,10 @@ def _demo():
 
 
 def documented_specs(path):
-  """`path`, plus "path:arg" for every variant `<file name>:arg` that the file's text mentions."""
+  """`path`, plus "path:arg" for every variant `<file name>:arg` that the file's text mentions
+  (an arg may be key=value pairs: "csv.py:path=data/train.csv,eval_path=data/val.csv")."""
   with open(path) as f:
-    args = re.findall(rf"\b{re.escape(os.path.basename(path))}:(\w+)", f.read())
+    args = re.findall(rf"\b{re.escape(os.path.basename(path))}:(\w[\w=.,/{{}}*-]*)", f.read())
   return [path] + [f"{path}:{arg}" for arg in sorted(set(args))]
 
 
@@ -277,3 +278,14 @@ def test_saved_config_of_an_earlier_run_validates():
   config = saved_config(json.dumps(fields))
   assert "debug_nan_steps" not in config and "debug_signal" not in config
   validate_config(with_defaults(config), num_devices=8)
+
+
+def test_config_file_arg_sets_data_and_top_level_fields():
+  spec = os.path.join(ROOT, "configs", "custom", "webdataset.py")
+  config = load_config_file(f"{spec}:train_shards=/d/s-{{0,1}}.tar,batch_size=8,eval_shards=/e.tar")
+  assert (config.data.train_shards, config.batch_size) == ("/d/s-{0,1}.tar", 8)
+  assert config.evals.heldout.split == "heldout"  # eval_shards switches the retrieval eval on
+  with pytest.raises(ConfigError, match=r"'shards=x' is not key=value for a field.*train_shards"):
+    load_config_file(f"{spec}:shards=x")
+  with pytest.raises(ConfigError, match=r"batch_size = 'many' is not of type int, as its default 256 is"):
+    load_config_file(f"{spec}:batch_size=many")

@@ -10,16 +10,19 @@
     eval_set = load_eval_split(config.data, split="heldout")
     clip = load_tokenizer("clip_bpe", context_length=77)  # no config: CLIP's BPE, as open_clip
 
-Sources ("emoji", "fashion_mnist", "synthetic") register in `SOURCES`; `config.data.name` selects
-one. Tokenizers ("bpe", "bytes", "clip_bpe", "sentencepiece", "tokenizer_json") register in `TOKENIZERS`;
-`config.data.tokenizer.name` selects one.
+Sources ("emoji", "fashion_mnist", "synthetic", and the users' own files: "csv", "webdataset")
+register in `SOURCES`; `config.data.name` selects one. Tokenizers ("bpe", "bytes", "clip_bpe",
+"sentencepiece", "tokenizer_json") register in `TOKENIZERS`; `config.data.tokenizer.name`
+selects one.
 """
 
 from clip_jax.data import emoji  # noqa: F401  (registers "emoji")
 from clip_jax.data import fashion_mnist  # noqa: F401  (registers "fashion_mnist")
 from clip_jax.data import spm_tokenizer  # noqa: F401  (registers "sentencepiece")
 from clip_jax.data import synthetic  # noqa: F401  (registers "synthetic")
+from clip_jax.data import table  # noqa: F401  (registers "csv")
 from clip_jax.data import tokenizer_json  # noqa: F401  (registers "tokenizer_json")
+from clip_jax.data import webdataset  # noqa: F401  (registers "webdataset")
 from clip_jax.data.cache import DataDownloadError, resolve_cache_dir
 from clip_jax.data.pipeline import (TrainIterator, load_eval_split, make_train_iterator,
                                     train_batch_spec)

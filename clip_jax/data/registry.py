@@ -171,6 +171,12 @@ class DataSource(abc.ABC):
     """The names `eval_split` accepts."""
 
   @property
+  def skipped(self) -> dict[str, int]:
+    """Samples skipped as bad input so far, reason -> count, cumulative (the training loop logs
+    them as `data/skipped/<reason>`); empty for a source that reads no users' files."""
+    return {}
+
+  @property
   def view_names(self) -> tuple[str, ...]:
     """The extra image views `train_view` renders (none unless a source overrides this)."""
     return ()

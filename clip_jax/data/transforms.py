@@ -37,7 +37,8 @@ from PIL import Image, ImageOps
 _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 
 
-def decode_image(data: bytes | str | os.PathLike, image_size: int) -> np.ndarray:
+def decode_image(data: bytes | str | os.PathLike, image_size: int, *,
+                 crop: str = "none") -> np.ndarray:
   """Decodes an image file (PNG, JPEG, TIFF, WebP, GIF, BMP, ...) to RGB at `image_size` square.
 
   The EXIF orientation is applied, high-bit-depth samples are scaled to 8 bits and transparency
@@ -47,17 +48,42 @@ def decode_image(data: bytes | str | os.PathLike, image_size: int) -> np.ndarray
   Args:
     data: the encoded bytes or a file path.
     image_size: output height and width in pixels.
+    crop: "none" resizes the whole image to the square (a non-square one is stretched: the demo
+      sources' square art); "center" resizes the shorter side to `image_size`, keeping the
+      aspect ratio, and cuts the central square (CLIP's evaluation preprocessing; the users'
+      photos, `center_crop`).
 
   Returns:
     uint8 [image_size, image_size, 3].
+
+  Raises:
+    OSError: (PIL.UnidentifiedImageError among them) the data is not a readable image, or is
+      truncated. ValueError: an unknown `crop`.
   """
+  if crop not in ("none", "center"):
+    raise ValueError(f"crop = {crop!r}; expected 'none' or 'center'")
   source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else Path(data)
   with Image.open(source) as img:
     ImageOps.exif_transpose(img, in_place=True)
     rgb = _to_rgb(img)
-  if rgb.size != (image_size, image_size):
+  if crop == "center":
+    rgb = center_crop(rgb, image_size)
+  elif rgb.size != (image_size, image_size):
     rgb = rgb.resize((image_size, image_size), Image.Resampling.LANCZOS)
   return np.asarray(rgb, dtype=np.uint8)
+
+
+def center_crop(img: Image.Image, image_size: int) -> Image.Image:
+  """Resizes `img` (Lanczos) so that its shorter side is `image_size`, the longer one
+  round(longer * image_size / shorter), and returns the central `image_size` square (for an odd
+  excess the extra column or row is cut on the right or bottom)."""
+  w, h = img.size
+  scale = image_size / min(w, h)
+  size = (max(image_size, round(w * scale)), max(image_size, round(h * scale)))
+  if size != (w, h):
+    img = img.resize(size, Image.Resampling.LANCZOS)
+  left, top = (size[0] - image_size) // 2, (size[1] - image_size) // 2
+  return img.crop((left, top, left + image_size, top + image_size))
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -110,8 +110,9 @@ class _Run:
     return step % every == 0 or step == self.trainer.config.total_steps
 
   def log_step(self, step: int, metrics: dict[str, jax.Array]) -> None:
-    """Every `log_every_steps`: the step's metrics and the training examples per second since
-    the last logged step to metrics.jsonl and the progress bar."""
+    """Every `log_every_steps`: the step's metrics, the training examples per second since
+    the last logged step and the source's skipped samples (`data/skipped/<reason>`, cumulative,
+    as this process saw them) to metrics.jsonl and the progress bar."""
     config = self.trainer.config
     if not self.due(step, config.log_every_steps):
       self.bar.update(step, None)
@@ -121,6 +122,7 @@ class _Run:
     values["examples_per_sec"] = ((step - self.last_step) * config.batch_size
                                   / max(now - self.last_time, 1e-9))
     self.last_time, self.last_step = now, step
+    values.update((f"data/skipped/{k}", v) for k, v in self.data_iter.source.skipped.items())
     self.writer.write(step, values)
     self.bar.update(step, values)
 

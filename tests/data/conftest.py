@@ -3,6 +3,7 @@ of open_clip's tokenizer."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -114,3 +115,21 @@ def spm_model_path(tmp_path_factory) -> str:
   """A small unigram SentencePiece model fitted on `SPM_CAPTIONS` (ids 0 pad, 1 EOS, 2 unknown)."""
   path = tmp_path_factory.mktemp("spm") / "captions.model"
   return str(fit_sentencepiece(SPM_CAPTIONS, vocab_size=64, path=path))
+
+
+@pytest.fixture
+def file_config(tmp_path):
+  """`file_config(**data)`: a run config (batch 4, seed 3) over a file source ("csv" or
+  "webdataset": `data` holds its name and fields), 8 px images, the bytes tokenizer and a cache
+  in tmp_path."""
+  return functools.partial(_file_config, tmp_path / "cache")
+
+
+def _file_config(cache_dir: Path, **data) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 3
+  config.batch_size = 4
+  config.data = ml_collections.ConfigDict(dict(
+      cache_dir=str(cache_dir), image_size=8, max_len=20,
+      tokenizer=ml_collections.ConfigDict(dict(name="bytes")), **data))
+  return config

@@ -8,8 +8,8 @@ import os
 import pytest
 
 from clip_jax.config import load_config_file
-from clip_jax.data import (make_tokenizer, make_train_iterator, registry as data_registry,
-                           synthetic, train_batch_spec)
+from clip_jax.data import (make_tokenizer, make_train_iterator, pack, registry as data_registry,
+                           synthetic, table, train_batch_spec)
 from clip_jax.registry import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,6 +25,14 @@ def test_spec_is_the_shape_of_a_real_batch(path, request):
   if config.data.name == "fashion_mnist":  # a fresh cache, a few of the training images
     config.data.cache_dir = str(request.getfixturevalue("tmp_path"))
     config.data.num_train = 16
+  if config.data.name in ("csv", "webdataset"):  # 12 small images (tests/conftest.py)
+    table_path = str(request.getfixturevalue("photo_table"))
+    config.data.cache_dir = os.path.join(os.path.dirname(table_path), "cache")
+    if config.data.name == "csv":
+      config.data.path = table_path
+    else:
+      samples, _ = table.read_table(table_path, "filepath", "title")
+      config.data.train_shards = pack.write_shards(samples, config.data.cache_dir, 5)[0][0]
   config.batch_size = 4 * config.data.get("captions_per_example", 1)  # a few examples suffice
   spec = train_batch_spec(config)
   batch = next(make_train_iterator(config, make_tokenizer(config.data)))
@@ -34,7 +42,8 @@ def test_spec_is_the_shape_of_a_real_batch(path, request):
 
 def test_config_files_cover_every_source_views_and_captions():
   configs = [load_config_file(p).data for p in CONFIG_FILES]
-  assert {c.name for c in configs} == {"emoji", "fashion_mnist", "synthetic"}
+  assert {c.name for c in configs} == {"csv", "emoji", "fashion_mnist", "synthetic",
+                                       "webdataset"}
   assert any(c.get("extra_views", ()) for c in configs)
   assert any(c.get("captions_per_example", 1) > 1 for c in configs)
 
