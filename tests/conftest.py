@@ -15,6 +15,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import zipfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
@@ -38,6 +39,8 @@ assert jax.device_count() == 8, (
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from clip_jax.data.tokenizer import CLIP_MERGES_FILE  # noqa: E402
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -134,3 +137,21 @@ def write_photos(folder: pathlib.Path, count: int = 12) -> pathlib.Path:
 def photo_table(tmp_path) -> pathlib.Path:
   """`write_photos(tmp_path / "data")`: 12 images and their table train.csv."""
   return write_photos(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def open_clip_dir(open_clip_wheel, tmp_path_factory) -> pathlib.Path:
+  """A folder `open_clip/` holding the wheel's tokenizer.py and CLIP's merges file (not
+  installed: importing the open_clip package needs torchvision)."""
+  folder = tmp_path_factory.mktemp("open_clip_files") / "open_clip"
+  folder.mkdir()
+  with zipfile.ZipFile(open_clip_wheel) as wheel:
+    for name in ("tokenizer.py", CLIP_MERGES_FILE):
+      (folder / name).write_bytes(wheel.read(f"open_clip/{name}"))
+  return folder
+
+
+@pytest.fixture(scope="session")
+def clip_merges_path(open_clip_dir) -> str:
+  """CLIP's bpe_simple_vocab_16e6.txt.gz, from the open_clip_torch wheel."""
+  return str(open_clip_dir / CLIP_MERGES_FILE)

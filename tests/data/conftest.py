@@ -7,13 +7,12 @@ import functools
 import importlib.util
 import os
 import shutil
-import zipfile
 from pathlib import Path
 
 import ml_collections
 import pytest
 
-from clip_jax.data import cache, emoji, tokenizer
+from clip_jax.data import cache, emoji
 from clip_jax.data.spm_tokenizer import fit_sentencepiece
 
 
@@ -73,24 +72,6 @@ def emoji_config(emoji_cache_dir) -> ml_collections.ConfigDict:
   config.data.cache_dir = str(emoji_cache_dir)
   config.batch_size = 64
   return config
-
-
-@pytest.fixture(scope="session")
-def open_clip_dir(open_clip_wheel, tmp_path_factory) -> Path:
-  """A folder `open_clip/` holding the wheel's tokenizer.py and CLIP's merges file (not
-  installed: importing the open_clip package needs torchvision)."""
-  folder = tmp_path_factory.mktemp("open_clip_files") / "open_clip"
-  folder.mkdir()
-  with zipfile.ZipFile(open_clip_wheel) as wheel:
-    for name in ("tokenizer.py", tokenizer.CLIP_MERGES_FILE):
-      (folder / name).write_bytes(wheel.read(f"open_clip/{name}"))
-  return folder
-
-
-@pytest.fixture(scope="session")
-def clip_merges_path(open_clip_dir) -> str:
-  """CLIP's bpe_simple_vocab_16e6.txt.gz, from the open_clip_torch wheel."""
-  return str(open_clip_dir / tokenizer.CLIP_MERGES_FILE)
 
 
 @pytest.fixture(scope="session")

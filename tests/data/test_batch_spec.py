@@ -33,6 +33,8 @@ def test_spec_is_the_shape_of_a_real_batch(path, request):
     else:
       samples, _ = table.read_table(table_path, "filepath", "title")
       config.data.train_shards = pack.write_shards(samples, config.data.cache_dir, 5)[0][0]
+  if config.data.tokenizer.name == "clip_bpe":  # CLIP's merges file from the open_clip wheel
+    config.data.tokenizer.merges_path = request.getfixturevalue("clip_merges_path")
   config.batch_size = 4 * config.data.get("captions_per_example", 1)  # a few examples suffice
   spec = train_batch_spec(config)
   batch = next(make_train_iterator(config, make_tokenizer(config.data)))
