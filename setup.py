@@ -36,6 +36,9 @@ setup(
         # TensorBoard event files of every metric (clip_jax/tensorboard.py): a maintained writer
         # that needs neither TensorFlow nor the tensorboard package.
         "tensorboardX>=2.6",
+        # Training batches are built ahead in background threads by grain, the maintained loader
+        # MaxText uses (clip_jax/data/pipeline.py); 0.2.18 is the version the tests ran on.
+        "grain>=0.2.18",
     ],
     extras_require={
         "gcs": ["gcsfs>=2024.2"],
