@@ -95,7 +95,8 @@ class EvalSet:
   """A fixed evaluation split.
 
   Attributes:
-    images: float32 [N, H, W, 3] in [-1, 1].
+    images: float32 [N, H, W, 3] in [-1, 1] (`load_eval_split` renormalises them when
+      config.data.preprocess.normalize asks for another mapping).
     texts: M texts.
     text_image: int32 [M], the index into `images` of the image each text describes.
     labels: label name (e.g. "category") -> (int32 [N] class index of each image, or -1 for an
