@@ -44,6 +44,9 @@ setup(
         "scikit-learn>=1.3",
         # Shard patterns of the "webdataset" source ("shard-{00000..00127}.tar").
         "braceexpand>=0.1.7",
+        # Training batches are built ahead in background threads by grain, the maintained loader
+        # MaxText uses (clip_jax/data/pipeline.py); 0.2.18 is the version the tests ran on.
+        "grain>=0.2.18",
     ],
     extras_require={
         "gcs": ["gcsfs>=2024.2"],

@@ -5,15 +5,18 @@
     spec = train_batch_spec(config)  # {"image": ShapeDtypeStruct [B, H, W, 3] float32, ...}
     tokenizer = make_tokenizer(config.data)
     it = make_train_iterator(config, tokenizer, jax.process_index(), jax.process_count())
-    batch = next(it)  # {"image": f32 [b, H, W, 3] in [-1, 1], "text": i32 [b, max_len]}
+    batch = next(it)  # {"image": f32 [b, H, W, 3], "text": i32 [b, max_len]}; built ahead
     state = it.get_state(); it.set_state(state)
-    eval_set = load_eval_split(config.data, split="heldout")
+    it.close()  # stops the background threads
+    eval_set = load_eval_split(config.data, split="heldout")  # images normalised as `batch`
     clip = load_tokenizer("clip_bpe", context_length=77)  # no config: CLIP's BPE, as open_clip
 
 Sources ("emoji", "fashion_mnist", "synthetic", and the users' own files: "csv", "webdataset")
 register in `SOURCES`; `config.data.name` selects one. Tokenizers ("bpe", "bytes", "clip_bpe",
 "sentencepiece", "tokenizer_json") register in `TOKENIZERS`; `config.data.tokenizer.name`
 selects one.
+Images are float32 in [-1, 1] unless `config.data.preprocess.normalize` says otherwise
+(`clip_jax.data.preprocess`, which also does the random resized crop and flip).
 """
 
 from clip_jax.data import emoji  # noqa: F401  (registers "emoji")

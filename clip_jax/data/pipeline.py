@@ -6,7 +6,11 @@ n >= B (the remainder of each epoch's shuffle is dropped, so no global batch hol
 and L = n when B > n (then batches run across epoch boundaries). Position s lies in epoch
 e = s // L at offset i = s % L and shows unit perm_e[i], where perm_e is a permutation of [0, n)
 fixed by (config.seed, e) alone. The draws that pick a unit's image and caption, and the
-augmentation shifts, are fixed by (config.seed, e, i) alone as well.
+augmentation shifts, crops and flips, are fixed by (config.seed, e, i) alone as well.
+
+The shuffle is memory-flat: perm_e[i] is computed for the positions of a batch only
+(`epoch_permutation`: a keyed Feistel network with cycle-walking), so building the iterator and
+a batch takes O(batch) memory and time whatever n; no permutation of all n units is ever held.
 
 Global batch k covers positions [k * B, (k + 1) * B). Process p of P builds only its slice
 [k * B + p * b, k * B + (p + 1) * b), b = B / P: it never renders, decodes or tokenises another
@@ -27,22 +31,37 @@ batch is the same for any process count.
 
 Extra views (`config.data.extra_views`, e.g. ("sketch",)): every training row also carries each
 named view of its unit, rendered by the source's `train_view`, under the view's name, as float32
-[b, H, W, 3] like "image"; with `augment`, a row's views get the same shift as its image.
+[b, H, W, 3] like "image"; a row's views get the same crop, flip and shift as its image.
+
+Images, views alike, go: the source's uint8 [b, S, S, 3] -> random resized crop and flip
+(`config.data.preprocess`, `clip_jax.data.preprocess`) -> whole-pixel shift (`augment`) -> float32
+by `config.data.preprocess.normalize`. With no `preprocess` section that is the plain mapping
+0 -> -1, 255 -> 1; `load_eval_split` normalises evaluation images the same way.
 
 All randomness comes from a SplitMix64 hash of (seed, epoch, stream, offset), not from a NumPy
 generator, so the stream does not change across NumPy versions. The iterator's state is the index
 k of the next global batch (plus fields that identify the stream, checked on restore); it holds
 no process index, so a run can resume on another number of processes.
+
+Background building (`config.data.num_threads`, `config.data.prefetch`): `next()` reads the
+batches from a grain `MapDataset` over the global batch index k (element k = `batch(k)`), whose
+iterator builds the next `prefetch` batches in `num_threads` threads while the caller runs the
+current step (0 threads: each batch is built inside `next()`). Grain only schedules the work: the
+position is still our own k, and `set_state` restarts the prefetching at the restored k, so the
+batches are the same with or without threads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Iterator, Sequence
 
+import grain
 import jax
 import numpy as np
 
 from clip_jax import schema
+from clip_jax.data import preprocess as preprocess_lib
 from clip_jax.data import registry as data_registry
 from clip_jax.data import transforms
 from clip_jax.data.registry import DataSource, EvalSet, PipelineFields, SourceFields
@@ -60,6 +79,10 @@ _STREAM_IMAGE_DRAW = 1
 _STREAM_CAPTION_DRAW = 2
 _STREAM_SHIFT_Y = 3
 _STREAM_SHIFT_X = 4
+_STREAM_CROP = (5, 6, 7, 8)  # a crop box's area, ratio, x and y numbers (preprocess.crop_boxes)
+_STREAM_FLIP = 9
+_FEISTEL_ROUNDS = 6  # the halves differ by a bit when n's bit count is odd: a few extra rounds
+_BATCH_INDEX_END = 1 << 62  # the grain dataset of batch indices is [step, this): endless in effect
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -84,18 +107,47 @@ def stream_uniform(seed: int, epoch: int, stream: int, offsets: np.ndarray) -> n
   return (stream_hash(seed, epoch, stream, offsets) >> _U64(11)).astype(np.float64) * 2.0 ** -53
 
 
-def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-  """int64 [n]: the order in which epoch `epoch` visits units [0, n)."""
-  return np.argsort(stream_hash(seed, epoch, _STREAM_PERMUTATION, np.arange(n)), kind="stable")
+def _feistel(x: np.ndarray, keys: np.ndarray, bits: int) -> np.ndarray:
+  """A bijection of [0, 2**bits) applied to uint64 `x` [k]: a Feistel network on the high
+  bits // 2 and low bits - bits // 2 bits of x, one round per key. A round maps (a, b) to
+  (b, a ^ F(b)), F(b) = SplitMix64(b ^ key) cut to a's width, which is undone by the same XOR, so
+  each round (and the network) is a bijection whatever F; the halves swap widths every round."""
+  a_bits = bits // 2
+  b_bits = bits - a_bits
+  a, b = x >> _U64(b_bits), x & _U64((1 << b_bits) - 1)
+  for key in keys:
+    a, b = b, a ^ (_splitmix64(b ^ key) & _U64((1 << a_bits) - 1))
+    a_bits, b_bits = b_bits, a_bits
+  return (a << _U64(b_bits)) | b
+
+
+def epoch_permutation(seed: int, epoch: int, n: int, offsets: np.ndarray) -> np.ndarray:
+  """int64 [k]: perm_e[offsets], the units at `offsets` (int [k] in [0, n)) of epoch `epoch`.
+
+  perm_e is a pseudo-random bijection of [0, n) fixed by (seed, epoch), evaluated at the given
+  offsets only (O(k) memory and time, whatever n): a Feistel network keyed by
+  `stream_hash(seed, epoch, 0, round)` permutes [0, 2**m), 2**m the smallest power of two >= n,
+  and cycle-walking (applying it again to a result >= n, until one is < n) restricts it to
+  [0, n). Since 2**m < 2n, a walk takes fewer than 2 applications on average.
+  """
+  bits = max(int(n) - 1, 0).bit_length()
+  keys = stream_hash(seed, epoch, _STREAM_PERMUTATION, np.arange(_FEISTEL_ROUNDS))
+  out = _feistel(np.asarray(offsets, np.uint64), keys, bits)
+  walk = np.flatnonzero(out >= _U64(n))
+  while walk.size:
+    out[walk] = _feistel(out[walk], keys, bits)
+    walk = walk[out[walk] >= _U64(n)]
+  return out.astype(np.int64)
 
 
 class TrainIterator(Iterator[dict[str, np.ndarray]]):
   """Infinite iterator of this process's slices of the global training batches.
 
-  Each item is {"image": float32 [b, H, W, 3] in [-1, 1], "text": int32 [b, max_len]} with
+  Each item is {"image": float32 [b, H, W, 3], "text": int32 [b, max_len]} with
   b = global_batch_size // process_count, plus float32 [b, H, W, 3] under the name of every extra
-  view, and "instance_id": int32 [b] when captions_per_example > 1. See the module docstring for
-  the order.
+  view, and "instance_id": int32 [b] when captions_per_example > 1. Images are in [-1, 1] with
+  the default normalisation (`preprocess.normalize`). See the module docstring for the order.
+  `batch(k)` builds any batch directly; `next()` reads them through grain (module docstring).
 
   Args:
     source: the data source.
@@ -106,12 +158,18 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
     augment: random whole-pixel shifts of the images (config.data.augment).
     extra_views: names of the source's extra views to add (config.data.extra_views).
     captions_per_example: c, the rows per unit (config.data.captions_per_example); B % c == 0.
+    preprocess: crop, flip and normalisation (config.data.preprocess); None = the defaults.
+    num_threads: threads that build the next batches in the background (config.data.num_threads;
+      0 = build each batch in `next()`).
+    prefetch: batches built ahead when num_threads > 0 (config.data.prefetch).
   """
 
   def __init__(self, source: DataSource, tokenizer: Tokenizer, *, global_batch_size: int,
                seed: int, process_index: int = 0, process_count: int = 1,
                augment: bool = False, extra_views: Sequence[str] = (),
-               captions_per_example: int = 1):
+               captions_per_example: int = 1,
+               preprocess: preprocess_lib.PreprocessFields | None = None,
+               num_threads: int = 0, prefetch: int = 2):
     if process_count < 1 or not 0 <= process_index < process_count:
       raise ValueError(f"process_index = {process_index} must lie in [0, process_count = "
                        f"{process_count})")
@@ -139,22 +197,18 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
     self.process_count = process_count
     self.batch_size = global_batch_size // process_count
     self.augment = augment
+    self.preprocess = preprocess_lib.parse(preprocess)
+    self.num_threads = schema.integer(low=0)(num_threads, "config.data.num_threads")
+    self.prefetch = schema.integer(low=1)(prefetch, "config.data.prefetch")
     n, u = source.num_train, self.units_per_batch
     self.epoch_length = n if n < u else (n // u) * u
     self.step = 0
-    self._perms: dict[int, np.ndarray] = {}
+    self._reader: grain.DatasetIterator | None = None  # grain's iterator from self.step on
 
   @property
   def steps_per_epoch(self) -> float:
     """Global batches per epoch (a fraction when the batch is larger than the data)."""
     return self.epoch_length / self.units_per_batch
-
-  def _permutation(self, epoch: int) -> np.ndarray:
-    if epoch not in self._perms:
-      if len(self._perms) >= 4:
-        self._perms.pop(min(self._perms))
-      self._perms[epoch] = epoch_permutation(self.seed, epoch, self.source.num_train)
-    return self._perms[epoch]
 
   def _rows(self, step: int) -> np.ndarray:
     """int64 [b]: the row indices of this process's slice within global batch `step`."""
@@ -178,7 +232,7 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
     units = np.empty_like(pos)
     for e in np.unique(epochs).tolist():
       m = epochs == e
-      units[m] = self._permutation(e)[offsets[m]]
+      units[m] = epoch_permutation(self.seed, e, self.source.num_train, offsets[m])
     return units, epochs, offsets
 
   def _uniform(self, stream: int, epochs: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -210,17 +264,29 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
     for view in self.extra_views:
       views[view] = np.asarray(self.source.train_view(view, units, draws))
       self._check_images(views[view], len(units), f"{view!r} view images")
+    # Each row (position and copy) has its own crop, flip and shift; its views share them.
+    rows = offsets * c + copies
+    pre = self.preprocess
+    if pre.crop_scale is not None:
+      boxes = preprocess_lib.crop_boxes(
+          np.stack([self._uniform(s, epochs, rows) for s in _STREAM_CROP], axis=1),
+          self.source.image_size, pre.crop_scale, pre.crop_ratio)
+      images = preprocess_lib.resized_crop(images, boxes)
+      views = {k: preprocess_lib.resized_crop(v, boxes) for k, v in views.items()}
+    if pre.flip:
+      mirror = self._uniform(_STREAM_FLIP, epochs, rows) < 0.5
+      images = preprocess_lib.flip(images, mirror)
+      views = {k: preprocess_lib.flip(v, mirror) for k, v in views.items()}
     if self.augment:
-      # Each row (position and copy) has its own shift; a row's views share its image's shift.
-      rows = offsets * c + copies
       m = transforms.max_augment_shift(self.source.image_size)
       shifts = np.stack([
           np.floor(self._uniform(s, epochs, rows) * (2 * m + 1)).astype(np.int64) - m
           for s in (_STREAM_SHIFT_Y, _STREAM_SHIFT_X)], axis=1)
       images = transforms.random_shift(images, shifts)
       views = {k: transforms.random_shift(v, shifts) for k, v in views.items()}
-    out = {"image": transforms.to_float(images), "text": self.tokenizer.encode(captions)}
-    out.update((k, transforms.to_float(v)) for k, v in views.items())
+    out = {"image": preprocess_lib.to_model_input(images, pre.normalize),
+           "text": self.tokenizer.encode(captions)}
+    out.update((k, preprocess_lib.to_model_input(v, pre.normalize)) for k, v in views.items())
     if c > 1:
       out[INSTANCE_ID_KEY] = units.astype(np.int32)
     return out
@@ -229,9 +295,23 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    out = self.batch(self.step)
+    """`batch(self.step)`, read through grain (built ahead in the background when num_threads
+    > 0); moves to the next step."""
+    if self._reader is None:
+      batches = grain.MapDataset.range(self.step, _BATCH_INDEX_END).map(self.batch)
+      threads = self.num_threads
+      self._reader = iter(batches.to_iter_dataset(grain.ReadOptions(
+          num_threads=threads, prefetch_buffer_size=self.prefetch if threads else 0)))
+    out = next(self._reader)
     self.step += 1
     return out
+
+  def close(self) -> None:
+    """Stops the background building (the batches built ahead are dropped); a later `next()`
+    starts it again at `self.step`."""
+    if self._reader is not None:
+      self._reader.close()
+      self._reader = None
 
   def get_state(self) -> dict[str, Any]:
     """The position in the stream: JSON-serialisable ints and strings.
@@ -275,6 +355,7 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
     step = state.get("step")
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
       raise ValueError(f"data iterator state has an invalid step {step!r}")
+    self.close()
     self.step = int(step)
 
 
@@ -355,8 +436,8 @@ def make_train_iterator(config: Any, tokenizer: Tokenizer, process_index: int = 
       jax.process_count()).
 
   Config fields read: config.batch_size, config.seed, config.data.{augment (default False),
-  extra_views (default ()), captions_per_example (default 1), max_len, image_size} and the
-  source's fields.
+  extra_views (default ()), captions_per_example (default 1), preprocess (default: none),
+  num_threads (default 2), prefetch (default 2), max_len, image_size} and the source's fields.
 
   Returns:
     A `TrainIterator` whose items are this process's slices ([config.batch_size // process_count]
@@ -379,9 +460,22 @@ def make_train_iterator(config: Any, tokenizer: Tokenizer, process_index: int = 
   return TrainIterator(source, tokenizer, global_batch_size=batch_size, seed=seed,
                        process_index=process_index, process_count=process_count,
                        augment=data.augment, extra_views=extra_views,
-                       captions_per_example=data.captions_per_example)
+                       captions_per_example=data.captions_per_example,
+                       preprocess=data.preprocess, num_threads=data.num_threads,
+                       prefetch=data.prefetch)
 
 
 def load_eval_split(data_config: Any, split: str = "heldout") -> EvalSet:
-  """The evaluation split `split` of the source named by `config.data.name`."""
-  return data_registry.build_source(data_config).eval_split(split)
+  """The evaluation split `split` of the source named by `config.data.name`, its images
+  normalised as the training images are (`config.data.preprocess.normalize`; crops and flips are
+  for training only).
+
+  Raises:
+    ConfigError: a bad `config.data.preprocess` field, or an unknown split (naming them).
+  """
+  normalize = preprocess_lib.parse(data_config.get("preprocess")).normalize
+  eval_set = data_registry.build_source(data_config).eval_split(split)
+  if normalize == "minus_one_one":
+    return eval_set
+  return dataclasses.replace(
+      eval_set, images=preprocess_lib.from_minus_one_one(eval_set.images, normalize))

@@ -35,6 +35,7 @@ import numpy as np
 
 from clip_jax import schema
 from clip_jax.data import cache
+from clip_jax.data import preprocess as preprocess_lib
 from clip_jax.registry import ConfigError, Registry
 
 
@@ -64,6 +65,12 @@ class PipelineFields:
     extra_views: names of the source's extra image views to add to every training batch
       (checked against the source by the pipeline).
     captions_per_example: rows per training unit (>= 1), each with another caption.
+    preprocess: the `config.data.preprocess` ConfigDict (random resized crop, flip,
+      normalisation), read as `preprocess.PreprocessFields`; missing = its defaults.
+    num_threads: background threads that build the next training batches (grain); 0 builds
+      each batch synchronously in `next()`.
+    prefetch: training batches built ahead of the one being consumed (>= 1; with num_threads
+      > 0).
   """
 
   tokenizer: Any = schema.field()
@@ -71,6 +78,9 @@ class PipelineFields:
   augment: bool = False
   extra_views: Any = ()
   captions_per_example: int = schema.field(1, schema.integer(low=1))
+  preprocess: Any = schema.field(factory=dict, check=preprocess_lib.parse)
+  num_threads: int = schema.field(2, schema.integer(0, 256))
+  prefetch: int = schema.field(2, schema.integer(1, 1024))
 
 
 PIPELINE_FIELDS = tuple(schema.defaults(PipelineFields))
@@ -85,7 +95,8 @@ class EvalSet:
   """A fixed evaluation split.
 
   Attributes:
-    images: float32 [N, H, W, 3] in [-1, 1].
+    images: float32 [N, H, W, 3] in [-1, 1] (`load_eval_split` renormalises them when
+      config.data.preprocess.normalize asks for another mapping).
     texts: M texts.
     text_image: int32 [M], the index into `images` of the image each text describes.
     labels: label name (e.g. "category") -> (int32 [N] class index of each image, or -1 for an

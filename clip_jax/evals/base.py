@@ -6,9 +6,9 @@ trainer evaluates:
 
   metrics = evaluator(embed)   # flat {"<eval_name>/<metric>": float}
 
-`embed(modality, inputs)` maps a numpy batch of one modality (images float32 [N, H, W, 3] in
-[-1, 1], or token ids int32 [N, L]) to L2-normalised embeddings float32 [N, d]; the trainer does the
-device batching and sharding. Metrics are computed on the host in numpy.
+`embed(modality, inputs)` maps a numpy batch of one modality (images float32 [N, H, W, 3] as
+`load_eval_split` normalises them, or token ids int32 [N, L]) to L2-normalised embeddings float32
+[N, d]; the trainer does the device batching and sharding. Metrics are computed on the host in numpy.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Tokenizer(Protocol):
 
 class EvalSet(Protocol):
   """What `clip_jax.data.load_eval_split` returns (only the fields the evaluators read)."""
-  images: np.ndarray  # float32 [N, H, W, 3] in [-1, 1]
+  images: np.ndarray  # float32 [N, H, W, 3], normalised as training (config.data.preprocess)
   texts: list[str]  # M captions
   text_image: np.ndarray  # int32 [M]: the image each text describes
   labels: dict[str, tuple[np.ndarray, list[str]]]  # name -> (int32 [N] class index, class names)

@@ -2,7 +2,10 @@
 
     final_metrics = train_and_evaluate(config, workdir)
 
-Every `log_every_steps` a training line goes to `<workdir>/metrics.jsonl`, every
+Every `log_every_steps` a training line goes to `<workdir>/metrics.jsonl` (the step's metrics,
+`examples_per_sec`, and `data_wait_fraction`: the seconds the loop spent blocked in
+`next(data_iter)` over the wall seconds since the previous training line, evaluation time
+excluded from both, as for `examples_per_sec`; near 0 when the background threads keep up), every
 `eval_every_steps` (and at the end) the evaluators run, every `ckpt_every_steps` (and at the end)
 a checkpoint is written. Starting again with the same workdir resumes from the latest checkpoint,
 including the data iterator's position. The workdir may be local or on object storage
@@ -95,7 +98,8 @@ def restore_or_init(trainer: Trainer, ckpt: Checkpointer,
 @dataclasses.dataclass
 class _Run:
   """What the steps of one run share: the trainer, its data, evaluators and outputs, and the
-  clock of the training throughput (`last_time`, `last_step`: the last logged step)."""
+  clock of the training throughput (`last_time`, `last_step`: the last logged step;
+  `data_wait`: seconds blocked in `next_batch` since then)."""
   trainer: Trainer
   ckpt: Checkpointer
   data_iter: TrainIterator
@@ -104,24 +108,34 @@ class _Run:
   bar: ProgressBar
   last_step: int
   last_time: float = dataclasses.field(default_factory=time.time)
+  data_wait: float = 0.0
+
+  def next_batch(self) -> dict[str, Any]:
+    """The next host batch from `data_iter`, adding the time it blocked to `data_wait`."""
+    start = time.time()
+    batch = next(self.data_iter)
+    self.data_wait += time.time() - start
+    return batch
 
   def due(self, step: int, every: int) -> bool:
     """Whether something done every `every` steps (and at the last step) is due at `step`."""
     return step % every == 0 or step == self.trainer.config.total_steps
 
   def log_step(self, step: int, metrics: dict[str, jax.Array]) -> None:
-    """Every `log_every_steps`: the step's metrics, the training examples per second since
-    the last logged step and the source's skipped samples (`data/skipped/<reason>`, cumulative,
-    as this process saw them) to metrics.jsonl and the progress bar."""
+    """Every `log_every_steps`: the step's metrics, the training examples per second and the
+    fraction of that time spent waiting for data since the last logged step, and the source's
+    skipped samples (`data/skipped/<reason>`, cumulative, as this process saw them) to
+    metrics.jsonl and the progress bar."""
     config = self.trainer.config
     if not self.due(step, config.log_every_steps):
       self.bar.update(step, None)
       return
     values = _scalars(metrics)
     now = time.time()
-    values["examples_per_sec"] = ((step - self.last_step) * config.batch_size
-                                  / max(now - self.last_time, 1e-9))
-    self.last_time, self.last_step = now, step
+    elapsed = max(now - self.last_time, 1e-9)
+    values["examples_per_sec"] = (step - self.last_step) * config.batch_size / elapsed
+    values["data_wait_fraction"] = self.data_wait / elapsed
+    self.last_time, self.last_step, self.data_wait = now, step, 0.0
     values.update((f"data/skipped/{k}", v) for k, v in self.data_iter.source.skipped.items())
     self.writer.write(step, values)
     self.bar.update(step, values)
@@ -173,7 +187,7 @@ def _train(run: _Run, state: state_lib.State, start: int) -> tuple[int, dict[str
   step, previous, final = start, None, {}
   with PreemptionGuard() as guard:
     while step < config.total_steps:
-      state, metrics = trainer.train_step(state, trainer.global_batch(next(run.data_iter)))
+      state, metrics = trainer.train_step(state, trainer.global_batch(run.next_batch()))
       step += 1
       if previous is not None:  # one step behind: no stall of the dispatch pipeline
         run.check_divergence(*previous)
@@ -222,6 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   try:
     step, final = _train(run, state, start)
   finally:
+    data_iter.close()
     run.bar.close()
     ckpt.close()
     run.writer.close()

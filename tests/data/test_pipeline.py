@@ -1,14 +1,19 @@
-"""Tests for clip_jax.data.pipeline: determinism, resume, per-host slices, epochs, errors."""
+"""Tests for clip_jax.data.pipeline: determinism, resume, per-host slices, epochs, the
+memory-flat shuffle, background building, errors."""
 
 from __future__ import annotations
 
 import json
+import time
+import tracemalloc
 
+import ml_collections
 import numpy as np
 import pytest
 
 from clip_jax.data import (DataSource, EvalSet, TrainIterator, make_tokenizer,
                            make_train_iterator, tokenizer as tokenizer_lib)
+from clip_jax.data.pipeline import epoch_permutation
 from clip_jax.registry import ConfigError
 
 
@@ -20,6 +25,7 @@ def _assert_batches_equal(a, b):
   assert len(a) == len(b)
   for x, y in zip(a, b, strict=True):
     assert x.keys() == y.keys() == {"image", "text"}
+    assert x["image"].dtype == y["image"].dtype
     np.testing.assert_array_equal(x["image"], y["image"])
     np.testing.assert_array_equal(x["text"], y["text"])
 
@@ -70,9 +76,12 @@ def test_state_round_trip_resumes_exactly(synthetic_config):
           np.concatenate([halves[0][k][key], halves[1][k][key]]), expected[k][key])
 
 
-@pytest.mark.parametrize("augment", [False, True])
-def test_process_slices_concatenate_to_global_batch(synthetic_config, augment):
+@pytest.mark.parametrize("augment,crop_flip", [(False, False), (True, False), (True, True)])
+def test_process_slices_concatenate_to_global_batch(synthetic_config, augment, crop_flip):
   synthetic_config.data.augment = augment
+  if crop_flip:
+    synthetic_config.data.preprocess = ml_collections.ConfigDict(dict(crop_scale=(0.5, 1.0),
+                                                                      flip=True))
   tok = make_tokenizer(synthetic_config.data)
   whole = _take(make_train_iterator(synthetic_config, tok), 5)
   for count in (2, 4):
@@ -202,3 +211,84 @@ def test_eval_set_validates_shapes():
   with pytest.raises(ValueError, match="labels"):
     EvalSet(images=np.zeros((2, 4, 4, 3)), texts=["a"], text_image=np.array([1]),
             labels={"x": (np.array([0]), ["c"])})
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 1000, 4097])
+def test_epoch_permutation_is_a_bijection_that_changes_with_epoch_and_seed(n):
+  offsets = np.arange(n)
+  orders = {(seed, epoch): epoch_permutation(seed, epoch, n, offsets)
+            for seed in (0, 5) for epoch in (0, 1, 2)}
+  for order in orders.values():
+    assert order.dtype == np.int64
+    np.testing.assert_array_equal(np.sort(order), offsets)
+  if n >= 1000:
+    assert len({o.tobytes() for o in orders.values()}) == len(orders)
+    assert not np.array_equal(orders[0, 0], offsets)
+    # Any slice of offsets gives the same units as the whole order there.
+    np.testing.assert_array_equal(epoch_permutation(5, 2, n, offsets[n // 3:n // 2]),
+                                  orders[5, 2][n // 3:n // 2])
+
+
+class IndexOnlySource(CountingSource):
+  """A source of `n` units that builds nothing: the iterator's indexing alone is measured."""
+  name = "index_only"
+
+  def train_captions(self):
+    raise AssertionError("not needed")
+
+
+def test_shuffle_memory_is_flat_in_the_number_of_units():
+  n = 100_000_000  # a full permutation of these would take 800 MB
+  tok = tokenizer_lib.ByteTokenizer(max_len=12)
+  tracemalloc.start()
+  try:
+    it = TrainIterator(IndexOnlySource(n), tok, global_batch_size=256, seed=0)
+    steps = (0, 1, 390_624, 390_625, 10_000_000)  # the last epoch-0 batch, epochs 1 and 25
+    units = [it.units(k) for k in steps]
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert peak < 1 << 20, f"peak {peak} bytes"
+  for (u, epochs, _), k in zip(units, steps, strict=True):
+    assert len(set(u.tolist())) == 256 and u.min() >= 0 and u.max() < n
+    assert set(epochs.tolist()) == {k * 256 // n}
+
+
+def test_prefetched_stream_equals_synchronous_and_builds_ahead(synthetic_config):
+  synthetic_config.data.preprocess = ml_collections.ConfigDict(dict(crop_scale=(0.5, 1.0)))
+  tok = make_tokenizer(synthetic_config.data)
+  synthetic_config.data.num_threads = 0
+  sync = make_train_iterator(synthetic_config, tok)
+  expected = _take(sync, 5)
+  _assert_batches_equal(expected, [sync.batch(k) for k in range(5)])
+  synthetic_config.data.num_threads = 2
+  synthetic_config.data.prefetch = 3
+  _assert_batches_equal(_take(make_train_iterator(synthetic_config, tok), 5), expected)
+  # The next batches are built in the background, before `next()` asks for them.
+  source = CountingSource(64)
+  for threads, built in ((0, 1), (2, 4)):
+    it = TrainIterator(source, tok, global_batch_size=8, seed=0, num_threads=threads,
+                       prefetch=3)
+    source.requested.clear()
+    next(it)
+    deadline = time.time() + 10
+    while len(source.requested) < built and time.time() < deadline:
+      time.sleep(0.01)
+    time.sleep(0.05)
+    assert len(source.requested) == built
+    it.close()
+
+
+def test_resume_with_prefetching_gives_the_next_batch(synthetic_config):
+  synthetic_config.data.num_threads = 2
+  tok = make_tokenizer(synthetic_config.data)
+  it = make_train_iterator(synthetic_config, tok)
+  _take(it, 3)
+  state = it.get_state()
+  expected = _take(it, 2)
+  fresh = make_train_iterator(synthetic_config, tok)
+  _take(fresh, 1)  # its threads are building batches 1, 2, ...
+  fresh.set_state(state)
+  _assert_batches_equal(_take(fresh, 2), expected)
+  it.close()
+  fresh.close()

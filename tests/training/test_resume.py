@@ -160,6 +160,9 @@ def test_single_nan_step_is_skipped_and_training_goes_on(tmp_path, monkeypatch):
   lines = [l for l in read_metrics(os.path.join(tmp_path, "metrics.jsonl")) if "loss" in l]
   assert np.isnan(lines[2]["loss"]) and lines[2]["skipped"] == 1
   assert np.isfinite(lines[-1]["loss"]) and lines[-1]["skipped"] == 1
+  # Every training line says what fraction of its wall time the loop waited for data.
+  assert all(0 <= l["data_wait_fraction"] <= 1 for l in lines)
+  assert 0 < sum(l["data_wait_fraction"] for l in lines) < len(lines)
   assert json.load(open(os.path.join(tmp_path, "final_metrics.json")))
 
 
