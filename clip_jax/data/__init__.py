@@ -11,10 +11,10 @@
     eval_set = load_eval_split(config.data, split="heldout")  # images normalised as `batch`
     clip = load_tokenizer("clip_bpe", context_length=77)  # no config: CLIP's BPE, as open_clip
 
-Sources ("emoji", "fashion_mnist", "synthetic", and the users' own files: "csv", "webdataset")
-register in `SOURCES`; `config.data.name` selects one. Tokenizers ("bpe", "bytes", "clip_bpe",
-"sentencepiece", "tokenizer_json") register in `TOKENIZERS`; `config.data.tokenizer.name`
-selects one.
+Sources ("emoji", "fashion_mnist", "synthetic", the users' own files: "csv", "webdataset", and
+TFDS datasets: "tfds") register in `SOURCES`; `config.data.name` selects one. Tokenizers ("bpe",
+"bytes", "clip_bpe", "sentencepiece", "tokenizer_json") register in `TOKENIZERS`;
+`config.data.tokenizer.name` selects one.
 Images are float32 in [-1, 1] unless `config.data.preprocess.normalize` says otherwise
 (`clip_jax.data.preprocess`, which also does the random resized crop and flip).
 """
@@ -24,6 +24,7 @@ from clip_jax.data import fashion_mnist  # noqa: F401  (registers "fashion_mnist
 from clip_jax.data import spm_tokenizer  # noqa: F401  (registers "sentencepiece")
 from clip_jax.data import synthetic  # noqa: F401  (registers "synthetic")
 from clip_jax.data import table  # noqa: F401  (registers "csv")
+from clip_jax.data import tfds_source  # noqa: F401  (registers "tfds")
 from clip_jax.data import tokenizer_json  # noqa: F401  (registers "tokenizer_json")
 from clip_jax.data import webdataset  # noqa: F401  (registers "webdataset")
 from clip_jax.data.cache import DataDownloadError, resolve_cache_dir

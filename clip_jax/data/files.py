@@ -39,6 +39,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import threading
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -158,7 +159,8 @@ class FileSource(DataSource):
     self.num_eval = num_eval
     self.read_skips = Skips()
     self.failed: set[int] = set()  # units whose image failed at read time
-    self.found = len(self.samples) + skips.total
+    self._lock = threading.Lock()
+    self.found = self.num_train + skips.total
     skips.check(self.found, max_skip_fraction, field)
 
   @property
@@ -179,7 +181,7 @@ class FileSource(DataSource):
     Raises:
       ConfigError: the read-time skips push the skipped share over max_skip_fraction.
     """
-    n = len(self.samples)
+    n = self.num_train
     images = np.empty((len(units), self.image_size, self.image_size, 3), np.uint8)
     captions = []
     for row, (unit, draw) in enumerate(zip(np.asarray(units).tolist(),
@@ -188,27 +190,31 @@ class FileSource(DataSource):
         u = (unit + tried) % n
         if u in self.failed:
           continue
-        image = self._decode(u)
-        if image is not None:
+        image, caps, reason, where = self.read_unit(u)
+        if reason is None:
           break
+        with self._lock:  # batches are built in several threads: count each unit once
+          if u in self.failed:
+            continue
+          self.failed.add(u)
+          self.read_skips.add(reason, where)
+        log.warning("Skipping %s (%s); training unit %d is replaced by the next one.",
+                    where, reason, u)
+        self._check_read_skips()
       else:
         self._check_read_skips()  # every unit failed: raises
       images[row] = image
-      caps = self.samples[u].captions
       captions.append(caps[data_registry.draw_index(draw, len(caps))])
     return images, captions
 
-  def _decode(self, unit: int) -> np.ndarray | None:
-    """Unit `unit`'s image, or None after counting why it failed (once per unit)."""
+  def read_unit(self, unit: int) -> tuple[np.ndarray | None, tuple[str, ...], str | None, str]:
+    """(uint8 [S, S, 3] image, captions, None, where) of training unit `unit`, or (None, (),
+    the skip reason, where) when it cannot be used; `where` names it in skip counts and
+    messages. A source whose units are not indexed `samples` overrides this (and `num_train`,
+    `train_captions`)."""
     sample = self.samples[unit]
     image, reason = read_image(sample, self.image_size)
-    if reason is not None:
-      self.failed.add(unit)
-      self.read_skips.add(reason, sample.where)
-      log.warning("Skipping %s (%s); training unit %d is replaced by the next one.",
-                  sample.where, reason, unit)
-      self._check_read_skips()
-    return image
+    return image, sample.captions, reason, sample.where
 
   def _check_read_skips(self) -> None:
     both = Skips()

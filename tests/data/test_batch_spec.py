@@ -33,6 +33,10 @@ def test_spec_is_the_shape_of_a_real_batch(path, request):
     else:
       samples, _ = table.read_table(table_path, "filepath", "title")
       config.data.train_shards = pack.write_shards(samples, config.data.cache_dir, 5)[0][0]
+  if config.data.name == "tfds":  # the tiny captions dataset (tests/data/conftest.py)
+    config.data.update(data_dir=request.getfixturevalue("tfds_data_dir"),
+                       dataset="clip_jax_tiny_captions", text_key="captions/text",
+                       max_skip_fraction=0.5, cache_dir=str(request.getfixturevalue("tmp_path")))
   if config.data.tokenizer.name == "clip_bpe":  # CLIP's merges file from the open_clip wheel
     config.data.tokenizer.merges_path = request.getfixturevalue("clip_merges_path")
   config.batch_size = 4 * config.data.get("captions_per_example", 1)  # a few examples suffice
@@ -44,7 +48,7 @@ def test_spec_is_the_shape_of_a_real_batch(path, request):
 
 def test_config_files_cover_every_source_views_and_captions():
   configs = [load_config_file(p).data for p in CONFIG_FILES]
-  assert {c.name for c in configs} == {"csv", "emoji", "fashion_mnist", "synthetic",
+  assert {c.name for c in configs} == {"csv", "emoji", "fashion_mnist", "synthetic", "tfds",
                                        "webdataset"}
   assert any(c.get("extra_views", ()) for c in configs)
   assert any(c.get("captions_per_example", 1) > 1 for c in configs)
