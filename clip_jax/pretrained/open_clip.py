@@ -8,9 +8,11 @@ keeps OpenAI's key names: "visual.*" for the image tower, "transformer.*", "toke
 the softmax loss's scale.
 
     arch = architecture("ViT-B-32")
-    params, logit_scale = to_params(read_state_dict("open_clip_model.safetensors"), arch)
-    model = make_model(arch.model_config(), arch.inputs(), rngs=nnx.Rngs(0))  # the layout
-    state_dict = from_params(params, arch, logit_scale)  # back, for open_clip
+    params, logit_scale = to_params(read_state_dict("model.safetensors"), arch)
+    # params: those of make_model(arch.model_config(), arch.inputs(), ...); and back:
+    state_dict = from_params(params, arch, logit_scale)
+
+(`clip_jax.pretrained.load` does the first two lines and builds the model.)
 
 How the layers correspond (all float32; our kernels are [in, out], torch's Linear weights
 [out, in]):
@@ -24,7 +26,9 @@ How the layers correspond (all float32; our kernels are [in, out], torch's Linea
   the first token after it, as open_clip does);
 * text pooling: open_clip takes the token with the largest id ("argmax", the EOS token 49407);
   ours, "eos", takes the last non-pad token. They are the same token for the rows of CLIP's
-  tokenizer (clip_jax's "clip_bpe"), whose EOS is always the last non-pad token;
+  tokenizer (clip_jax's "clip_bpe"), whose EOS is always the last non-pad token. Our text tower
+  also masks the trailing pads as attention keys, open_clip's does not; under the causal mask
+  no token before them attends to them anyway, so the EOS features are the same;
 * the logit scale: open_clip's `logit_scale` is log(1/T), the raw parameter t' with logits
   scaled by t = exp(t'). clip_jax's softmax loss stores its scale the same way
   (`params["loss"]["scale"]` = t', `config.loss.init_scale`), so the value carries over as it
@@ -36,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import warnings
 import zipfile
 from typing import Any, Callable, Mapping
 
@@ -89,12 +94,12 @@ class Architecture:
 
     Raises:
       ValueError naming the first option this converter does not handle (e.g. a timm or
-      ResNet image tower, attention pooling, an HF text tower, layer scale).
+      ResNet image tower, attention pooling, an HF text tower, layer scale, an MLP ratio).
     """
     vision, text = dict(config["vision_cfg"]), dict(config["text_cfg"])
     handled = ({"embed_dim", "quick_gelu", "vision_cfg", "text_cfg"},
-               {"image_size", "layers", "width", "patch_size", "head_width", "mlp_ratio"},
-               {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"})
+               {"image_size", "layers", "width", "patch_size", "head_width"},
+               {"context_length", "vocab_size", "width", "heads", "layers"})
     for where, given, known in zip(("", "vision_cfg.", "text_cfg."), (config, vision, text),
                                    handled):
       other = sorted(set(given) - known)
@@ -102,17 +107,14 @@ class Architecture:
         raise ValueError(f"open_clip config option {where}{other[0]} is not supported by the "
                          "clip_jax converter (it handles ViT image and transformer text towers "
                          "with open_clip's defaults)")
-    if vision.get("mlp_ratio", 4.0) != 4.0 or text.get("mlp_ratio", 4.0) != 4.0:
-      raise ValueError("open_clip config option mlp_ratio other than 4 is not supported by the "
-                       "clip_jax converter")
     return cls(embed_dim=config["embed_dim"], image_size=vision["image_size"],
                patch_size=vision["patch_size"], vision_width=vision["width"],
                vision_layers=vision["layers"],
                vision_heads=vision["width"] // vision.get("head_width", HEAD_WIDTH),
                text_width=text["width"], text_layers=text["layers"], text_heads=text["heads"],
                quick_gelu=bool(config.get("quick_gelu", False)),
-               context_length=text.get("context_length", 77),
-               vocab_size=text.get("vocab_size", 49408))
+               context_length=text.get("context_length", cls.context_length),
+               vocab_size=text.get("vocab_size", cls.vocab_size))
 
   def model_config(self) -> ml_collections.ConfigDict:
     """The clip_jax `config.model` of this architecture (float32, no remat)."""
@@ -196,7 +198,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise ImportError(f"reading {path!r} needs PyTorch (pip install torch); .safetensors "
                       "checkpoints need only the `safetensors` package") from e
   if _is_torchscript(path):
-    state = torch.jit.load(path, map_location="cpu").state_dict()
+    with warnings.catch_warnings():  # deprecated, but the one reader of these archives
+      warnings.simplefilter("ignore", DeprecationWarning)
+      state = torch.jit.load(path, map_location="cpu").state_dict()
   else:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if "state_dict" in state:
@@ -348,13 +352,12 @@ def to_params(state_dict: Mapping[str, Any], arch: Architecture) -> tuple[dict[s
   missing = sorted(wanted - set(state))
   # The key bias cancels in the softmax (see the module docstring).
   extra = sorted(k for k in set(state) - wanted - IGNORED_KEYS if not k.endswith("k_proj.bias"))
-  if missing or extra:
-    what = [f"missing keys {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")
-            ] * bool(missing)
-    what += [f"keys with no place in it {', '.join(extra[:5])}" + (" ..." if len(extra) > 5
-                                                                   else "")] * bool(extra)
+  problems = [f"{what} {', '.join(keys[:5])}" + (" ..." if len(keys) > 5 else "")
+              for what, keys in (("missing keys", missing), ("keys with no place in it", extra))
+              if keys]
+  if problems:
     raise ValueError(f"the checkpoint is not an open_clip model of this architecture ({arch}): "
-                     + "; ".join(what))
+                     + "; ".join(problems))
   flat = {}
   for path, key, to_ours, _ in rules:
     value = to_ours(state[key])

@@ -22,6 +22,7 @@ import json
 import pathlib
 import sys
 import types
+import warnings
 import zipfile
 
 import jax
@@ -43,23 +44,30 @@ CAPTIONS = ("a photo of a cat", "hello! a dog!! on the grass", "",
             " ".join(["a very long caption"] * 30))
 
 
+def _placeholder(attr: str) -> type:
+  """An empty class named `attr`; dunder names are missing as usual (`inspect` reads them)."""
+  if attr.startswith("__"):
+    raise AttributeError(attr)
+  return _Placeholder(attr, (), {})
+
+
 class _Placeholder(type):
   """An empty class whose every attribute is another one (`InterpolationMode.BICUBIC`)."""
 
   def __getattr__(cls, attr: str) -> type:
-    return _Placeholder(attr, (), {})
+    return _placeholder(attr)
 
 
 def _placeholder_module(name: str) -> types.ModuleType:
   module = types.ModuleType(name)
-  module.__getattr__ = lambda attr: _Placeholder(attr, (), {})  # any imported name
+  module.__getattr__ = _placeholder  # any imported name
   return module
 
 
 @pytest.fixture(scope="module")
 def open_clip_lib(open_clip_wheel, parity_missing, tmp_path_factory):
   """The open_clip package of the wheel, imported with torchvision stood in for (see the module
-  docstring); sys.modules is restored afterwards."""
+  docstring); the stand-ins and open_clip leave sys.modules afterwards."""
   try:
     import torch  # noqa: F401
   except ImportError:
@@ -67,22 +75,22 @@ def open_clip_lib(open_clip_wheel, parity_missing, tmp_path_factory):
   folder = tmp_path_factory.mktemp("open_clip_package")
   with zipfile.ZipFile(open_clip_wheel) as wheel:
     wheel.extractall(folder, [n for n in wheel.namelist() if n.startswith("open_clip/")])
-  saved = dict(sys.modules)
   stubs = {name: _placeholder_module(name) for name in TORCHVISION_STUBS}
   for name, module in stubs.items():  # each submodule an attribute of its parent
     parent, _, child = name.rpartition(".")
     if parent:
       setattr(stubs[parent], child, module)
+  stubs["transformers"] = None
+  saved = {name: sys.modules[name] for name in stubs if name in sys.modules}
   sys.modules.update(stubs)
-  sys.modules["transformers"] = None
   sys.path.insert(0, str(folder))
   try:
     import open_clip
     yield open_clip
   finally:
     sys.path.remove(str(folder))
-    for name in set(sys.modules) - set(saved):
-      del sys.modules[name]
+    for name in [*stubs, *(n for n in sys.modules if n.split(".")[0] == "open_clip")]:
+      sys.modules.pop(name, None)
     sys.modules.update(saved)
 
 
@@ -125,12 +133,23 @@ def _randomise(model) -> None:
 
 
 # One checkpoint format per architecture, so each reader runs once.
-FORMATS = dict(zip(NAMES, ("safetensors", "pt", "training_bin", "safetensors")))
+FORMATS = dict(zip(NAMES, ("safetensors", "pt", "training_bin", "torchscript")))
 
 
-def _write_checkpoint(state_dict, path_stem, file_format: str) -> str:
+def _write_checkpoint(reference, path_stem, file_format: str) -> str:
+  """Saves the torch model `reference` as a `file_format` checkpoint; returns its path."""
   import torch
-  if file_format == "safetensors":
+  state_dict = reference.state_dict()
+  if file_format == "torchscript":  # as OpenAI released CLIP
+    path = f"{path_stem}.pt"
+    size = reference.visual.image_size[0]
+    example = (torch.zeros(1, 3, size, size), torch.zeros(1, reference.context_length,
+                                                          dtype=torch.long))
+    with warnings.catch_warnings():  # tracing is deprecated and warns about control flow
+      warnings.simplefilter("ignore", torch.jit.TracerWarning)
+      warnings.simplefilter("ignore", DeprecationWarning)
+      torch.jit.trace(reference, example, check_trace=False).save(path)
+  elif file_format == "safetensors":
     from safetensors.torch import save_file
     path = f"{path_stem}.safetensors"
     save_file({k: v.contiguous() for k, v in state_dict.items()}, path)
@@ -155,7 +174,7 @@ def test_embeddings_match_open_clip(open_clip_lib, open_clip_wheel, clip_tokens,
   state_dict = reference.state_dict()
   arch = converter.Architecture.from_config(config)
   monkeypatch.setitem(converter.ARCHITECTURES, name, arch)
-  checkpoint = _write_checkpoint(state_dict, tmp_path / "model", FORMATS[name])
+  checkpoint = _write_checkpoint(reference, tmp_path / "model", FORMATS[name])
 
   model, params = pretrained.load("open_clip", name, checkpoint=checkpoint)
 
