@@ -50,18 +50,17 @@ class PretrainedModel:
     self.graphdef, self.config, self.logit_scale = graphdef, config, logit_scale
     self.image_size, self.context_length = image_size, context_length
 
-  def apply(self, variables: Mapping[str, Any], inputs: Any,
-            method: Callable[[MultiTower, Any], Any] | None = None) -> Any:
+  def apply(self, variables: Mapping[str, Any], inputs: Any, *,
+            method: Callable[[MultiTower, Any], Any]) -> Any:
     """`method(model, inputs)` on the model with `variables["params"]`.
 
     Args:
       variables: {"params": the parameter tree `load` returned}.
-      inputs: what `method` takes; without a method, a batch {modality: inputs} for the model's
-        `__call__` ({modality: [B, E] embeddings}).
-      method: `model.encode_image`, `model.encode_text`, or any (MultiTower, inputs) -> output.
+      inputs: what `method` takes.
+      method: `model.encode_image`, `model.encode_text`, or any (MultiTower, inputs) -> output
+        (e.g. `lambda m, batch: m(batch)` for {modality: embeddings}).
     """
-    module = nnx.merge(self.graphdef, variables["params"])
-    return module(inputs) if method is None else method(module, inputs)
+    return method(nnx.merge(self.graphdef, variables["params"]), inputs)
 
   @staticmethod
   def encode_image(module: MultiTower, images: Array) -> Array:

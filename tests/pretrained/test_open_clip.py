@@ -5,10 +5,11 @@ without installing it: the wheel's `open_clip/` folder is unpacked into a tempor
 sys.path. Importing the open_clip package imports torchvision (image transforms and one batch
 norm class), whose wheel does not install here, so the fixture puts minimal stand-ins for
 `torchvision`, `torchvision.transforms`, `torchvision.transforms.functional`, `torchvision.ops`
-and `torchvision.ops.misc` in sys.modules while open_clip is imported (every name they are asked
-for is an empty placeholder class, and so are their attributes); the model code these tests run uses none of them. It also
-blocks open_clip's optional import of `transformers` (a None entry in sys.modules), which would
-look for the real torchvision; open_clip then goes without its Hugging Face towers.
+and `torchvision.ops.misc` in sys.modules while open_clip is imported (every name asked of them
+is an empty placeholder class, and so are its attributes); the model code these tests run uses
+none of them. It also blocks open_clip's optional import of `transformers` (a None entry in
+sys.modules), which would look for the real torchvision; open_clip then goes without its Hugging
+Face towers.
 
 Each architecture is open_clip's named config with fewer and narrower layers and small images
 (its activation, LayerNorm epsilon, patch size and pooling unchanged), every parameter drawn at
