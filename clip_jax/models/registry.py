@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Mapping
 import jax.numpy as jnp
 
 from clip_jax import schema
+from clip_jax.models import layers
 from clip_jax.registry import REQUIRED, ConfigError, Registry  # noqa: F401  (REQUIRED: for towers)
 
 # The field named in errors of a tower built outside a model.
@@ -82,11 +83,19 @@ TOWERS: Registry[type] = Registry("tower", "config.model.towers.<modality>.name"
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TransformerFields(TowerFields):
-  """The shape fields of a transformer tower: a named size (`variant`) or its explicit width,
-  depth, heads and MLP ratio, fields given explicitly overriding the size's values. A subclass
-  sets the class attributes `SIZES` ({size name: (width, depth, num_heads, mlp_dim)}) and
-  `WITH_PATCH` (the variant is "<size>/<patch>" and the schema has a `patch_size` field);
-  `check` resolves the shape (`resolve_size`), so a bad combination is named at start-up."""
+  """The fields of a transformer tower.
+
+  Its shape: a named size (`variant`) or its explicit width, depth, heads and MLP ratio, fields
+  given explicitly overriding the size's values. A subclass sets the class attributes `SIZES`
+  ({size name: (width, depth, num_heads, mlp_dim)}) and `WITH_PATCH` (the variant is
+  "<size>/<patch>" and the schema has a `patch_size` field); `check` resolves the shape
+  (`resolve_size`), so a bad combination is named at start-up.
+
+  Its layers: `norm_eps`, the epsilon of every LayerNorm (default 1e-6; open_clip and OpenAI
+  CLIP use 1e-5), and `activation`, the MLPs' nonlinearity: "gelu_tanh" (GELU's tanh
+  approximation, the default), "gelu" (exact) or "quick_gelu" (x * sigmoid(1.702 x), OpenAI
+  CLIP's).
+  """
 
   SIZES: ClassVar[Mapping[str, tuple[int, int, int, int]]] = {}
   WITH_PATCH: ClassVar[bool] = False
@@ -96,6 +105,8 @@ class TransformerFields(TowerFields):
   depth: int | None = schema.field(None, schema.integer(low=1))
   num_heads: int | None = schema.field(None, schema.integer(low=1))
   mlp_ratio: float | None = schema.field(None, schema.number(low=0, low_open=True))
+  norm_eps: float = schema.field(layers.NORM_EPS, schema.number(low=0, low_open=True))
+  activation: str = schema.field(layers.ACTIVATION, schema.one_of(*layers.ACTIVATIONS))
 
   def check(self, path: str) -> None:
     resolve_size(vars(self), self.SIZES, path, with_patch=self.WITH_PATCH)

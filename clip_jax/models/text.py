@@ -94,6 +94,8 @@ class TextTransformer(nnx.Module):
     causal: causal (True) or bidirectional (False) self-attention.
     pooling: "eos" / "last" (the features at the last non-pad token) or "mean" (mean over the
       tokens before the trailing padding).
+    norm_eps: the epsilon of every LayerNorm.
+    activation: the MLPs' nonlinearity, a name in `layers.ACTIVATIONS`.
     dtype: compute dtype ("float32" | "bfloat16"); params are float32, the output is float32.
     remat: rematerialise each transformer block.
     rngs: the `params` stream draws the initial parameters.
@@ -105,7 +107,8 @@ class TextTransformer(nnx.Module):
   def __init__(self, inputs: jax.ShapeDtypeStruct, *, vocab_size: int, context_length: int,
                variant: str | None = None, width: int | None = None, depth: int | None = None,
                num_heads: int | None = None, mlp_ratio: float | None = None,
-               causal: bool = True, pooling: str = "eos", dtype: Any = "float32",
+               causal: bool = True, pooling: str = "eos", norm_eps: float = layers.NORM_EPS,
+               activation: str = layers.ACTIVATION, dtype: Any = "float32",
                remat: bool = False, rngs: nnx.Rngs):
     del inputs  # any length up to context_length
     given = dict(variant=variant, width=width, depth=depth, num_heads=num_heads,
@@ -118,8 +121,9 @@ class TextTransformer(nnx.Module):
     self.token_embedding = layers.embedding((vocab_size, width), rngs)
     self.pos_embedding = layers.embedding((context_length, width), rngs)
     self.transformer = layers.Transformer(width, shape["depth"], shape["num_heads"],
-                                          shape["mlp_dim"], dtype, remat, rngs=rngs)
-    self.final_norm = layers.layer_norm(width, dtype, rngs)
+                                          shape["mlp_dim"], dtype, remat, norm_eps=norm_eps,
+                                          activation=activation, rngs=rngs)
+    self.final_norm = layers.layer_norm(width, dtype, rngs, norm_eps)
 
   @classmethod
   def check_inputs(cls, kwargs: dict[str, Any], field: str, inputs: jax.ShapeDtypeStruct) -> None:

@@ -1,7 +1,8 @@
 """Vision Transformer tower ("vit"): Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words".
 
 images [B, H, W, C] -> patch embeddings [B, N, D] (N = H*W / patch_size**2) -> + learned position
-embeddings -> pre-LN transformer -> final LayerNorm -> pooling -> [B, D] float32.
+embeddings -> (optional LayerNorm, `pre_norm`) -> pre-LN transformer -> final LayerNorm -> pooling
+-> [B, D] float32.
 
 Named sizes: `variant="B/16"` sets width, depth, heads and MLP size from `VIT_SIZES` and the patch
 size from the number after the slash; fields given explicitly override the size's values.
@@ -50,6 +51,8 @@ class ViTFields(TransformerFields):
 
   patch_size: int | None = schema.field(None, schema.integer(low=1))
   pooling: str = schema.field("map", schema.one_of(*VIT_POOLINGS))
+  pre_norm: bool = False
+  patch_bias: bool = True
 
 
 @TOWERS.register("vit", fields=ViTFields)
@@ -67,6 +70,11 @@ class VisionTransformer(nnx.Module):
     mlp_ratio: MLP hidden size as a multiple of `width` (default: the variant's, else 4).
     pooling: "cls" (a learned class token prepended to the patches), "gap" (mean over patches) or
       "map" (multihead attention pooling with a learned probe, as in SigLIP).
+    norm_eps: the epsilon of every LayerNorm.
+    activation: the MLPs' nonlinearity, a name in `layers.ACTIVATIONS`.
+    pre_norm: a LayerNorm ("pre_norm") on the tokens after the position embeddings, before the
+      first block (CLIP's ln_pre).
+    patch_bias: the patch embedding has a bias (CLIP's has none).
     dtype: compute dtype ("float32" | "bfloat16"); params are float32, the output is float32.
     remat: rematerialise each transformer block.
     rngs: the `params` stream draws the initial parameters.
@@ -78,7 +86,9 @@ class VisionTransformer(nnx.Module):
   def __init__(self, inputs: jax.ShapeDtypeStruct, *, variant: str | None = None,
                patch_size: int | None = None, width: int | None = None,
                depth: int | None = None, num_heads: int | None = None,
-               mlp_ratio: float | None = None, pooling: str = "map", dtype: Any = "float32",
+               mlp_ratio: float | None = None, pooling: str = "map",
+               norm_eps: float = layers.NORM_EPS, activation: str = layers.ACTIVATION,
+               pre_norm: bool = False, patch_bias: bool = True, dtype: Any = "float32",
                remat: bool = False, rngs: nnx.Rngs):
     given = dict(variant=variant, patch_size=patch_size, width=width, depth=depth,
                  num_heads=num_heads, mlp_ratio=mlp_ratio)
@@ -88,16 +98,18 @@ class VisionTransformer(nnx.Module):
     p, width = shape["patch_size"], shape["width"]
     num_tokens = (height // p) * (width_px // p) + (pooling == "cls")
     self.patch_size, self.pooling, self.dtype, self.out_features = p, pooling, dtype, width
-    self.patch_embed = layers.dense(p * p * channels, width, dtype, rngs)
+    self.patch_embed = layers.dense(p * p * channels, width, dtype, rngs, use_bias=patch_bias)
     if pooling == "cls":
       self.cls = layers.embedding((1, 1, width), rngs)
     self.pos_embedding = layers.embedding((num_tokens, width), rngs)
+    self.pre_norm = layers.layer_norm(width, dtype, rngs, norm_eps) if pre_norm else None
     self.transformer = layers.Transformer(width, shape["depth"], shape["num_heads"],
-                                          shape["mlp_dim"], dtype, remat, rngs=rngs)
-    self.final_norm = layers.layer_norm(width, dtype, rngs)
+                                          shape["mlp_dim"], dtype, remat, norm_eps=norm_eps,
+                                          activation=activation, rngs=rngs)
+    self.final_norm = layers.layer_norm(width, dtype, rngs, norm_eps)
     if pooling == "map":
       self.map_head = pooling_lib.MAPHead(width, shape["num_heads"], shape["mlp_dim"], dtype,
-                                          rngs=rngs)
+                                          norm_eps=norm_eps, activation=activation, rngs=rngs)
 
   @classmethod
   def check_inputs(cls, kwargs: dict[str, Any], field: str, inputs: jax.ShapeDtypeStruct) -> None:
@@ -135,6 +147,8 @@ class VisionTransformer(nnx.Module):
       cls = self.cls[...].astype(self.dtype) + jnp.zeros_like(x[:, :1])  # [B, 1, D], batch-sharded
       x = jnp.concatenate([cls, x], axis=1)
     x = x + self.pos_embedding[...].astype(self.dtype)[None]
+    if self.pre_norm is not None:
+      x = self.pre_norm(x)
     x = self.final_norm(self.transformer(x))
 
     if self.pooling == "cls":

@@ -194,6 +194,11 @@ def _typo(config):
     (_set("towers.image.dtype", "float16"),
      r"config\.model\.towers\.image\.dtype = 'float16' .*'float32', 'bfloat16'"),
     (_set("dtype", "fp16"), r"config\.model\.dtype = 'fp16' .*'float32', 'bfloat16'"),
+    (_set("towers.text.activation", "relu"),
+     r"config\.model\.towers\.text\.activation must be one of 'gelu_tanh', 'gelu', "
+     r"'quick_gelu'; got 'relu'"),
+    (_set("towers.image.norm_eps", 0.0),
+     r"config\.model\.towers\.image\.norm_eps must be > 0; got 0\.0"),
     (_set("towers.text.causal", "yes"),
      r"config\.model\.towers\.text\.causal must be True or False; got 'yes'"),
     (_set("towers.image.depth", 0), r"config\.model\.towers\.image\.depth must be >= 1; got 0"),

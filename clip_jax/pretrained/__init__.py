@@ -1,0 +1,107 @@
+"""Released weights as clip_jax models: load a checkpoint, embed images and text.
+
+    from clip_jax import pretrained
+    model, params = pretrained.load("open_clip", "ViT-B-32", checkpoint=PATH)
+    img = model.apply({"params": params}, images, method=model.encode_image)  # [B, E]
+    txt = model.apply({"params": params}, tokens, method=model.encode_text)   # [B, E]
+
+Sources: "open_clip" (open_clip and OpenAI CLIP ViT checkpoints, `clip_jax.pretrained.open_clip`;
+names in its ARCHITECTURES). `params` is the `MultiTower` parameter tree of `model.config.model`
+(`clip_jax.models.model`), so it also serves as the starting point of training with that config.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping
+
+import jax
+import ml_collections
+from flax import nnx
+
+from clip_jax.models.model import MultiTower
+from clip_jax.pretrained import open_clip
+from clip_jax.registry import ConfigError
+
+Array = jax.Array
+
+SOURCES = ("open_clip",)
+
+
+class PretrainedModel:
+  """A converted model, called in the Flax `apply` form:
+
+      model.apply({"params": params}, images, method=model.encode_image)
+
+  `apply` rebuilds the NNX model from its structure and `params` for each call (run it inside
+  `jax.jit` for speed; the parameters may be traced).
+
+  Attributes:
+    graphdef: the structure of the `MultiTower` model.
+    config: ConfigDict with `model` (the `config.model` of the architecture) and `loss` (the
+      softmax loss starting at the checkpoint's logit scale).
+    logit_scale: the checkpoint's t' (logits are scaled by t = exp(t')).
+    image_size: the image side the model takes, in pixels.
+    context_length: the token rows' length the text tower takes (CLIP: 77).
+  """
+
+  def __init__(self, graphdef: nnx.GraphDef, config: ml_collections.ConfigDict,
+               logit_scale: float, image_size: int, context_length: int):
+    self.graphdef, self.config, self.logit_scale = graphdef, config, logit_scale
+    self.image_size, self.context_length = image_size, context_length
+
+  def apply(self, variables: Mapping[str, Any], inputs: Any, *,
+            method: Callable[[MultiTower, Any], Any]) -> Any:
+    """`method(model, inputs)` on the model with `variables["params"]`.
+
+    Args:
+      variables: {"params": the parameter tree `load` returned}.
+      inputs: what `method` takes.
+      method: `model.encode_image`, `model.encode_text`, or any (MultiTower, inputs) -> output
+        (e.g. `lambda m, batch: m(batch)` for {modality: embeddings}).
+    """
+    return method(nnx.merge(self.graphdef, variables["params"]), inputs)
+
+  @staticmethod
+  def encode_image(module: MultiTower, images: Array) -> Array:
+    """images: float32 [B, H, W, 3] (H = W = image_size), normalised with CLIP's mean and std.
+    Returns L2-normalised float32 [B, embed_dim]."""
+    return module.embed(images, "image")
+
+  @staticmethod
+  def encode_text(module: MultiTower, tokens: Array) -> Array:
+    """tokens: int32 [B, context_length] from the "clip_bpe" tokenizer (pad 0 after EOS).
+    Returns L2-normalised float32 [B, embed_dim]."""
+    return module.embed(tokens, "text")
+
+
+def load(source: str, name: str, *,
+         checkpoint: str | os.PathLike) -> tuple[PretrainedModel, dict[str, Any]]:
+  """Reads released weights into a clip_jax model.
+
+  Args:
+    source: where the weights come from: "open_clip" (open_clip and OpenAI CLIP checkpoints,
+      `.safetensors` read with numpy, `.pt` / `.bin` with PyTorch).
+    name: the architecture, e.g. "ViT-B-32", "ViT-B-32-quickgelu", "ViT-B-16", "ViT-L-14"
+      (`open_clip.ARCHITECTURES`). OpenAI's original weights use QuickGELU: "-quickgelu" names.
+    checkpoint: the checkpoint file.
+
+  Returns:
+    (model, params): the model to call through `model.apply` and its parameters (nested dicts
+    of float32 numpy arrays, the `MultiTower` layout).
+
+  Raises:
+    ConfigError naming an unknown source or name; ValueError for a checkpoint that does not
+    fit the architecture; FileNotFoundError, ImportError as `open_clip.read_state_dict`.
+  """
+  if source not in SOURCES:
+    raise ConfigError(f"pretrained source {source!r} is not known; choose one of: "
+                      f"{', '.join(SOURCES)}")
+  arch = open_clip.architecture(name)
+  params, logit_scale = open_clip.to_params(open_clip.read_state_dict(checkpoint), arch)
+  model_config = arch.model_config()
+  graphdef, _ = open_clip.abstract_structure(arch)
+  config = ml_collections.ConfigDict(dict(model=model_config,
+                                          loss=open_clip.loss_config(logit_scale)))
+  return PretrainedModel(graphdef, config, logit_scale, arch.image_size,
+                         arch.context_length), params

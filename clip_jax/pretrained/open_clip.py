@@ -1,0 +1,399 @@
+"""open_clip / OpenAI CLIP ViT checkpoints <-> clip_jax parameters.
+
+A state dict is the flat {key: array} of an open_clip `CLIP` model (`model.state_dict()`), which
+keeps OpenAI's key names: "visual.*" for the image tower, "transformer.*", "token_embedding.*",
+"positional_embedding", "ln_final.*" and "text_projection" for the text tower, and
+"logit_scale". The clip_jax side is the `MultiTower` parameter tree of `config.model`
+(`clip_jax.models.model`), {"image" | "text": {"encoder": ..., "projection": {"kernel"}}}, plus
+the softmax loss's scale.
+
+    arch = architecture("ViT-B-32")
+    params, logit_scale = to_params(read_state_dict("model.safetensors"), arch)
+    # params: those of make_model(arch.model_config(), arch.inputs(), ...); and back:
+    state_dict = from_params(params, arch, logit_scale)
+
+(`clip_jax.pretrained.load` does the first two lines and builds the model.)
+
+How the layers correspond (all float32; our kernels are [in, out], torch's Linear weights
+[out, in]):
+
+* patch embedding: torch's bias-free conv1 [D, C, p, p] is our `patch_embed` Linear over patches
+  flattened in (row, column, channel) order, [p*p*C, D] (`patch_bias=False`);
+* attention: torch's in_proj [3D, D] splits into our query, key and value Linears. The key bias
+  is dropped: q·b_k is the same for every key, so the softmax cancels it exactly (the export
+  writes zeros there);
+* ln_pre is our `pre_norm`, ln_post / ln_final our `final_norm` (the class-token pooling takes
+  the first token after it, as open_clip does);
+* text pooling: open_clip takes the token with the largest id ("argmax", the EOS token 49407);
+  ours, "eos", takes the last non-pad token. They are the same token for the rows of CLIP's
+  tokenizer (clip_jax's "clip_bpe"), whose EOS is always the last non-pad token. Our text tower
+  also masks the trailing pads as attention keys, open_clip's does not; under the causal mask
+  no token before them attends to them anyway, so the EOS features are the same;
+* the logit scale: open_clip's `logit_scale` is log(1/T), the raw parameter t' with logits
+  scaled by t = exp(t'). clip_jax's softmax loss stores its scale the same way
+  (`params["loss"]["scale"]` = t', `config.loss.init_scale`), so the value carries over as it
+  is; `loss_config` makes the `config.loss` that starts from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import warnings
+import zipfile
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from clip_jax.models.model import abstract_model, parse_model_config, split_params
+from clip_jax.registry import ConfigError
+
+# open_clip's LayerNorm epsilon (torch's default) and attention head width.
+NORM_EPS = 1e-5
+HEAD_WIDTH = 64
+# Keys of a state dict that carry no parameter of ours: OpenAI's JIT archives store the model's
+# sizes as values; the causal mask is a buffer.
+IGNORED_KEYS = frozenset({"input_resolution", "context_length", "vocab_size", "attn_mask"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+  """The shape of an open_clip ViT CLIP model: the values of its model_configs/<name>.json.
+
+  Attributes:
+    embed_dim: the shared embedding size.
+    image_size, patch_size: the image side in pixels and the patch side.
+    vision_width, vision_layers, vision_heads: the image transformer (heads: width / 64).
+    text_width, text_layers, text_heads: the text transformer.
+    quick_gelu: QuickGELU in every MLP (OpenAI's weights and the "-quickgelu" models), else
+      exact GELU.
+    context_length, vocab_size: the text tower's positions and token ids (CLIP's tokenizer).
+  """
+
+  embed_dim: int
+  image_size: int
+  patch_size: int
+  vision_width: int
+  vision_layers: int
+  vision_heads: int
+  text_width: int
+  text_layers: int
+  text_heads: int
+  quick_gelu: bool = False
+  context_length: int = 77
+  vocab_size: int = 49408
+
+  @classmethod
+  def from_config(cls, config: Mapping[str, Any]) -> Architecture:
+    """The architecture of an open_clip model config (the dict of a model_configs/*.json file).
+
+    Raises:
+      ValueError naming the first option this converter does not handle (e.g. a timm or
+      ResNet image tower, attention pooling, an HF text tower, layer scale, an MLP ratio).
+    """
+    vision, text = dict(config["vision_cfg"]), dict(config["text_cfg"])
+    handled = ({"embed_dim", "quick_gelu", "vision_cfg", "text_cfg"},
+               {"image_size", "layers", "width", "patch_size", "head_width"},
+               {"context_length", "vocab_size", "width", "heads", "layers"})
+    for where, given, known in zip(("", "vision_cfg.", "text_cfg."), (config, vision, text),
+                                   handled):
+      other = sorted(set(given) - known)
+      if other:
+        raise ValueError(f"open_clip config option {where}{other[0]} is not supported by the "
+                         "clip_jax converter (it handles ViT image and transformer text towers "
+                         "with open_clip's defaults)")
+    return cls(embed_dim=config["embed_dim"], image_size=vision["image_size"],
+               patch_size=vision["patch_size"], vision_width=vision["width"],
+               vision_layers=vision["layers"],
+               vision_heads=vision["width"] // vision.get("head_width", HEAD_WIDTH),
+               text_width=text["width"], text_layers=text["layers"], text_heads=text["heads"],
+               quick_gelu=bool(config.get("quick_gelu", False)),
+               context_length=text.get("context_length", cls.context_length),
+               vocab_size=text.get("vocab_size", cls.vocab_size))
+
+  def model_config(self) -> ml_collections.ConfigDict:
+    """The clip_jax `config.model` of this architecture (float32, no remat)."""
+    layers = dict(norm_eps=NORM_EPS, activation="quick_gelu" if self.quick_gelu else "gelu",
+                  mlp_ratio=4.0)
+    image = dict(name="vit", patch_size=self.patch_size, width=self.vision_width,
+                 depth=self.vision_layers, num_heads=self.vision_heads, pooling="cls",
+                 pre_norm=True, patch_bias=False, **layers)
+    text = dict(name="text_transformer", vocab_size=self.vocab_size,
+                context_length=self.context_length, width=self.text_width,
+                depth=self.text_layers, num_heads=self.text_heads, causal=True, pooling="eos",
+                **layers)
+    return ml_collections.ConfigDict(dict(
+        embed_dim=self.embed_dim, dtype="float32", remat=False,
+        towers=dict(image=image, text=text)))
+
+  def inputs(self) -> dict[str, jax.ShapeDtypeStruct]:
+    """The batch entries the model is built for: "image" float32 [1, S, S, 3] (S =
+    image_size) and "text" int32 [1, context_length]."""
+    size = self.image_size
+    return {"image": jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
+            "text": jax.ShapeDtypeStruct((1, self.context_length), jnp.int32)}
+
+
+# open_clip's model_configs/<name>.json values (open_clip_torch 3.3.0). OpenAI's released
+# weights use QuickGELU: load them as the "-quickgelu" names.
+ARCHITECTURES: dict[str, Architecture] = {
+    "ViT-B-32": Architecture(512, 224, 32, 768, 12, 12, 512, 12, 8),
+    "ViT-B-32-quickgelu": Architecture(512, 224, 32, 768, 12, 12, 512, 12, 8, quick_gelu=True),
+    "ViT-B-16": Architecture(512, 224, 16, 768, 12, 12, 512, 12, 8),
+    "ViT-B-16-quickgelu": Architecture(512, 224, 16, 768, 12, 12, 512, 12, 8, quick_gelu=True),
+    "ViT-L-14": Architecture(768, 224, 14, 1024, 24, 16, 768, 12, 12),
+    "ViT-L-14-quickgelu": Architecture(768, 224, 14, 1024, 24, 16, 768, 12, 12,
+                                       quick_gelu=True),
+}
+
+
+def architecture(name: str) -> Architecture:
+  """The architecture named `name` in ARCHITECTURES.
+
+  Raises:
+    ConfigError naming the known names.
+  """
+  if name not in ARCHITECTURES:
+    raise ConfigError(f"open_clip architecture {name!r} is not known; choose one of: "
+                      f"{', '.join(ARCHITECTURES)}")
+  return ARCHITECTURES[name]
+
+
+def loss_config(logit_scale: float) -> ml_collections.ConfigDict:
+  """The `config.loss` that continues training from open_clip's `logit_scale` (t' = log t):
+  the softmax (CLIP) loss starting at that scale, t clamped at 100 as open_clip does."""
+  return ml_collections.ConfigDict(dict(name="softmax", init_scale=float(logit_scale),
+                                        max_scale=100.0))
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Reads a checkpoint file into {key: float32 numpy array}.
+
+  `.safetensors` files are read with the `safetensors` package's numpy API; other files
+  (`.pt`, `.bin`, `.pth`) with PyTorch: a plain state dict, one wrapped as {"state_dict": ...}
+  (open_clip's training checkpoints, keys may start with "module."), or an OpenAI TorchScript
+  archive.
+
+  Raises:
+    FileNotFoundError for a missing file; ImportError naming the package to install.
+  """
+  path = os.fspath(os.path.expanduser(path))
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"checkpoint {path!r}: no such file")
+  if path.endswith(".safetensors"):
+    try:
+      from safetensors.numpy import load_file
+    except ImportError as e:
+      raise ImportError("reading .safetensors checkpoints needs the `safetensors` package "
+                        "(pip install safetensors)") from e
+    return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
+  try:
+    import torch
+  except ImportError as e:
+    raise ImportError(f"reading {path!r} needs PyTorch (pip install torch); .safetensors "
+                      "checkpoints need only the `safetensors` package") from e
+  if _is_torchscript(path):
+    with warnings.catch_warnings():  # deprecated, but the one reader of these archives
+      warnings.simplefilter("ignore", DeprecationWarning)
+      state = torch.jit.load(path, map_location="cpu").state_dict()
+  else:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if "state_dict" in state:
+      state = state["state_dict"]
+  return {k.removeprefix("module."): v.detach().float().numpy() for k, v in state.items()}
+
+
+def _is_torchscript(path: str) -> bool:
+  """A TorchScript archive (OpenAI's CLIP releases): a zip with a `constants.pkl`."""
+  if not zipfile.is_zipfile(path):
+    return False
+  with zipfile.ZipFile(path) as archive:
+    return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+# One parameter: (our path, their key, theirs -> ours, ours -> theirs).
+Rule = tuple[tuple[str, ...], str, Callable[[np.ndarray], np.ndarray],
+             Callable[[np.ndarray], np.ndarray]]
+
+
+def _same(x: np.ndarray) -> np.ndarray:
+  return x
+
+
+def _transpose(x: np.ndarray) -> np.ndarray:
+  return np.ascontiguousarray(x.T)
+
+
+def _linear(ours: tuple[str, ...], theirs: str, bias: bool = True) -> list[Rule]:
+  rules = [(ours + ("kernel",), f"{theirs}.weight", _transpose, _transpose)]
+  if bias:
+    rules.append((ours + ("bias",), f"{theirs}.bias", _same, _same))
+  return rules
+
+
+def _norm(ours: tuple[str, ...], theirs: str) -> list[Rule]:
+  return [(ours + ("scale",), f"{theirs}.weight", _same, _same),
+          (ours + ("bias",), f"{theirs}.bias", _same, _same)]
+
+
+def _blocks(ours: tuple[str, ...], theirs: str, depth: int) -> list[Rule]:
+  """The rules of a transformer's blocks; the attention keys are those `_split_attention`
+  makes."""
+  rules = []
+  for i in range(depth):
+    o, t = ours + (f"block_{i}",), f"{theirs}.resblocks.{i}"
+    rules += _norm(o + ("attn_norm",), f"{t}.ln_1")
+    rules += _linear(o + ("attn", "query"), f"{t}.attn.q_proj")
+    rules += _linear(o + ("attn", "key"), f"{t}.attn.k_proj", bias=False)
+    rules += _linear(o + ("attn", "value"), f"{t}.attn.v_proj")
+    rules += _linear(o + ("attn", "out"), f"{t}.attn.out_proj")
+    rules += _norm(o + ("mlp_norm",), f"{t}.ln_2")
+    rules += _linear(o + ("mlp", "fc1"), f"{t}.mlp.c_fc")
+    rules += _linear(o + ("mlp", "fc2"), f"{t}.mlp.c_proj")
+  return rules
+
+
+def _rules(arch: Architecture) -> list[Rule]:
+  """Every parameter of the model: where it lives in the state dict and how it is laid out."""
+  p, width = arch.patch_size, arch.vision_width
+
+  def patch_to_ours(w: np.ndarray) -> np.ndarray:  # [D, C, p, p] -> [p*p*C, D]
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]))
+
+  def patch_to_theirs(k: np.ndarray) -> np.ndarray:  # [p*p*C, D] -> [D, C, p, p]
+    return np.ascontiguousarray(k.reshape(p, p, -1, k.shape[1]).transpose(3, 2, 0, 1))
+
+  image, text = ("image", "encoder"), ("text", "encoder")
+  rules: list[Rule] = [
+      (image + ("patch_embed", "kernel"), "visual.conv1.weight", patch_to_ours, patch_to_theirs),
+      (image + ("cls",), "visual.class_embedding", lambda x: x.reshape(1, 1, width),
+       lambda x: x.reshape(width)),
+      (image + ("pos_embedding",), "visual.positional_embedding", _same, _same),
+      *_norm(image + ("pre_norm",), "visual.ln_pre"),
+      *_blocks(image + ("transformer",), "visual.transformer", arch.vision_layers),
+      *_norm(image + ("final_norm",), "visual.ln_post"),
+      (("image", "projection", "kernel"), "visual.proj", _same, _same),
+      (text + ("token_embedding",), "token_embedding.weight", _same, _same),
+      (text + ("pos_embedding",), "positional_embedding", _same, _same),
+      *_blocks(text + ("transformer",), "transformer", arch.text_layers),
+      *_norm(text + ("final_norm",), "ln_final"),
+      (("text", "projection", "kernel"), "text_projection", _same, _same),
+  ]
+  return rules
+
+
+def _split_attention(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Splits every `<block>.attn.in_proj_{weight,bias}` ([3D, D], [3D]) into
+  `<block>.attn.{q,k,v}_proj.{weight,bias}`; the rest is kept as it is."""
+  out = {}
+  for key, value in state_dict.items():
+    prefix, dot, leaf = key.rpartition(".")
+    if leaf in ("in_proj_weight", "in_proj_bias"):
+      for name, part in zip("qkv", np.split(value, 3, axis=0)):
+        out[f"{prefix}{dot}{name}_proj.{leaf.removeprefix('in_proj_')}"] = part
+    else:
+      out[key] = value
+  return out
+
+
+def _join_attention(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The inverse of `_split_attention`, with a zero key bias (ours has none)."""
+  out = {}
+  for key, value in state_dict.items():
+    prefix, _, leaf = key.rpartition(".")
+    block, _, proj = prefix.rpartition(".")
+    if proj not in ("q_proj", "k_proj", "v_proj"):
+      out[key] = value
+    elif proj == "q_proj":
+      parts = [state_dict.get(f"{block}.{n}_proj.{leaf}") for n in "qkv"]
+      if leaf == "bias":
+        parts[1] = np.zeros_like(parts[0])
+      out[f"{block}.in_proj_{leaf}"] = np.concatenate(parts, axis=0)
+  return out
+
+
+@functools.cache
+def abstract_structure(arch: Architecture) -> tuple[nnx.GraphDef,
+                                                    dict[tuple[str, ...], tuple[int, ...]]]:
+  """The clip_jax model of `arch`, built abstractly (once per architecture): its graphdef and
+  {param path: shape}."""
+  graphdef, params = split_params(abstract_model(parse_model_config(arch.model_config()),
+                                                 arch.inputs()))
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  return graphdef, {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def to_params(state_dict: Mapping[str, Any], arch: Architecture) -> tuple[dict[str, Any], float]:
+  """open_clip state dict -> (clip_jax params of `arch.model_config()`, logit_scale).
+
+  Args:
+    state_dict: {key: array-like} of an open_clip (or OpenAI) CLIP model of this architecture,
+      e.g. from `read_state_dict`. Values are converted to float32.
+    arch: the architecture the checkpoint has (`architecture(name)`).
+
+  Returns:
+    The `MultiTower` parameter tree (nested dicts of float32 numpy arrays) and open_clip's
+    `logit_scale` t' (t = exp(t'); see `loss_config`).
+
+  Raises:
+    ValueError naming the missing keys, the keys this architecture has no place for (a
+    checkpoint of another architecture), or a key whose shape differs from the one the
+    architecture needs.
+  """
+  state = _split_attention({k: np.asarray(v, np.float32) for k, v in state_dict.items()})
+  _, expected = abstract_structure(arch)
+  rules = _rules(arch)
+  wanted = {key for _, key, _, _ in rules} | {"logit_scale"}
+  missing = sorted(wanted - set(state))
+  # The key bias cancels in the softmax (see the module docstring).
+  extra = sorted(k for k in set(state) - wanted - IGNORED_KEYS if not k.endswith("k_proj.bias"))
+  problems = [f"{what} {', '.join(keys[:5])}" + (" ..." if len(keys) > 5 else "")
+              for what, keys in (("missing keys", missing), ("keys with no place in it", extra))
+              if keys]
+  if problems:
+    raise ValueError(f"the checkpoint is not an open_clip model of this architecture ({arch}): "
+                     + "; ".join(problems))
+  flat = {}
+  for path, key, to_ours, _ in rules:
+    value = to_ours(state[key])
+    if value.shape != expected[path]:
+      raise ValueError(f"checkpoint key {key!r} has shape {state[key].shape}, which does not fit "
+                       f"the architecture {arch} (it needs {'/'.join(path)} "
+                       f"{expected[path]}); is it another model size or image size?")
+    flat[path] = value
+  assert set(flat) == set(expected), set(flat) ^ set(expected)
+  params: dict[str, Any] = {}
+  for path, value in flat.items():
+    node = params
+    for name in path[:-1]:
+      node = node.setdefault(name, {})
+    node[path[-1]] = value
+  return params, float(state["logit_scale"].reshape(()))
+
+
+def from_params(params: Mapping[str, Any], arch: Architecture,
+                logit_scale: float) -> dict[str, np.ndarray]:
+  """clip_jax params of `arch.model_config()` -> open_clip state dict {key: float32 numpy array}
+  (what `open_clip.create_model(name).load_state_dict` takes, after `torch.from_numpy`).
+
+  The attention key biases, which clip_jax does not have, are zeros. `to_params` of the result
+  gives `params` back exactly.
+
+  Raises:
+    KeyError naming a parameter path that `params` lacks.
+  """
+  state = {}
+  for path, key, _, to_theirs in _rules(arch):
+    node = params
+    for name in path:
+      if name not in node:
+        raise KeyError(f"params have no {'/'.join(path)} (needed for {key!r})")
+      node = node[name]
+    state[key] = to_theirs(np.asarray(node, np.float32))
+  state["logit_scale"] = np.asarray(logit_scale, np.float32)
+  return _join_attention(state)
