@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from clip_jax.data import cache, emoji  # noqa: E402
 from clip_jax.data.tokenizer import CLIP_MERGES_FILE  # noqa: E402
 
 
@@ -155,3 +156,24 @@ def open_clip_dir(open_clip_wheel, tmp_path_factory) -> pathlib.Path:
 def clip_merges_path(open_clip_dir) -> str:
   """CLIP's bpe_simple_vocab_16e6.txt.gz, from the open_clip_torch wheel."""
   return str(open_clip_dir / CLIP_MERGES_FILE)
+
+
+@pytest.fixture(scope="session")
+def emoji_cache_dir(tmp_path_factory) -> pathlib.Path:
+  """A fresh cache directory holding the tarballs of both emoji styles (emoji-datasource-google
+  and emoji-datasource-twitter).
+
+  Each tarball is copied from the user's cache ($CLIP_JAX_CACHE or ~/.cache/clip_jax) when it is
+  there, else fetched with `npm pack` on first use (network, ~3 s each). Extraction, the
+  decoded-image caches and the tokenizer then run from scratch in this directory.
+  """
+  cache_dir = tmp_path_factory.mktemp("emoji_cache")
+  user_cache = pathlib.Path(os.environ.get(cache.ENV_VAR) or cache.DEFAULT_DIR).expanduser()
+  for style in emoji.STYLES.values():
+    have = cache.npm_tarball_path(style.package, emoji.VERSION, user_cache)
+    if have.is_file():
+      shutil.copy(have, cache.npm_tarball_path(style.package, emoji.VERSION, cache_dir))
+    elif shutil.which("npm") is None:
+      pytest.fail(f"emoji tests need npm (Node.js: apt-get install npm) or the tarball at {have}",
+                  pytrace=False)
+  return cache_dir

@@ -67,3 +67,14 @@ def test_retrieval_scale_prints_its_table():
   (row,) = table_rows(proc.stdout, ("300",))
   assert row[1] == "1,500" and row[7] == "0.0"
   assert "i2t_recall@1" in proc.stdout and "t2i_median_rank" in proc.stdout
+
+
+def test_data_throughput_prints_its_table(tmp_path, emoji_cache_dir):
+  proc = run_script("data_throughput.py", "--workdir", str(tmp_path), "--images", "24",
+                    "--shard_size", "10", "--batch", "4", "--batches", "2", "--threads", "0,1",
+                    "--cache_dir", str(emoji_cache_dir))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = table_rows(proc.stdout, ("webdataset + Pillow loop", "clip_jax (grain)"))
+  assert [r[:2] for r in rows] == [["webdataset + Pillow loop", "-"], ["clip_jax (grain)", "0"],
+                                   ["clip_jax (grain)", "1"]]
+  assert all(float(r[2]) > 0 for r in rows) and len(list(tmp_path.glob("shards/*.tar"))) == 3

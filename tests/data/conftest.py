@@ -6,8 +6,6 @@ from __future__ import annotations
 import functools
 import io
 import importlib.util
-import os
-import shutil
 from pathlib import Path
 
 import ml_collections
@@ -15,7 +13,6 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from clip_jax.data import cache, emoji
 from clip_jax.data.spm_tokenizer import fit_sentencepiece
 
 
@@ -36,27 +33,6 @@ def make_config(cache_dir: Path, **data_overrides) -> ml_collections.ConfigDict:
 @pytest.fixture
 def synthetic_config(tmp_path) -> ml_collections.ConfigDict:
   return make_config(tmp_path / "cache")
-
-
-@pytest.fixture(scope="session")
-def emoji_cache_dir(tmp_path_factory) -> Path:
-  """A fresh cache directory holding the tarballs of both emoji styles (emoji-datasource-google
-  and emoji-datasource-twitter).
-
-  Each tarball is copied from the user's cache ($CLIP_JAX_CACHE or ~/.cache/clip_jax) when it is
-  there, else fetched with `npm pack` on first use (network, ~3 s each). Extraction, the
-  decoded-image caches and the tokenizer then run from scratch in this directory.
-  """
-  cache_dir = tmp_path_factory.mktemp("emoji_cache")
-  user_cache = Path(os.environ.get(cache.ENV_VAR) or cache.DEFAULT_DIR).expanduser()
-  for style in emoji.STYLES.values():
-    have = cache.npm_tarball_path(style.package, emoji.VERSION, user_cache)
-    if have.is_file():
-      shutil.copy(have, cache.npm_tarball_path(style.package, emoji.VERSION, cache_dir))
-    elif shutil.which("npm") is None:
-      pytest.fail(f"emoji tests need npm (Node.js: apt-get install npm) or the tarball at {have}",
-                  pytrace=False)
-  return cache_dir
 
 
 def demo_config() -> ml_collections.ConfigDict:
