@@ -60,8 +60,8 @@ def main() -> None:
   block = next(iter(row_blocks(args.images, num_texts, CHUNK_ROWS)))
   rows = block.stop - block.start
   full_gib = args.images * num_texts * 4 / 2.0 ** 30
-  print(f"| images | texts | d | seconds | peak MiB (ranking) | embeddings MiB | "
-        f"block (query rows x candidates) | full matrix GiB |")
+  print("| images | texts | d | seconds | peak MiB (ranking) | embeddings MiB | "
+        "block (query rows x candidates) | full matrix GiB |")
   print("|---|---|---|---|---|---|---|---|")
   print(f"| {args.images:,} | {num_texts:,} | {args.d} | {seconds:.1f} | {peak / MiB:.0f} | "
         f"{inputs_mib:.0f} | {rows:,} x {num_texts:,} (cap {MAX_BLOCK_ELEMENTS:,} similarities) | "
