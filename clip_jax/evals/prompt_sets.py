@@ -102,20 +102,30 @@ def is_known(name: str) -> bool:
           or name in _BENCHMARK_ALIASES or name.startswith(_BENCHMARK_PREFIX))
 
 
+def _named_set(name: str, field: str, open_clip_names: dict[str, str],
+               aliases: dict[str, str], kind: str) -> tuple[str, ...] | None:
+  """The set `name` from open_clip's metadata (`open_clip_names`: our name -> its variable) or
+  from CLIP_benchmark's `kind` file (an alias or "clip_benchmark/<dataset>"); None if neither."""
+  if name in open_clip_names:
+    metadata = _open_clip_metadata(str(_package_file(OPEN_CLIP, field)))
+    return metadata[open_clip_names[name]]
+  if name in aliases or name.startswith(_BENCHMARK_PREFIX):
+    return _benchmark_set(aliases.get(name) or name[len(_BENCHMARK_PREFIX):], kind, field)
+  return None
+
+
 def templates(name: str, field: str = "templates") -> tuple[str, ...]:
   """The template set `name` (module docstring).
 
   Raises:
     ConfigError: an unknown name, or the package holding it is not installed (naming `field`).
   """
-  if name in _OPEN_CLIP_TEMPLATES:
-    metadata = _open_clip_metadata(str(_package_file(OPEN_CLIP, field)))
-    return metadata[_OPEN_CLIP_TEMPLATES[name]]
-  if name in _BENCHMARK_ALIASES or name.startswith(_BENCHMARK_PREFIX):
-    dataset = _BENCHMARK_ALIASES.get(name) or name[len(_BENCHMARK_PREFIX):]
-    return _benchmark_set(dataset, "zeroshot_classification_templates", field)
-  raise ConfigError(f"{field} = {name!r} is not a standard template set; choose one of "
-                    f"{', '.join(template_set_names())} or clip_benchmark/<dataset>")
+  found = _named_set(name, field, _OPEN_CLIP_TEMPLATES, _BENCHMARK_ALIASES,
+                     "zeroshot_classification_templates")
+  if found is None:
+    raise ConfigError(f"{field} = {name!r} is not a standard template set; choose one of "
+                      f"{', '.join(template_set_names())} or clip_benchmark/<dataset>")
+  return found
 
 
 def classnames(name: str, field: str = "classnames") -> tuple[str, ...]:
@@ -124,11 +134,9 @@ def classnames(name: str, field: str = "classnames") -> tuple[str, ...]:
   Raises:
     ConfigError: an unknown name, or the package holding it is not installed (naming `field`).
   """
-  if name in _OPEN_CLIP_CLASSNAMES:
-    metadata = _open_clip_metadata(str(_package_file(OPEN_CLIP, field)))
-    return metadata[_OPEN_CLIP_CLASSNAMES[name]]
-  if name.startswith(_BENCHMARK_PREFIX):
-    return _benchmark_set(name[len(_BENCHMARK_PREFIX):], "classnames", field)
+  found = _named_set(name, field, _OPEN_CLIP_CLASSNAMES, {}, "classnames")
+  if found is not None:
+    return found
   raise ConfigError(f"{field} = {name!r} is not a standard class-name set; choose "
                     f"{', '.join(_OPEN_CLIP_CLASSNAMES)} or clip_benchmark/<dataset>, give a "
                     ".txt file with one name per line, or the names themselves")
