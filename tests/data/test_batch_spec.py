@@ -1,10 +1,11 @@
 """`train_batch_spec` (the shapes the trainer and the evaluator build from, with no data drawn)
 is exactly what the pipeline delivers, for every config file: every source, extra views, several
-captions per example."""
+captions per example; and for each, exact resume and per-process slices."""
 
 import glob
 import os
 
+import numpy as np
 import pytest
 
 from clip_jax.config import load_config_file
@@ -41,9 +42,23 @@ def test_spec_is_the_shape_of_a_real_batch(path, request):
     config.data.tokenizer.merges_path = request.getfixturevalue("clip_merges_path")
   config.batch_size = 4 * config.data.get("captions_per_example", 1)  # a few examples suffice
   spec = train_batch_spec(config)
-  batch = next(make_train_iterator(config, make_tokenizer(config.data)))
+  tokenizer = make_tokenizer(config.data)
+  it = make_train_iterator(config, tokenizer)
+  batch = next(it)
   assert {k: (s.shape, s.dtype) for k, s in spec.items()} == {
       k: (v.shape, v.dtype) for k, v in batch.items()}
+  # Every source: a restored iterator continues with the identical next batch, and two
+  # processes' slices concatenate to the one-process batch.
+  state, following = it.get_state(), next(it)
+  restored = make_train_iterator(config, tokenizer)
+  restored.set_state(state)
+  halves = [make_train_iterator(config, tokenizer, p, 2) for p in range(2)]
+  for half in halves:
+    half.set_state(state)
+  again, (first, second) = next(restored), [next(h) for h in halves]
+  for key, value in following.items():
+    np.testing.assert_array_equal(again[key], value, err_msg=key)
+    np.testing.assert_array_equal(np.concatenate([first[key], second[key]]), value, err_msg=key)
 
 
 def test_config_files_cover_every_source_views_and_captions():
