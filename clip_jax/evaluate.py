@@ -9,7 +9,8 @@ train step is built. Several processes evaluate together with the multi-host fla
 `clip_jax.train` (--multihost, or --coordinator_address/--num_processes/--process_id). Process 0
 prints one JSON object of metrics and writes it to `<workdir>/eval/<step>.json` (a later
 evaluation of the same step replaces it), with the evaluators' pictures beside it
-(`<step>_<eval_name>_grid.png`, `..._projection.png`, `..._confusion.png`). The workdir may be local or on object storage
+(`<step>_<eval_name>_grid.png`, `..._projection.png`, `..._confusion.png`), and adds the metrics
+to the run's TensorBoard events (`<workdir>/tensorboard/`, a file of their own). The workdir may be local or on object storage
 (gs://bucket/run).
 """
 
@@ -26,6 +27,7 @@ from clip_jax import distributed, fs
 from clip_jax.cli import define_config_flag, parse_flags_or_exit
 from clip_jax.config import saved_config
 from clip_jax.registry import ConfigError
+from clip_jax.tensorboard import TensorBoardWriter
 
 _CONFIG = define_config_flag("Optional get_config() file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's directory.")
@@ -107,6 +109,8 @@ def main(argv: list[str]) -> None:
     print(line)
     fs.makedirs(fs.join(workdir, EVAL_DIRNAME))
     fs.write_text(fs.join(workdir, EVAL_DIRNAME, f"{metrics['step']}.json"), line + "\n")
+    with TensorBoardWriter(workdir) as tensorboard:  # beside the training run's events
+      tensorboard.write(metrics["step"], {k: v for k, v in metrics.items() if k != "step"})
 
 
 if __name__ == "__main__":

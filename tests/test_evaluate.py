@@ -18,6 +18,8 @@ from clip_jax.data import synthetic
 from clip_jax.metrics import read_metrics
 from clip_jax.training.loop import train_and_evaluate
 
+from tests.test_tensorboard import read_events, scalars
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.py")
 
@@ -58,6 +60,7 @@ def test_evaluate_reproduces_training_evals(workdir, step):
   evals = training_evals(workdir)
   assert sorted(evals) == [4, 8]
   assert evals[4] != evals[8]  # the two checkpoints are told apart by their metrics
+  before = set(os.listdir(workdir / "tensorboard"))
   proc = evaluate_cli(workdir, *([f"--step={step}"] if step else []))
   assert proc.returncode == 0, proc.stderr[-3000:]
   printed = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -69,6 +72,13 @@ def test_evaluate_reproduces_training_evals(workdir, step):
   for picture in ("heldout_grid", "heldout_projection", "shapes_confusion"):
     with Image.open(os.path.join(workdir, "eval", f"{step or 8}_{picture}.png")) as png:
       assert png.format == "PNG" and min(png.size) > 100, picture
+  # And to TensorBoard, in an events file of its own beside training's.
+  new_files = sorted(set(os.listdir(workdir / "tensorboard")) - before)
+  assert len(new_files) == 1
+  logged = [(s, value) for name, event in read_events(workdir / "tensorboard")
+            if name == new_files[0] for s, tag, value in scalars([(name, event)])
+            if tag == "heldout/i2t_recall_5"]
+  assert logged == [(step or 8, pytest.approx(printed["heldout/i2t_recall@5"]))]
   if step is None:
     with open(os.path.join(workdir, "final_metrics.json")) as f:
       assert_same_metrics(printed, json.load(f))
