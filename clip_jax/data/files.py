@@ -142,6 +142,7 @@ class FileSource(DataSource):
     eval_index: None (no held-out split) or a function that indexes the evaluation files,
       returning (samples, skips) like the training index.
     num_eval: `FileFields.num_eval`.
+    required: False when a source may have no training files at all (evaluation only).
 
   Raises:
     ConfigError: too many skipped samples, or none left (`Skips.check`).
@@ -149,7 +150,8 @@ class FileSource(DataSource):
 
   def __init__(self, samples: Sequence[Sample], skips: Skips, *, image_size: int,
                max_skip_fraction: float, field: str,
-               eval_index: Callable[[], tuple[list[Sample], Skips]] | None, num_eval: int):
+               eval_index: Callable[[], tuple[list[Sample], Skips]] | None, num_eval: int,
+               required: bool = True):
     self.samples = list(samples)
     self.index_skips = skips
     self.image_size = image_size
@@ -161,7 +163,8 @@ class FileSource(DataSource):
     self.failed: set[int] = set()  # units whose image failed at read time
     self._lock = threading.Lock()
     self.found = self.num_train + skips.total
-    skips.check(self.found, max_skip_fraction, field)
+    if required or self.found:
+      skips.check(self.found, max_skip_fraction, field)
 
   @property
   def skipped(self) -> dict[str, int]:

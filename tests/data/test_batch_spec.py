@@ -13,6 +13,8 @@ from clip_jax.data import (make_tokenizer, make_train_iterator, pack, registry a
                            synthetic, table, train_batch_spec)
 from clip_jax.registry import ConfigError
 
+from tests.data.test_image_folder import write_folder
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True)
                       + glob.glob(os.path.join(ROOT, "tests", "configs", "*.py")))
@@ -38,6 +40,8 @@ def test_spec_is_the_shape_of_a_real_batch(path, request):
     config.data.update(data_dir=request.getfixturevalue("tfds_data_dir"),
                        dataset="clip_jax_tiny_captions", text_key="captions/text",
                        max_skip_fraction=0.5, cache_dir=str(request.getfixturevalue("tmp_path")))
+  if config.data.name == "image_folder":  # 3 class folders of 4 images
+    config.data.path = str(write_folder(request.getfixturevalue("tmp_path") / "folders"))
   if config.data.tokenizer.name == "clip_bpe":  # CLIP's merges file from the open_clip wheel
     config.data.tokenizer.merges_path = request.getfixturevalue("clip_merges_path")
   config.batch_size = 4 * config.data.get("captions_per_example", 1)  # a few examples suffice
@@ -63,8 +67,8 @@ def test_spec_is_the_shape_of_a_real_batch(path, request):
 
 def test_config_files_cover_every_source_views_and_captions():
   configs = [load_config_file(p).data for p in CONFIG_FILES]
-  assert {c.name for c in configs} == {"csv", "emoji", "fashion_mnist", "synthetic", "tfds",
-                                       "webdataset"}
+  assert {c.name for c in configs} == {"csv", "emoji", "fashion_mnist", "image_folder",
+                                       "synthetic", "tfds", "webdataset"}
   assert any(c.get("extra_views", ()) for c in configs)
   assert any(c.get("captions_per_example", 1) > 1 for c in configs)
 
