@@ -71,7 +71,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     step = available[-1] if step is None else step
     embedder = Embedder(config)
     config = embedder.config
-    tokenizer = make_tokenizer(config.data)
+    tokenizer = make_tokenizer(config.data, run_dir=workdir)
     check_vocab(config, tokenizer)
     params = ckpt.restore_params(step, embedder.abstract_model_params)
   finally:

@@ -154,8 +154,9 @@ def write_text(path: PathLike, text: str) -> None:
 def write_atomic(path: PathLike, data: bytes) -> None:
   """Replaces `path` with `data` so that a reader or a crash sees the old or the new content.
 
-  Locally: a temporary file in the same directory, fsync'ed, then `os.replace`d onto `path` (and
-  removed if anything fails). On object storage: one object write, which is atomic there.
+  Locally: a temporary file in the same directory, given the permissions a new file gets
+  (0666 less the umask), fsync'ed, then `os.replace`d onto `path` (and removed if anything
+  fails). On object storage: one object write, which is atomic there.
   """
   path = os.fspath(path)
   if is_remote(path):
@@ -164,6 +165,9 @@ def write_atomic(path: PathLike, data: bytes) -> None:
   fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
                              dir=os.path.dirname(os.path.abspath(path)))
   try:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # as open() would create it (mkstemp's file is 0600)
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()

@@ -134,8 +134,10 @@ class FileSource(DataSource):
   """Training units = indexed samples, with skip accounting and substitution (module docstring).
 
   Args:
-    samples: the usable training samples, in unit order.
-    skips: the index-time skips of the training files.
+    train_index: indexes the training files: returns (the usable training samples in unit
+      order, the index-time skips). Called once, on first use (the number of units, a batch,
+      the skip counts), so that evaluation, which reads only the held-out files, works when the
+      training files are gone.
     image_size: the side of every image.
     max_skip_fraction: `FileFields.max_skip_fraction`.
     field: the config field that names the training files, for messages (e.g. config.data.path).
@@ -144,27 +146,54 @@ class FileSource(DataSource):
     num_eval: `FileFields.num_eval`.
     required: False when a source may have no training files at all (evaluation only).
 
-  Raises:
+  Raises (on first use of the training index):
     ConfigError: too many skipped samples, or none left (`Skips.check`).
   """
 
-  def __init__(self, samples: Sequence[Sample], skips: Skips, *, image_size: int,
-               max_skip_fraction: float, field: str,
+  def __init__(self, train_index: Callable[[], tuple[Sequence[Sample], Skips]], *,
+               image_size: int, max_skip_fraction: float, field: str,
                eval_index: Callable[[], tuple[list[Sample], Skips]] | None, num_eval: int,
                required: bool = True):
-    self.samples = list(samples)
-    self.index_skips = skips
+    self._train_index = train_index
+    self._indexed: tuple[list[Sample], Skips] | None = None
     self.image_size = image_size
     self.max_skip_fraction = max_skip_fraction
     self.field = field
     self.eval_index = eval_index
     self.num_eval = num_eval
+    self.required = required
     self.read_skips = Skips()
     self.failed: set[int] = set()  # units whose image failed at read time
-    self._lock = threading.Lock()
-    self.found = self.num_train + skips.total
-    if required or self.found:
-      skips.check(self.found, max_skip_fraction, field)
+    self._lock = threading.RLock()  # _index calls num_train, which may index
+
+  def _index(self) -> tuple[list[Sample], Skips]:
+    with self._lock:
+      if self._indexed is None:
+        samples, skips = self._train_index()
+        self._indexed = list(samples), skips
+        found = self.num_train + skips.total
+        if self.required or found:
+          try:
+            skips.check(found, self.max_skip_fraction, self.field)
+          except ConfigError:
+            self._indexed = None  # indexed again on the next use (the files may be fixed)
+            raise
+    return self._indexed
+
+  @property
+  def samples(self) -> list[Sample]:
+    """The usable training samples, in unit order (indexed on first use)."""
+    return self._index()[0]
+
+  @property
+  def index_skips(self) -> Skips:
+    """The training files' index-time skips (indexed on first use)."""
+    return self._index()[1]
+
+  @property
+  def found(self) -> int:
+    """The training samples found: units plus index-time skips."""
+    return self.num_train + self.index_skips.total
 
   @property
   def skipped(self) -> dict[str, int]:

@@ -12,9 +12,9 @@ i-th image (by class, then name); its captions are the class name ("_" read as a
 
 Held-out split "heldout" (`eval_path`, a folder of the same layout): at most `num_eval` images,
 those whose relative paths have the smallest SHA-1 digests (a cut spread over the classes that
-does not depend on listing order), each with the label set "class" (the training folder's class
-names, which the held-out folder's subfolders must match) and one text, its class name in the first
-template. For zero-shot classification with other names (ImageNet's WordNet ids to words), give
+does not depend on listing order), each with the label set "class" (the held-out folder's own
+sorted subfolder names) and one text, its class name in the first template. The training folder
+is not read for it. For zero-shot classification with other names (ImageNet's WordNet ids to words), give
 the evaluator `classnames="imagenet1k"` (`clip_jax.evals.zeroshot`).
 
 `path` may be "" when only evaluating (`python -m clip_jax.evaluate` of a converted checkpoint):
@@ -94,17 +94,19 @@ class ImageFolderSource(FileSource):
 
   def __init__(self, fields: ImageFolderFields):
     self.fields = fields
-    templates = tuple(fields.caption_templates)
-    self.classnames: list[str] = []
-    samples = []
-    if fields.path:
-      self.classnames, images = list_folder(fields.path, "config.data.path")
-      names = [c.replace("_", " ") for c in self.classnames]
-      samples = [Sample(path, 0, -1, tuple(t.format(names[label]) for t in templates), path)
-                 for path, label in images]
-    super().__init__(samples, Skips(), image_size=fields.image_size,
+    super().__init__(self._train_samples, image_size=fields.image_size,
                      max_skip_fraction=fields.max_skip_fraction, field="config.data.path",
                      eval_index=None, num_eval=fields.num_eval, required=bool(fields.path))
+
+  def _train_samples(self) -> tuple[list[Sample], Skips]:
+    """The training index: every image of every class folder of `path`, captioned."""
+    if not self.fields.path:
+      return [], Skips()
+    classes, images = list_folder(self.fields.path, "config.data.path")
+    names = [c.replace("_", " ") for c in classes]
+    templates = tuple(self.fields.caption_templates)
+    return [Sample(path, 0, -1, tuple(t.format(names[label]) for t in templates), path)
+            for path, label in images], Skips()
 
   @property
   def eval_splits(self) -> tuple[str, ...]:
@@ -115,10 +117,6 @@ class ImageFolderSource(FileSource):
       raise self.unknown_split(split)
     f = self.fields
     classes, images = list_folder(f.eval_path, "config.data.eval_path")
-    if self.classnames and classes != self.classnames:
-      raise ConfigError(f"config.data.eval_path = {f.eval_path!r} has other class folders than "
-                        f"config.data.path ({len(classes)} and {len(self.classnames)}; e.g. "
-                        f"{sorted(set(classes) ^ set(self.classnames))[:3]}); they must match")
     digest = {path: hashlib.sha1(os.path.relpath(path, f.eval_path).encode()).hexdigest()
               for path, _ in images}
     kept = set(sorted(digest.values())[:f.num_eval])

@@ -187,7 +187,9 @@ def build(data_config: Any) -> TableSource:
   def eval_index() -> tuple[list[Sample], Skips]:
     return read_table(f.eval_path, f.image_key, f.caption_key, f.sep, "config.data.eval_path")
 
-  samples, skips = read_table(f.path, f.image_key, f.caption_key, f.sep)
-  return TableSource(samples, skips, image_size=f.image_size,
+  def train_index() -> tuple[list[Sample], Skips]:
+    return read_table(f.path, f.image_key, f.caption_key, f.sep)
+
+  return TableSource(train_index, image_size=f.image_size,
                      max_skip_fraction=f.max_skip_fraction, field=f"config.data.path = {f.path!r}",
                      eval_index=eval_index if f.eval_path else None, num_eval=f.num_eval)

@@ -90,7 +90,8 @@ so that the other sources do not pay for it).
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   except ImportError:
     raise ConfigError(f"{field}: the 'tfds' source needs tensorflow-datasets; "
-                      "pip install 'clip_jax[tfds]' (TensorFlow itself is not needed)") from None
+                      "pip install -e '.[tfds]' in the repository (reading needs no "
+                      "TensorFlow)") from None
   try:
     return tfds.data_source(dataset, split=split, data_dir=data_dir or None,
                             decoders={image_key: tfds.decode.SkipDecoding()})
@@ -138,41 +139,62 @@ class TfdsSource(FileSource):
       raise ConfigError("config.data.text_key and config.data.label_key are both empty; set "
                         "text_key to the caption feature (e.g. 'captions/text') or label_key to "
                         "a class label (e.g. 'label')")
-    self.train = open_split(fields.dataset, fields.train_split, fields.data_dir,
-                            fields.image_key, field)
-    self.classnames: list[str] = []
-    if fields.label_key:
-      features = self.train.dataset_info.features
-      label = features[fields.label_key] if fields.label_key in features else None
-      if label is None or not hasattr(label, "names"):
-        raise ConfigError(f"config.data.label_key = {fields.label_key!r} is not a class-label "
-                          f"feature of {fields.dataset!r}; its features: "
-                          f"{', '.join(self.train.dataset_info.features)}")
-      self.classnames = [n.replace("_", " ") for n in label.names]
+    self._train: Any = None
+    self._train_names: list[str] | None = None
     self._where = f"{fields.dataset}/{fields.train_split}"
-    super().__init__((), Skips(), image_size=fields.image_size,
+    super().__init__(lambda: ([], Skips()), image_size=fields.image_size,
                      max_skip_fraction=fields.max_skip_fraction, field=field, eval_index=None,
                      num_eval=fields.num_eval)
+
+  @property
+  def train(self) -> Any:
+    """The training split's data source (opened on first use: evaluation does not need it)."""
+    if self._train is None:
+      f = self.fields
+      self._train = open_split(f.dataset, f.train_split, f.data_dir, f.image_key,
+                               "config.data.dataset")
+    return self._train
+
+  def class_names(self, records: Any) -> list[str]:
+    """The `label_key` feature's class names ("_" as a space) in a split's dataset info.
+
+    Raises:
+      ConfigError: `label_key` is not a class-label feature.
+    """
+    f = self.fields
+    features = records.dataset_info.features
+    label = features[f.label_key] if f.label_key in features else None
+    if label is None or not hasattr(label, "names"):
+      raise ConfigError(f"config.data.label_key = {f.label_key!r} is not a class-label "
+                        f"feature of {f.dataset!r}; its features: {', '.join(features)}")
+    return [n.replace("_", " ") for n in label.names]
 
   @property
   def num_train(self) -> int:
     return len(self.train)
 
-  def captions(self, record: Any) -> tuple[tuple[str, ...], str | None]:
-    """(a record's captions, None) or ((), the skip reason)."""
+  def captions(self, record: Any, names: list[str]) -> tuple[tuple[str, ...], str | None]:
+    """(a record's captions, None) or ((), the skip reason); `names`: the class names of
+    `label_key` (captions by label)."""
     f = self.fields
     if f.text_key:
       return clean_caption(_text(feature(record, f.text_key)))
     label = feature(record, f.label_key)
     if label is None:
       return (), "caption_missing"
-    name = self.classnames[int(label)]
-    return tuple(t.format(name) for t in f.caption_templates), None
+    return tuple(t.format(names[int(label)]) for t in f.caption_templates), None
+
+  @property
+  def train_names(self) -> list[str]:
+    """The training split's class names of `label_key` ([] without one)."""
+    if self._train_names is None:
+      self._train_names = self.class_names(self.train) if self.fields.label_key else []
+    return self._train_names
 
   def read_unit(self, unit: int) -> tuple[np.ndarray | None, tuple[str, ...], str | None, str]:
     record = self.train[unit]
     where = f"{self._where}[{unit}]"
-    captions, reason = self.captions(record)
+    captions, reason = self.captions(record, self.train_names)
     if reason is not None:
       return None, (), reason, where
     image, reason = self.decode(record)
@@ -191,7 +213,7 @@ class TfdsSource(FileSource):
     """Every training caption: reads every record (for tokenizers fitted on captions)."""
     out = []
     for unit in range(self.num_train):
-      captions, _ = self.captions(self.train[unit])
+      captions, _ = self.captions(self.train[unit], self.train_names)
       out.extend(captions)
     return out
 
@@ -205,11 +227,12 @@ class TfdsSource(FileSource):
     f = self.fields
     records = open_split(f.dataset, f.eval_split, f.data_dir, f.image_key,
                          "config.data.eval_split")
+    names = self.class_names(records) if f.label_key else []
     images, texts, text_image, labels = [], [], [], []
     skipped = 0
     for i in range(min(len(records), f.num_eval)):
       record = records[i]
-      captions, reason = self.captions(record)
+      captions, reason = self.captions(record, names)
       image = self.decode(record)[0] if reason is None else None
       if image is None:
         skipped += 1
@@ -229,7 +252,7 @@ class TfdsSource(FileSource):
     if not images:
       raise ConfigError(f"config.data.eval_split = {f.eval_split!r} of {f.dataset!r} holds no "
                         "usable record")
-    label_sets = ({f.label_key: (np.array(labels, np.int32), self.classnames)}
+    label_sets = ({f.label_key: (np.array(labels, np.int32), names)}
                   if f.label_key else {})
     return EvalSet(images=transforms.to_float(np.stack(images)), texts=texts,
                    text_image=np.array(text_image, np.int32), labels=label_sets)

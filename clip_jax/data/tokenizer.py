@@ -49,7 +49,7 @@ import regex
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
-from clip_jax import schema
+from clip_jax import fs, schema
 from clip_jax.data import cache
 from clip_jax.data import registry as data_registry
 from clip_jax.data.text_clean import clean_text
@@ -332,7 +332,8 @@ def find_clip_merges() -> Path | None:
 def _clip_merges_path(value: Any, path: str) -> str:
   """The check of `merges_path`: an existing file, or "" resolved by `find_clip_merges`."""
   value = schema.string()(value, path)
-  how = (f"install open_clip_torch (`pip install open_clip_torch`, which ships {CLIP_MERGES_FILE})"
+  how = (f"install open_clip_torch (`pip install --no-deps open_clip_torch==3.3.0`, which ships "
+         f"{CLIP_MERGES_FILE})"
          f" or set {path} to the file")
   if not value:
     found = find_clip_merges()
@@ -413,18 +414,42 @@ def bpe_cache_path(data_config: Any, source_name: str, vocab_size: int, key: str
       f"{source_name}-bpe{vocab_size}-{key}.json")
 
 
-def make_tokenizer(data_config: Any) -> Tokenizer:
+RUN_TOKENIZER_FILE = "tokenizer.json"  # a run's fitted tokenizer, in its workdir
+
+
+def make_tokenizer(data_config: Any, run_dir: str | None = None) -> Tokenizer:
   """The tokenizer named by `config.data.tokenizer.name`, for rows of `config.data.max_len`.
 
   "bpe" fits on the training captions of the configured source on first use (a few tens of
-  milliseconds for the emoji demo) and caches the result; later calls load it.
+  milliseconds for the emoji demo) and caches the result; later calls load it. With `run_dir`
+  (a run's workdir, local or object storage), a fitted tokenizer is also kept there as
+  `tokenizer.json` with the fields it was made from, and read back from there when the fields
+  are the same: a run's evaluation then needs neither its training data nor the cache.
 
   Raises:
     ConfigError: naming `config.data.<field>` or `config.data.tokenizer.<field>` (see
       `parse_data`), or a `vocab_size` smaller than the tokenizer's vocabulary.
   """
   _, data = data_registry.parse_data(data_config)
-  return _build(data.tokenizer, data.max_len, data_config)
+  section = dict(_plain_section(data.tokenizer))
+  if section.get("name") not in FITTED_ON_CAPTIONS or run_dir is None:
+    return _build(data.tokenizer, data.max_len, data_config)
+  path = fs.join(run_dir, RUN_TOKENIZER_FILE)
+  if fs.exists(path):
+    saved = json.loads(fs.read_text(path))
+    if saved.get("fields") == section:
+      return BpeTokenizer(tokenizers.Tokenizer.from_str(saved["tokenizer"]), data.max_len)
+  tokenizer = _build(data.tokenizer, data.max_len, data_config)
+  fs.makedirs(run_dir)
+  fs.write_atomic(path, json.dumps({"fields": section, "tokenizer": tokenizer.hf.to_str()},
+                                   ensure_ascii=False).encode("utf-8"))
+  return tokenizer
+
+
+def _plain_section(section: Any) -> dict[str, Any]:
+  """A tokenizer section as a plain dict (for comparing a saved tokenizer's fields)."""
+  return json.loads(json.dumps(section.to_dict() if hasattr(section, "to_dict") else
+                               dict(section)))
 
 
 def load_tokenizer(name: str, context_length: int = 77, **fields: Any) -> Tokenizer:

@@ -229,14 +229,16 @@ def build(data_config: Any) -> WebDatasetSource:
   """The "webdataset" source for `config.data` (fields: `WebDatasetFields`)."""
   f: WebDatasetFields = data_registry.parse_source(data_config, "webdataset")
   cache_dir = cache.resolve_cache_dir(data_config)
-  shards = expand_shards(f.train_shards, "config.data.train_shards")
   eval_shards = expand_shards(f.eval_shards, "config.data.eval_shards") if f.eval_shards else []
+
+  def train_index() -> tuple[list[Sample], Skips]:
+    shards = expand_shards(f.train_shards, "config.data.train_shards")
+    return index_shards(shards, f.caption_key, cache_dir)
 
   def eval_index() -> tuple[list[Sample], Skips]:
     return index_shards(eval_shards, f.caption_key, cache_dir)
 
-  samples, skips = index_shards(shards, f.caption_key, cache_dir)
-  return WebDatasetSource(samples, skips, image_size=f.image_size,
+  return WebDatasetSource(train_index, image_size=f.image_size,
                           max_skip_fraction=f.max_skip_fraction,
                           field=f"config.data.train_shards = {f.train_shards!r}",
                           eval_index=eval_index if eval_shards else None, num_eval=f.num_eval)

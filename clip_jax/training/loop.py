@@ -217,7 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   trainer = Trainer(config)
   config = trainer.config
   is_main = jax.process_index() == 0
-  tokenizer = make_tokenizer(config.data)
+  tokenizer = make_tokenizer(config.data, run_dir=workdir)
   check_vocab(config, tokenizer)
   data_iter = make_train_iterator(config, tokenizer, process_index=jax.process_index(),
                                   process_count=jax.process_count())

@@ -90,7 +90,7 @@ def test_too_many_skips_stop_naming_the_rows(photo_table, file_config):
     os.remove(imgs / f"{i}.png")
   with pytest.raises(ConfigError, match=r"2 of 12 samples \(16.7%\).*max_skip_fraction = 0.1"
                      r".*image_missing 2.*train.csv:2 \(imgs/0.png\)"):
-    build_source(file_config(name="csv", path=str(photo_table)).data)
+    build_source(file_config(name="csv", path=str(photo_table)).data).num_train  # indexes
   # Read-time failures count too: 1 missing + 1 corrupt of 12 is over 0.1 once the corrupt one
   # is read.
   (imgs / "0.png").write_bytes((imgs / "4.png").read_bytes())
@@ -109,7 +109,7 @@ def test_too_many_skips_stop_naming_the_rows(photo_table, file_config):
 ])
 def test_config_errors_name_the_field(photo_table, file_config, data, message):
   with pytest.raises(ConfigError, match=message):
-    build_source(file_config(**{"name": "csv", "path": str(photo_table), **data}).data)
+    build_source(file_config(**{"name": "csv", "path": str(photo_table), **data}).data).num_train
 
 
 def test_heldout_groups_by_image_and_cuts_deterministically(photo_table, file_config):

@@ -78,7 +78,7 @@ def test_config_errors_name_the_field(tfds_data_dir, tmp_path):
   with pytest.raises(ConfigError, match=r"config.data.dataset: cannot open TFDS dataset "
                                         r"'no_such_dataset'.*array_record"):
     data_registry.build_source(config(tfds_data_dir, tmp_path, dataset="no_such_dataset",
-                                      label_key="label").data)
+                                      label_key="label").data).num_train
   with pytest.raises(ConfigError, match="label_key = 'captions' is not a class-label feature"):
     data_registry.build_source(config(tfds_data_dir, tmp_path, dataset="clip_jax_tiny_captions",
-                                      label_key="captions").data)
+                                      label_key="captions").data).train_examples([0], [[0, 0]])

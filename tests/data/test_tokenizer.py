@@ -3,6 +3,7 @@ and caption text that spells a special token."""
 
 from __future__ import annotations
 
+import json
 import unicodedata
 
 import ml_collections
@@ -220,3 +221,25 @@ def test_no_text_produces_a_special_id(synthetic_config, name, request):
     # file tokenizers' small or foreign vocabularies turn some characters into an unknown piece.
     if name not in _FILE_TOKENIZERS:
       assert _squash(clean(literal[:40])) in _squash(tok.decode(row)), (text, tok.decode(row))
+
+
+def test_a_fitted_tokenizer_is_kept_with_the_run(synthetic_config, tmp_path, monkeypatch):
+  run = tmp_path / "run"
+  tok = make_tokenizer(synthetic_config.data, run_dir=str(run))
+  saved = json.loads((run / "tokenizer.json").read_text())
+  assert saved["fields"] == {"name": "bpe", "vocab_size": 320}
+
+  def gone(*args, **kwargs):
+    raise AssertionError("the training data was read")
+
+  # Read back from the run, with neither the source nor the fitting needed.
+  with monkeypatch.context() as m:
+    m.setattr(registry, "build_source", gone)
+    m.setattr(tokenizer_lib.BpeTokenizer, "fit", gone)
+    again = make_tokenizer(synthetic_config.data, run_dir=str(run))
+  assert again.hf.to_str() == tok.hf.to_str()
+  # Other tokenizer fields: fitted anew, and the run's file replaced.
+  synthetic_config.data.tokenizer.vocab_size = 300
+  other = make_tokenizer(synthetic_config.data, run_dir=str(run))
+  assert json.loads((run / "tokenizer.json").read_text())["fields"]["vocab_size"] == 300
+  assert other.vocab_size <= 300

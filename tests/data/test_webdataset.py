@@ -131,7 +131,7 @@ def test_too_many_skips_name_the_worst_shard(shards, file_config):
       (f"s{i}.txt", b"no image") for i in range(101, 104)])
   with pytest.raises(ConfigError, match=r"4 of 20 samples \(20.0%\).*caption_missing 1, "
                      r"image_missing 3.*shard-00004.tar \(4\)"):
-    build_source(file_config(name="webdataset", train_shards=str(shards / "*.tar")).data)
+    build_source(file_config(name="webdataset", train_shards=str(shards / "*.tar")).data).num_train
 
 
 @pytest.mark.parametrize("shards_field, message", [
@@ -143,7 +143,7 @@ def test_too_many_skips_name_the_worst_shard(shards, file_config):
 def test_missing_shards_name_the_field(shards, file_config, shards_field, message):
   with pytest.raises(ConfigError, match=message):
     build_source(file_config(name="webdataset",
-                             train_shards=shards_field.format(d=shards)).data)
+                             train_shards=shards_field.format(d=shards)).data).num_train
 
 
 def test_index_cache_follows_the_shard(shards, file_config):
