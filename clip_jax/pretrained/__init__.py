@@ -38,8 +38,9 @@ class PretrainedModel:
 
   Attributes:
     graphdef: the structure of the `MultiTower` model.
-    config: ConfigDict with `model` (the `config.model` of the architecture) and `loss` (the
-      softmax loss starting at the checkpoint's logit scale).
+    config: ConfigDict with `model` (the `config.model` of the architecture), `loss` (the
+      softmax loss starting at the checkpoint's logit scale) and `data` (the `config.data`
+      fields the weights expect: image_size, max_len, tokenizer, preprocess.normalize).
     logit_scale: the checkpoint's t' (logits are scaled by t = exp(t')).
     image_size: the image side the model takes, in pixels.
     context_length: the token rows' length the text tower takes (CLIP: 77).
@@ -102,6 +103,7 @@ def load(source: str, name: str, *,
   model_config = arch.model_config()
   graphdef, _ = open_clip.abstract_structure(arch)
   config = ml_collections.ConfigDict(dict(model=model_config,
-                                          loss=open_clip.loss_config(logit_scale)))
+                                          loss=open_clip.loss_config(logit_scale),
+                                          data=arch.data_config()))
   return PretrainedModel(graphdef, config, logit_scale, arch.image_size,
                          arch.context_length), params

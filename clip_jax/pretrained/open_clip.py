@@ -131,6 +131,13 @@ class Architecture:
         embed_dim=self.embed_dim, dtype="float32", remat=False,
         towers=dict(image=image, text=text)))
 
+  def data_config(self) -> ml_collections.ConfigDict:
+    """The `config.data` fields these weights expect: image_size, max_len (the context length),
+    the "clip_bpe" tokenizer and CLIP's normalisation."""
+    return ml_collections.ConfigDict(dict(
+        image_size=self.image_size, max_len=self.context_length,
+        tokenizer=dict(name="clip_bpe"), preprocess=dict(normalize="clip")))
+
   def inputs(self) -> dict[str, jax.ShapeDtypeStruct]:
     """The batch entries the model is built for: "image" float32 [1, S, S, 3] (S =
     image_size) and "text" int32 [1, context_length]."""
