@@ -6,7 +6,8 @@
     txt = model.apply({"params": params}, tokens, method=model.encode_text)   # [B, E]
 
 Sources: "open_clip" (open_clip and OpenAI CLIP ViT checkpoints, `clip_jax.pretrained.open_clip`;
-names in its ARCHITECTURES). `params` is the `MultiTower` parameter tree of `model.config.model`
+names in its ARCHITECTURES), "hf" (Hugging Face `CLIPModel` checkpoints, `clip_jax.pretrained.hf`;
+the same names). `params` is the `MultiTower` parameter tree of `model.config.model`
 (`clip_jax.models.model`), so it also serves as the starting point of training with that config.
 """
 
@@ -20,12 +21,12 @@ import ml_collections
 from flax import nnx
 
 from clip_jax.models.model import MultiTower
-from clip_jax.pretrained import open_clip
+from clip_jax.pretrained import hf, open_clip
 from clip_jax.registry import ConfigError
 
 Array = jax.Array
 
-SOURCES = ("open_clip",)
+SOURCES = ("open_clip", "hf")
 
 
 class PretrainedModel:
@@ -82,9 +83,11 @@ def load(source: str, name: str, *,
 
   Args:
     source: where the weights come from: "open_clip" (open_clip and OpenAI CLIP checkpoints,
-      `.safetensors` read with numpy, `.pt` / `.bin` with PyTorch).
+      `.safetensors` read with numpy, `.pt` / `.bin` with PyTorch) or "hf" (a Hugging Face
+      `CLIPModel`'s model.safetensors or pytorch_model.bin).
     name: the architecture, e.g. "ViT-B-32", "ViT-B-32-quickgelu", "ViT-B-16", "ViT-L-14"
-      (`open_clip.ARCHITECTURES`). OpenAI's original weights use QuickGELU: "-quickgelu" names.
+      (`open_clip.ARCHITECTURES`). OpenAI's original weights use QuickGELU: "-quickgelu" names
+      (HF's openai/clip-vit-base-patch32 is "ViT-B-32-quickgelu").
     checkpoint: the checkpoint file.
 
   Returns:
@@ -99,7 +102,8 @@ def load(source: str, name: str, *,
     raise ConfigError(f"pretrained source {source!r} is not known; choose one of: "
                       f"{', '.join(SOURCES)}")
   arch = open_clip.architecture(name)
-  params, logit_scale = open_clip.to_params(open_clip.read_state_dict(checkpoint), arch)
+  convert = hf.to_params if source == "hf" else open_clip.to_params
+  params, logit_scale = convert(open_clip.read_state_dict(checkpoint), arch)
   model_config = arch.model_config()
   graphdef, _ = open_clip.abstract_structure(arch)
   config = ml_collections.ConfigDict(dict(model=model_config,

@@ -249,7 +249,7 @@ def _norm(ours: tuple[str, ...], theirs: str) -> list[Rule]:
 
 
 def _blocks(ours: tuple[str, ...], theirs: str, depth: int) -> list[Rule]:
-  """The rules of a transformer's blocks; the attention keys are those `_split_attention`
+  """The rules of a transformer's blocks; the attention keys are those `split_attention`
   makes."""
   rules = []
   for i in range(depth):
@@ -294,7 +294,7 @@ def _rules(arch: Architecture) -> list[Rule]:
   return rules
 
 
-def _split_attention(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def split_attention(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Splits every `<block>.attn.in_proj_{weight,bias}` ([3D, D], [3D]) into
   `<block>.attn.{q,k,v}_proj.{weight,bias}`; the rest is kept as it is."""
   out = {}
@@ -309,7 +309,7 @@ def _split_attention(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
 
 
 def _join_attention(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """The inverse of `_split_attention`, with a zero key bias (ours has none)."""
+  """The inverse of `split_attention`, with a zero key bias (ours has none)."""
   out = {}
   for key, value in state_dict.items():
     prefix, _, leaf = key.rpartition(".")
@@ -352,7 +352,7 @@ def to_params(state_dict: Mapping[str, Any], arch: Architecture) -> tuple[dict[s
     checkpoint of another architecture), or a key whose shape differs from the one the
     architecture needs.
   """
-  state = _split_attention({k: np.asarray(v, np.float32) for k, v in state_dict.items()})
+  state = split_attention({k: np.asarray(v, np.float32) for k, v in state_dict.items()})
   _, expected = abstract_structure(arch)
   rules = _rules(arch)
   wanted = {key for _, key, _, _ in rules} | {"logit_scale"}
