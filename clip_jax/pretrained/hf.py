@@ -18,7 +18,7 @@ How the names correspond (HF -> open_clip), per tower:
 * text_model.embeddings.{token_embedding.weight, position_embedding.weight} ->
   {token_embedding.weight, positional_embedding}; text_model.final_layer_norm -> ln_final;
 * <tower>.encoder.layers.<i> -> <tower>.transformer.resblocks.<i>, and in a block self_attn ->
-  attn (q/k/v/out_proj kept: open_clip's in_proj split as `open_clip.split_attention` does),
+  attn (q/k/v/out_proj kept: open_clip's in_proj split as `rules.split_attention` does),
   layer_norm1/2 -> ln_1/2, mlp.fc1/fc2 -> mlp.c_fc/c_proj;
 * visual_projection.weight / text_projection.weight: torch Linear weights [E, D], transposed to
   open_clip's visual.proj / text_projection [D, E]; logit_scale as it is.
@@ -37,6 +37,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from clip_jax.pretrained import open_clip
+from clip_jax.pretrained import rules as R
 
 # (HF key prefix, open_clip key prefix); a prefix ending in "." maps every key under it.
 _PREFIXES = (
@@ -112,7 +113,7 @@ def from_params(params: Mapping[str, Any], arch: open_clip.Architecture,
   """
   inverse = tuple((new, old) for old, new in _PREFIXES)
   inverse_parts = tuple((new, old) for old, new in _BLOCK_PARTS)
-  state = open_clip.split_attention(open_clip.from_params(params, arch, logit_scale))
+  state = R.split_attention(open_clip.from_params(params, arch, logit_scale))
   return {_rename(k, inverse, inverse_parts): np.ascontiguousarray(v.T) if k in _TRANSPOSED
           else v for k, v in state.items()}
 
