@@ -1,4 +1,6 @@
-"""Hugging Face transformers `CLIPModel` checkpoints <-> clip_jax parameters.
+"""Hugging Face transformers `CLIPModel` and `SiglipModel` checkpoints <-> clip_jax parameters.
+
+## CLIP
 
 A `CLIPModel` has the architecture of OpenAI's CLIP (pre-LN ViT with a class token and
 `pre_layrnorm`, causal text transformer pooled at the EOS token, bias-free projections,
@@ -28,16 +30,44 @@ still say 2 take the largest id, as open_clip does), clip_jax the last non-pad t
 token for the rows of CLIP's tokenizer ("clip_bpe": one EOS, then pads). HF's own tokenizer pads
 with the EOS id instead of 0; under the causal mask the EOS features do not depend on what
 follows, so either padding gives the same embedding.
+
+## SigLIP
+
+A `SiglipModel` (`SiglipArchitecture`, `siglip_to_params`, `siglip_from_params`) is, in clip_jax
+terms (`SiglipArchitecture.model_config`):
+
+* image: a ViT with a patch bias, no class token and no LayerNorm before the blocks, pooled by
+  multihead attention ("map": HF's `SiglipMultiheadAttentionPoolingHead`, a probe attending
+  through a torch `MultiheadAttention` whose in_proj splits into our query, key and value, then
+  x + MLP(LN(x))); GELU (tanh), LayerNorm epsilon 1e-6. HF has no image projection: the pooled
+  features are the embedding, so our projection is the identity (embed_dim = the width);
+* text: a bidirectional transformer that attends to every position, pads included
+  (`key_mask=False`: HF's `SiglipTextModel` applies no padding mask), pooled at the last
+  position whatever the token there (`pooling="last_position"`, HF's `[:, -1]`), then HF's
+  `head`, a Linear with bias (`head=True`); again the identity projection;
+* the loss: the sigmoid loss starting at HF's `logit_scale` (t', logits scaled by exp(t')) and
+  `logit_bias`.
+
+HF names: vision_model.embeddings.{patch_embedding, position_embedding}, <tower>.encoder.layers.<i>.
+{layer_norm1, self_attn.{q,k,v,out}_proj, layer_norm2, mlp.fc1, mlp.fc2},
+vision_model.post_layernorm, vision_model.head.{probe, attention.{in_proj_weight, in_proj_bias,
+out_proj}, layernorm, mlp.fc1, mlp.fc2}, text_model.embeddings.{token_embedding,
+position_embedding}, text_model.final_layer_norm, text_model.head.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from clip_jax.pretrained import open_clip
 from clip_jax.pretrained import rules as R
+from clip_jax.registry import ConfigError
 
 # (HF key prefix, open_clip key prefix); a prefix ending in "." maps every key under it.
 _PREFIXES = (
@@ -149,3 +179,217 @@ def clip_architecture(config: Mapping[str, Any]) -> open_clip.Architecture:
       text_heads=text["num_attention_heads"],
       quick_gelu=_ACTIVATIONS[vision.get("hidden_act", "quick_gelu")],
       context_length=text["max_position_embeddings"], vocab_size=text["vocab_size"])
+
+
+# SigLIP's LayerNorm epsilon and activation (HF's "gelu_pytorch_tanh").
+SIGLIP_NORM_EPS = 1e-6
+SIGLIP_ACTIVATION = "gelu_tanh"
+# The MAP head's torch MultiheadAttention (its in_proj split by `rules.split_attention`).
+_MAP_ATTENTION = "vision_model.head.attention"
+
+
+@dataclasses.dataclass(frozen=True)
+class SiglipArchitecture:
+  """The shape of an HF `SiglipModel`: the values of its config.json.
+
+  Attributes:
+    image_size, patch_size: the image side in pixels and the patch side.
+    vision_width, vision_layers, vision_heads, vision_mlp_dim: the image transformer (its MAP
+      head has the same heads and MLP size).
+    text_width, text_layers, text_heads, text_mlp_dim: the text transformer; its head maps
+      text_width to text_width (HF's projection_size).
+    context_length, vocab_size: the text positions and token ids.
+  """
+
+  image_size: int
+  patch_size: int
+  vision_width: int
+  vision_layers: int
+  vision_heads: int
+  vision_mlp_dim: int
+  text_width: int
+  text_layers: int
+  text_heads: int
+  text_mlp_dim: int
+  context_length: int = 64
+  vocab_size: int = 32000
+
+  def model_config(self) -> ml_collections.ConfigDict:
+    """The clip_jax `config.model` of this architecture (float32, no remat); embed_dim is the
+    width of both towers."""
+    layers = dict(norm_eps=SIGLIP_NORM_EPS, activation=SIGLIP_ACTIVATION)
+    image = dict(name="vit", patch_size=self.patch_size, width=self.vision_width,
+                 depth=self.vision_layers, num_heads=self.vision_heads,
+                 mlp_ratio=self.vision_mlp_dim / self.vision_width, pooling="map",
+                 pre_norm=False, patch_bias=True, **layers)
+    text = dict(name="text_transformer", vocab_size=self.vocab_size,
+                context_length=self.context_length, width=self.text_width,
+                depth=self.text_layers, num_heads=self.text_heads,
+                mlp_ratio=self.text_mlp_dim / self.text_width, causal=False, key_mask=False,
+                pooling="last_position", head=True, **layers)
+    return ml_collections.ConfigDict(dict(
+        embed_dim=self.vision_width, dtype="float32", remat=False,
+        towers=dict(image=image, text=text)))
+
+  def data_config(self) -> ml_collections.ConfigDict:
+    """The `config.data` fields these weights expect: image_size, max_len (the context length;
+    HF pads every row to it), SigLIP's SentencePiece model (its `path` to be set) and the
+    [-1, 1] normalisation (HF's mean = std = 0.5)."""
+    return ml_collections.ConfigDict(dict(
+        image_size=self.image_size, max_len=self.context_length,
+        tokenizer=dict(name="sentencepiece", path=""),
+        preprocess=dict(normalize="minus_one_one")))
+
+  def inputs(self) -> dict[str, jax.ShapeDtypeStruct]:
+    """"image" float32 [1, S, S, 3] (S = image_size), "text" int32 [1, context_length]."""
+    size = self.image_size
+    return {"image": jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
+            "text": jax.ShapeDtypeStruct((1, self.context_length), jnp.int32)}
+
+
+# HF's google/siglip-* configs.
+SIGLIP_ARCHITECTURES: dict[str, SiglipArchitecture] = {
+    "google/siglip-base-patch16-224": SiglipArchitecture(224, 16, 768, 12, 12, 3072,
+                                                         768, 12, 12, 3072),
+    "google/siglip-so400m-patch14-384": SiglipArchitecture(384, 14, 1152, 27, 16, 4304,
+                                                           1152, 27, 16, 4304),
+}
+
+
+def architecture(name: str) -> open_clip.Architecture | SiglipArchitecture:
+  """The architecture named `name`: a SigLIP model of SIGLIP_ARCHITECTURES or a CLIP model of
+  `open_clip.ARCHITECTURES` (HF's CLIPModel releases have open_clip's shapes).
+
+  Raises:
+    ConfigError naming the known names.
+  """
+  if name in SIGLIP_ARCHITECTURES:
+    return SIGLIP_ARCHITECTURES[name]
+  if name in open_clip.ARCHITECTURES:
+    return open_clip.ARCHITECTURES[name]
+  raise ConfigError(f"HF architecture {name!r} is not known; choose one of: "
+                    f"{', '.join([*SIGLIP_ARCHITECTURES, *open_clip.ARCHITECTURES])}")
+
+
+def siglip_architecture(config: Mapping[str, Any]) -> SiglipArchitecture:
+  """The architecture of an HF `SiglipConfig` (the dict of its config.json).
+
+  Raises:
+    ValueError naming the first field this converter does not reproduce (an activation other
+    than gelu_pytorch_tanh, a LayerNorm epsilon other than 1e-6, no attention pooling head, a
+    text projection_size other than the widths).
+  """
+  vision, text = dict(config["vision_config"]), dict(config["text_config"])
+  checks = [(f"{where}.{field}", tower.get(field), want)
+            for where, tower in (("vision_config", vision), ("text_config", text))
+            for field, want in (("hidden_act", "gelu_pytorch_tanh"),
+                                ("layer_norm_eps", SIGLIP_NORM_EPS))]
+  checks += [("vision_config.vision_use_head", vision.get("vision_use_head", True), True),
+             ("vision_config.num_channels", vision.get("num_channels", 3), 3),
+             ("text_config.hidden_size", text["hidden_size"], vision["hidden_size"]),
+             ("text_config.projection_size", text.get("projection_size", text["hidden_size"]),
+              text["hidden_size"])]
+  for field, value, want in checks:
+    if value != want:
+      raise ValueError(f"HF SigLIP config {field} = {value!r} is not supported by the clip_jax "
+                       f"converter (it needs {want!r})")
+  return SiglipArchitecture(
+      image_size=vision["image_size"], patch_size=vision["patch_size"],
+      vision_width=vision["hidden_size"], vision_layers=vision["num_hidden_layers"],
+      vision_heads=vision["num_attention_heads"], vision_mlp_dim=vision["intermediate_size"],
+      text_width=text["hidden_size"], text_layers=text["num_hidden_layers"],
+      text_heads=text["num_attention_heads"], text_mlp_dim=text["intermediate_size"],
+      context_length=text["max_position_embeddings"], vocab_size=text["vocab_size"])
+
+
+def _siglip_blocks(ours: tuple[str, ...], theirs: str, depth: int) -> list[R.Rule]:
+  rules = []
+  for i in range(depth):
+    o, t = ours + (f"block_{i}",), f"{theirs}.{i}"
+    rules += R.norm(o + ("attn_norm",), f"{t}.layer_norm1")
+    rules += R.attention(o + ("attn",), f"{t}.self_attn")
+    rules += R.norm(o + ("mlp_norm",), f"{t}.layer_norm2")
+    rules += R.linear(o + ("mlp", "fc1"), f"{t}.mlp.fc1")
+    rules += R.linear(o + ("mlp", "fc2"), f"{t}.mlp.fc2")
+  return rules
+
+
+def _siglip_rules(arch: SiglipArchitecture) -> list[R.Rule]:
+  """Every parameter of the model but the (identity) projections."""
+  image, text = ("image", "encoder"), ("text", "encoder")
+  head = image + ("map_head",)
+  return [
+      *R.patch_embedding(image + ("patch_embed",), "vision_model.embeddings.patch_embedding",
+                         arch.patch_size, bias=True),
+      (image + ("pos_embedding",), "vision_model.embeddings.position_embedding.weight", R.same,
+       R.same),
+      *_siglip_blocks(image + ("transformer",), "vision_model.encoder.layers",
+                      arch.vision_layers),
+      *R.norm(image + ("final_norm",), "vision_model.post_layernorm"),
+      (head + ("probe",), "vision_model.head.probe", R.same, R.same),
+      *R.attention(head + ("attn",), _MAP_ATTENTION),
+      *R.norm(head + ("norm",), "vision_model.head.layernorm"),
+      *R.linear(head + ("mlp", "fc1"), "vision_model.head.mlp.fc1"),
+      *R.linear(head + ("mlp", "fc2"), "vision_model.head.mlp.fc2"),
+      (text + ("token_embedding",), "text_model.embeddings.token_embedding.weight", R.same,
+       R.same),
+      (text + ("pos_embedding",), "text_model.embeddings.position_embedding.weight", R.same,
+       R.same),
+      *_siglip_blocks(text + ("transformer",), "text_model.encoder.layers", arch.text_layers),
+      *R.norm(text + ("final_norm",), "text_model.final_layer_norm"),
+      *R.linear(text + ("head",), "text_model.head"),
+  ]
+
+
+_PROJECTIONS = (("image", "projection", "kernel"), ("text", "projection", "kernel"))
+
+
+def siglip_to_params(state_dict: Mapping[str, Any],
+                     arch: SiglipArchitecture) -> tuple[dict[str, Any], ml_collections.ConfigDict]:
+  """HF `SiglipModel` state dict -> (clip_jax params of `arch.model_config()`, the `config.loss`
+  that starts from its logit scale and bias: the sigmoid loss).
+
+  The projections, which HF does not have, are identity matrices.
+
+  Raises:
+    ValueError naming the missing keys, the keys this architecture has no place for, or a key
+    whose shape differs from the one the architecture needs.
+  """
+  state = R.split_attention({k: np.asarray(v, np.float32) for k, v in state_dict.items()
+                             if not k.endswith("position_ids")})
+  _, expected = open_clip.abstract_structure(arch)
+  params = R.to_params(state, _siglip_rules(arch),
+                       {k: v for k, v in expected.items() if k not in _PROJECTIONS},
+                       f"an HF SigLIP model of this architecture ({arch})",
+                       ("logit_scale", "logit_bias"))
+  for modality, _, _ in _PROJECTIONS:
+    params[modality]["projection"] = {"kernel": np.eye(arch.vision_width, dtype=np.float32)}
+  loss = ml_collections.ConfigDict(dict(
+      name="sigmoid", init_scale=float(state["logit_scale"].reshape(())),
+      init_bias=float(state["logit_bias"].reshape(()))))
+  return params, loss
+
+
+def siglip_from_params(params: Mapping[str, Any], arch: SiglipArchitecture, logit_scale: float,
+                       logit_bias: float) -> dict[str, np.ndarray]:
+  """clip_jax params of `arch.model_config()` -> HF `SiglipModel` state dict {key: float32
+  numpy array}. The attention key biases are zeros; `siglip_to_params` of the result gives
+  `params` back exactly.
+
+  Raises:
+    ValueError: a projection is not the identity (HF's SigLIP has no projections: keep them
+      frozen when fine-tuning, config.optim.freeze = (r"^model/.*/projection/.*",)).
+    KeyError naming a parameter path that `params` lacks.
+  """
+  for path in _PROJECTIONS:
+    if not np.array_equal(R.get(params, path), np.eye(arch.vision_width, dtype=np.float32)):
+      raise ValueError(f"{'/'.join(path)} is not the identity matrix, and HF's SigLIP has no "
+                       "projection to put it in; freeze the projections when fine-tuning "
+                       "(config.optim.freeze)")
+  state = R.zero_key_biases(R.from_params(params, _siglip_rules(arch)))
+  head = {k: v for k, v in state.items() if k.startswith(_MAP_ATTENTION + ".")}
+  state = {k: v for k, v in state.items() if k not in head}
+  state.update(R.join_attention(head))
+  state["logit_scale"] = np.full((1,), logit_scale, np.float32)
+  state["logit_bias"] = np.full((1,), logit_bias, np.float32)
+  return state

@@ -261,10 +261,10 @@ def _rules(arch: Architecture) -> list[R.Rule]:
 
 
 @functools.cache
-def abstract_structure(arch: Architecture) -> tuple[nnx.GraphDef,
-                                                    dict[tuple[str, ...], tuple[int, ...]]]:
-  """The clip_jax model of `arch`, built abstractly (once per architecture): its graphdef and
-  {param path: shape}."""
+def abstract_structure(arch: Any) -> tuple[nnx.GraphDef, dict[tuple[str, ...], tuple[int, ...]]]:
+  """The clip_jax model of `arch` (an `Architecture`, or any hashable architecture with
+  `model_config()` and `inputs()`, e.g. `hf.SiglipArchitecture`), built abstractly (once per
+  architecture): its graphdef and {param path: shape}."""
   graphdef, params = split_params(abstract_model(parse_model_config(arch.model_config()),
                                                  arch.inputs()))
   flat = jax.tree_util.tree_flatten_with_path(params)[0]

@@ -105,3 +105,69 @@ def test_clip_embeddings_match_transformers(transformers_lib, tmp_path, monkeypa
   again, _ = hf.to_params(exported, arch)
   for (path, a), b in zip(jax.tree.leaves_with_path(params), jax.tree.leaves(again)):
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
+def test_siglip_embeddings_match_transformers(transformers_lib, tmp_path, monkeypatch):
+  """`SiglipModel` at the B/16-224 family's shape (GELU tanh, epsilon 1e-6, MAP head, text head
+  with bias) with 2 layers of width 64, 3 x 3 patches and 16 text positions; text rows padded
+  with id 1 as HF's tokenizer pads them (the model attends to the pads and pools the last
+  position), one row without padding, ending in id 0."""
+  import torch
+  from safetensors.torch import save_file
+  tower = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2)
+  config = transformers_lib.SiglipConfig(
+      vision_config=dict(tower, image_size=48, patch_size=16),
+      text_config=dict(tower, vocab_size=1000, max_position_embeddings=16, bos_token_id=None,
+                       eos_token_id=1, pad_token_id=1))
+  torch.manual_seed(0)
+  reference = transformers_lib.SiglipModel(config).eval()
+  _randomise(reference)
+  state_dict = {k: v.contiguous() for k, v in reference.state_dict().items()}
+  save_file(state_dict, str(tmp_path / "model.safetensors"))
+  arch = hf.siglip_architecture(config.to_dict())
+  name = "google/siglip-base-patch16-224"
+  monkeypatch.setitem(hf.SIGLIP_ARCHITECTURES, name, arch)
+
+  model, params = pretrained.load("hf", name, checkpoint=tmp_path / "model.safetensors")
+
+  rng = np.random.default_rng(1)
+  images = rng.normal(size=(3, 48, 48, 3)).astype(np.float32)
+  tokens = np.ones((3, 16), np.int32)  # pad (and EOS) id 1
+  for row, n in zip(tokens, (5, 14, 16)):
+    row[:n] = rng.integers(2, 1000, n)
+  # Id 0 (the <pad> piece) is an ordinary token here, also in the last position, where a pad
+  # mask or pooling at the last non-0 token would treat it as padding.
+  tokens[0, 2] = tokens[2, -1] = 0
+  with torch.no_grad():
+    want_image = reference.get_image_features(
+        pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2))).pooler_output
+    want_text = reference.get_text_features(
+        input_ids=torch.from_numpy(tokens.astype(np.int64))).pooler_output
+  want_image = torch.nn.functional.normalize(want_image, dim=-1).numpy()
+  want_text = torch.nn.functional.normalize(want_text, dim=-1).numpy()
+  got_image, got_text = _embeddings(model, params, images, tokens)
+  print(f"HF SigLIP: max abs difference image {np.abs(got_image - want_image).max():.2e}, "
+        f"text {np.abs(got_text - want_text).max():.2e}")
+  np.testing.assert_allclose(got_image, want_image, rtol=0, atol=1e-5)
+  np.testing.assert_allclose(got_text, want_text, rtol=0, atol=1e-5)
+  assert model.config.loss.name == "sigmoid"
+  assert model.config.loss.init_scale == pytest.approx(reference.logit_scale.item())
+  assert model.config.loss.init_bias == pytest.approx(reference.logit_bias.item())
+
+  # The export gives HF's state dict back with zero key biases (in the MAP head's in_proj_bias,
+  # the middle third); a SiglipModel loads it strictly; converting it gives the same params.
+  exported = hf.siglip_from_params(params, arch, model.config.loss.init_scale,
+                                   model.config.loss.init_bias)
+  assert sorted(exported) == sorted(state_dict)
+  for key, value in state_dict.items():
+    want = value.numpy().copy()
+    if key.endswith("k_proj.bias"):
+      want[:] = 0
+    elif key.endswith("in_proj_bias"):
+      want[want.shape[0] // 3:2 * want.shape[0] // 3] = 0
+    np.testing.assert_array_equal(exported[key], want, err_msg=key)
+  transformers_lib.SiglipModel(config).load_state_dict(
+      {k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
+  again, _ = hf.siglip_to_params(exported, arch)
+  for (path, a), b in zip(jax.tree.leaves_with_path(params), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
