@@ -2,7 +2,7 @@
 
   python -m clip_jax.convert --source open_clip --name ViT-B-32 \
       --checkpoint open_clip_model.safetensors --output /tmp/vit_b32 \
-      [--merges_path bpe_simple_vocab_16e6.txt.gz] [--config configs/custom/csv.py:path=...]
+      [--tokenizer_path bpe_simple_vocab_16e6.txt.gz] [--config configs/custom/csv.py:path=...]
 
 writes
 
@@ -12,7 +12,7 @@ writes
   loss starting at the checkpoint's logit scale, and `config.data` with the image size, text
   length, tokenizer and normalisation the weights expect (`pretrained.PretrainedModel.config`).
 
-Without --config its other fields are those of `DEFAULT_RUN` (the "csv" data source, whose
+Without --config its other fields are those of `default_run()` (the "csv" data source, whose
 `config.data.path` and `eval_path` are left empty: set them in config.json to evaluate or train);
 with --config they are that file's (its data source, optimizer, evaluations, ...).
 
@@ -63,14 +63,16 @@ def default_run() -> ml_collections.ConfigDict:
 
 def run_config(model_config: ml_collections.ConfigDict,
                base: ml_collections.ConfigDict | None = None,
-               merges_path: str = "") -> ml_collections.ConfigDict:
+               tokenizer_path: str = "") -> ml_collections.ConfigDict:
   """The training config of a converted model.
 
   Args:
     model_config: `PretrainedModel.config`: `model`, `loss` and `data` (image_size, max_len,
       tokenizer, preprocess).
     base: the config whose other fields are kept (default: `default_run()`); not modified.
-    merges_path: set as `data.tokenizer.merges_path` of a "clip_bpe" tokenizer.
+    tokenizer_path: the tokenizer's file: `data.tokenizer.merges_path` of "clip_bpe" (CLIP's
+      merges; "" = the one of an installed open_clip_torch), `data.tokenizer.path` of
+      "sentencepiece" (SigLIP's spiece.model; required).
 
   Returns:
     A new ConfigDict: `base` with `model`, `loss` replaced and `data` updated (its `preprocess`
@@ -83,8 +85,7 @@ def run_config(model_config: ml_collections.ConfigDict,
     config.loss = model_config.loss.to_dict()
     preprocess = dict(config.data.get("preprocess") or {}, **data.pop("preprocess"))
     tokenizer = data.pop("tokenizer")
-    if tokenizer["name"] == "clip_bpe":
-      tokenizer["merges_path"] = merges_path
+    tokenizer["merges_path" if tokenizer["name"] == "clip_bpe" else "path"] = tokenizer_path
     config.data.update(data, tokenizer=tokenizer, preprocess=preprocess)
   return config
 
@@ -122,7 +123,7 @@ def write(output: str, params: dict[str, Any], config: ml_collections.ConfigDict
 
 def convert(source: str, name: str, checkpoint: str | os.PathLike, output: str, *,
             base: ml_collections.ConfigDict | None = None,
-            merges_path: str = "") -> ml_collections.ConfigDict:
+            tokenizer_path: str = "") -> ml_collections.ConfigDict:
   """Converts `checkpoint` (`pretrained.load(source, name, ...)`) into `output` (module
   docstring); returns the config written.
 
@@ -132,7 +133,7 @@ def convert(source: str, name: str, checkpoint: str | os.PathLike, output: str, 
   from clip_jax import pretrained
 
   model, params = pretrained.load(source, name, checkpoint=checkpoint)
-  config = run_config(model.config, base, merges_path)
+  config = run_config(model.config, base, tokenizer_path)
   write(output, params, config)
   return config
 
@@ -149,9 +150,9 @@ def define_flags() -> dict[str, flags.FlagHolder]:
       name=flags.DEFINE_string("name", None, "The architecture, e.g. ViT-B-32."),
       checkpoint=flags.DEFINE_string("checkpoint", None, "The checkpoint file."),
       output=flags.DEFINE_string("output", None, "The directory to write (new or empty)."),
-      merges_path=flags.DEFINE_string(
-          "merges_path", "", "CLIP's BPE merges file for the clip_bpe tokenizer ('' = the one "
-          "in an installed open_clip_torch)."))
+      tokenizer_path=flags.DEFINE_string(
+          "tokenizer_path", "", "The tokenizer's file: CLIP's BPE merges (bpe_simple_vocab_16e6"
+          ".txt.gz; '' = the one of an installed open_clip_torch) or SigLIP's spiece.model."))
 
 
 def main(argv: list[str], values: dict[str, flags.FlagHolder]) -> None:
@@ -161,7 +162,7 @@ def main(argv: list[str], values: dict[str, flags.FlagHolder]) -> None:
   v = {k: holder.value for k, holder in values.items()}
   try:
     config = convert(v["source"], v["name"], v["checkpoint"], v["output"], base=v["config"],
-                     merges_path=v["merges_path"])
+                     tokenizer_path=v["tokenizer_path"])
   except (ConfigError, FileNotFoundError, ValueError) as e:
     print(f"Error: {e}", file=sys.stderr)
     sys.exit(2)

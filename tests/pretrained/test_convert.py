@@ -45,7 +45,7 @@ def converted(tmp_path_factory, clip_merges_path):
   with pytest.MonkeyPatch.context() as patch:
     patch.setitem(open_clip.ARCHITECTURES, "ViT-B-32", ARCH)
     config = convert.convert("open_clip", "ViT-B-32", checkpoint, str(folder / "out"),
-                             merges_path=clip_merges_path)
+                             tokenizer_path=clip_merges_path)
   return folder / "out", params, config
 
 
