@@ -7,8 +7,9 @@
 
 Sources: "open_clip" (open_clip and OpenAI CLIP ViT checkpoints, `clip_jax.pretrained.open_clip`;
 names in its ARCHITECTURES), "hf" (Hugging Face `CLIPModel` checkpoints under the same names and
-`SiglipModel` checkpoints under the names of `hf.SIGLIP_ARCHITECTURES`; `clip_jax.pretrained.hf`). `params` is the `MultiTower` parameter tree of `model.config.model`
-(`clip_jax.models.model`), so it also serves as the starting point of training with that config.
+`SiglipModel` checkpoints under the names of `hf.SIGLIP_ARCHITECTURES`; `clip_jax.pretrained.hf`).
+`params` is the `MultiTower` parameter tree of `model.config.model` (`clip_jax.models.model`), so
+it also serves as the starting point of training with that config.
 """
 
 from __future__ import annotations

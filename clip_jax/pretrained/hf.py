@@ -302,16 +302,8 @@ def siglip_architecture(config: Mapping[str, Any]) -> SiglipArchitecture:
       context_length=text["max_position_embeddings"], vocab_size=text["vocab_size"])
 
 
-def _siglip_blocks(ours: tuple[str, ...], theirs: str, depth: int) -> list[R.Rule]:
-  rules = []
-  for i in range(depth):
-    o, t = ours + (f"block_{i}",), f"{theirs}.{i}"
-    rules += R.norm(o + ("attn_norm",), f"{t}.layer_norm1")
-    rules += R.attention(o + ("attn",), f"{t}.self_attn")
-    rules += R.norm(o + ("mlp_norm",), f"{t}.layer_norm2")
-    rules += R.linear(o + ("mlp", "fc1"), f"{t}.mlp.fc1")
-    rules += R.linear(o + ("mlp", "fc2"), f"{t}.mlp.fc2")
-  return rules
+# HF's names of a block's parts (`rules.blocks`).
+_BLOCK_NAMES = ("layer_norm1", "self_attn", "layer_norm2", "mlp.fc1", "mlp.fc2")
 
 
 def _siglip_rules(arch: SiglipArchitecture) -> list[R.Rule]:
@@ -323,8 +315,8 @@ def _siglip_rules(arch: SiglipArchitecture) -> list[R.Rule]:
                          arch.patch_size, bias=True),
       (image + ("pos_embedding",), "vision_model.embeddings.position_embedding.weight", R.same,
        R.same),
-      *_siglip_blocks(image + ("transformer",), "vision_model.encoder.layers",
-                      arch.vision_layers),
+      *R.blocks(image + ("transformer",), "vision_model.encoder.layers", arch.vision_layers,
+                _BLOCK_NAMES),
       *R.norm(image + ("final_norm",), "vision_model.post_layernorm"),
       (head + ("probe",), "vision_model.head.probe", R.same, R.same),
       *R.attention(head + ("attn",), _MAP_ATTENTION),
@@ -335,7 +327,8 @@ def _siglip_rules(arch: SiglipArchitecture) -> list[R.Rule]:
        R.same),
       (text + ("pos_embedding",), "text_model.embeddings.position_embedding.weight", R.same,
        R.same),
-      *_siglip_blocks(text + ("transformer",), "text_model.encoder.layers", arch.text_layers),
+      *R.blocks(text + ("transformer",), "text_model.encoder.layers", arch.text_layers,
+                _BLOCK_NAMES),
       *R.norm(text + ("final_norm",), "text_model.final_layer_norm"),
       *R.linear(text + ("head",), "text_model.head"),
   ]

@@ -224,18 +224,8 @@ def _is_torchscript(path: str) -> bool:
     return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
-def _blocks(ours: tuple[str, ...], theirs: str, depth: int) -> list[R.Rule]:
-  """The rules of a transformer's blocks; the attention keys are those `R.split_attention`
-  makes."""
-  rules = []
-  for i in range(depth):
-    o, t = ours + (f"block_{i}",), f"{theirs}.resblocks.{i}"
-    rules += R.norm(o + ("attn_norm",), f"{t}.ln_1")
-    rules += R.attention(o + ("attn",), f"{t}.attn")
-    rules += R.norm(o + ("mlp_norm",), f"{t}.ln_2")
-    rules += R.linear(o + ("mlp", "fc1"), f"{t}.mlp.c_fc")
-    rules += R.linear(o + ("mlp", "fc2"), f"{t}.mlp.c_proj")
-  return rules
+# open_clip's names of a block's parts (`rules.blocks`).
+_BLOCK_NAMES = ("ln_1", "attn", "ln_2", "mlp.c_fc", "mlp.c_proj")
 
 
 def _rules(arch: Architecture) -> list[R.Rule]:
@@ -248,12 +238,14 @@ def _rules(arch: Architecture) -> list[R.Rule]:
        lambda x: x.reshape(width)),
       (image + ("pos_embedding",), "visual.positional_embedding", R.same, R.same),
       *R.norm(image + ("pre_norm",), "visual.ln_pre"),
-      *_blocks(image + ("transformer",), "visual.transformer", arch.vision_layers),
+      *R.blocks(image + ("transformer",), "visual.transformer.resblocks", arch.vision_layers,
+                _BLOCK_NAMES),
       *R.norm(image + ("final_norm",), "visual.ln_post"),
       (("image", "projection", "kernel"), "visual.proj", R.same, R.same),
       (text + ("token_embedding",), "token_embedding.weight", R.same, R.same),
       (text + ("pos_embedding",), "positional_embedding", R.same, R.same),
-      *_blocks(text + ("transformer",), "transformer", arch.text_layers),
+      *R.blocks(text + ("transformer",), "transformer.resblocks", arch.text_layers,
+                _BLOCK_NAMES),
       *R.norm(text + ("final_norm",), "ln_final"),
       (("text", "projection", "kernel"), "text_projection", R.same, R.same),
   ]

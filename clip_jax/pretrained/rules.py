@@ -66,6 +66,23 @@ def attention(ours: tuple[str, ...], theirs: str) -> list[Rule]:
           *linear(ours + ("out",), f"{theirs}.out_proj")]
 
 
+def blocks(ours: tuple[str, ...], theirs: str, depth: int,
+           names: tuple[str, str, str, str, str]) -> list[Rule]:
+  """The rules of `depth` pre-LN transformer blocks: ours `<ours>/block_<i>`, theirs
+  `<theirs>.<i>`, whose parts are named `names` = (attention norm, attention, MLP norm, MLP
+  fc1, MLP fc2), e.g. open_clip's ("ln_1", "attn", "ln_2", "mlp.c_fc", "mlp.c_proj")."""
+  attn_norm, attn, mlp_norm, fc1, fc2 = names
+  rules = []
+  for i in range(depth):
+    o, t = ours + (f"block_{i}",), f"{theirs}.{i}"
+    rules += norm(o + ("attn_norm",), f"{t}.{attn_norm}")
+    rules += attention(o + ("attn",), f"{t}.{attn}")
+    rules += norm(o + ("mlp_norm",), f"{t}.{mlp_norm}")
+    rules += linear(o + ("mlp", "fc1"), f"{t}.{fc1}")
+    rules += linear(o + ("mlp", "fc2"), f"{t}.{fc2}")
+  return rules
+
+
 def split_attention(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Splits every `<prefix>.in_proj_{weight,bias}` ([3D, D], [3D]: torch's MultiheadAttention)
   into `<prefix>.{q,k,v}_proj.{weight,bias}`; the rest is kept as it is."""

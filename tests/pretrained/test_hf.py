@@ -48,18 +48,48 @@ def clip_rows(rng: np.random.Generator, lengths: tuple[int, ...], length: int = 
   return rows
 
 
-def _embeddings(model: pretrained.PretrainedModel, params, images: np.ndarray,
-                tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """A converted model's image and text embeddings, computed in jax.jit."""
+def _save_random(reference, path) -> dict:
+  """Draws the torch model's parameters at random, saves its state dict as a .safetensors file
+  at `path` and returns it."""
+  from safetensors.torch import save_file
+  _randomise(reference)
+  state_dict = {k: v.contiguous() for k, v in reference.state_dict().items()}
+  save_file(state_dict, str(path))
+  return state_dict
+
+
+def _assert_same_embeddings(what: str, reference, model: pretrained.PretrainedModel, params,
+                            images: np.ndarray, tokens: np.ndarray) -> None:
+  """The converted model's image and text embeddings (in jax.jit) are the reference's
+  L2-normalised `get_image_features` / `get_text_features` within 1e-5."""
+  import torch
+  with torch.no_grad():
+    want_image = reference.get_image_features(
+        pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2))).pooler_output
+    want_text = reference.get_text_features(
+        input_ids=torch.from_numpy(tokens.astype(np.int64))).pooler_output
+  want_image = torch.nn.functional.normalize(want_image, dim=-1).numpy()
+  want_text = torch.nn.functional.normalize(want_text, dim=-1).numpy()
+
   def embed(method, inputs):
     return np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x, method=method))(
         params, inputs))
-  return embed(model.encode_image, images), embed(model.encode_text, tokens)
+
+  got_image, got_text = embed(model.encode_image, images), embed(model.encode_text, tokens)
+  print(f"{what}: max abs difference image {np.abs(got_image - want_image).max():.2e}, "
+        f"text {np.abs(got_text - want_text).max():.2e}")
+  np.testing.assert_allclose(got_image, want_image, rtol=0, atol=1e-5)
+  np.testing.assert_allclose(got_text, want_text, rtol=0, atol=1e-5)
+
+
+def _assert_same_params(a, b) -> None:
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for (path, x), y in zip(jax.tree.leaves_with_path(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
 
 
 def test_clip_embeddings_match_transformers(transformers_lib, tmp_path, monkeypatch):
   import torch
-  from safetensors.torch import save_file
   tower = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
                hidden_act="quick_gelu")
   config = transformers_lib.CLIPConfig(
@@ -68,29 +98,17 @@ def test_clip_embeddings_match_transformers(transformers_lib, tmp_path, monkeypa
                        eos_token_id=EOS, pad_token_id=1))
   torch.manual_seed(0)
   reference = transformers_lib.CLIPModel(config).eval()
-  _randomise(reference)
-  state_dict = {k: v.contiguous() for k, v in reference.state_dict().items()}
-  save_file(state_dict, str(tmp_path / "model.safetensors"))
+  state_dict = _save_random(reference, tmp_path / "model.safetensors")
   arch = hf.clip_architecture(config.to_dict())
   monkeypatch.setitem(open_clip.ARCHITECTURES, "ViT-B-16-quickgelu", arch)
 
-  model, params = pretrained.load("hf", "ViT-B-16-quickgelu", checkpoint=tmp_path / "model.safetensors")
+  model, params = pretrained.load("hf", "ViT-B-16-quickgelu",
+                                  checkpoint=tmp_path / "model.safetensors")
 
   rng = np.random.default_rng(1)
   images = rng.normal(size=(3, 48, 48, 3)).astype(np.float32)
   tokens = clip_rows(rng, (4, 0, 20, 75))
-  with torch.no_grad():
-    want_image = reference.get_image_features(
-        pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2))).pooler_output
-    want_text = reference.get_text_features(
-        input_ids=torch.from_numpy(tokens.astype(np.int64))).pooler_output
-  want_image = torch.nn.functional.normalize(want_image, dim=-1).numpy()
-  want_text = torch.nn.functional.normalize(want_text, dim=-1).numpy()
-  got_image, got_text = _embeddings(model, params, images, tokens)
-  print(f"HF CLIP: max abs difference image {np.abs(got_image - want_image).max():.2e}, "
-        f"text {np.abs(got_text - want_text).max():.2e}")
-  np.testing.assert_allclose(got_image, want_image, rtol=0, atol=1e-5)
-  np.testing.assert_allclose(got_text, want_text, rtol=0, atol=1e-5)
+  _assert_same_embeddings("HF CLIP", reference, model, params, images, tokens)
   assert model.logit_scale == pytest.approx(reference.logit_scale.item())
 
   # The export gives HF's state dict back, the (cancelling) key biases as zeros; a CLIPModel
@@ -102,9 +120,7 @@ def test_clip_embeddings_match_transformers(transformers_lib, tmp_path, monkeypa
     np.testing.assert_array_equal(exported[key], want, err_msg=key)
   transformers_lib.CLIPModel(config).load_state_dict(
       {k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
-  again, _ = hf.to_params(exported, arch)
-  for (path, a), b in zip(jax.tree.leaves_with_path(params), jax.tree.leaves(again)):
-    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+  _assert_same_params(params, hf.to_params(exported, arch)[0])
 
 
 def test_siglip_embeddings_match_transformers(transformers_lib, tmp_path, monkeypatch):
@@ -113,7 +129,6 @@ def test_siglip_embeddings_match_transformers(transformers_lib, tmp_path, monkey
   with id 1 as HF's tokenizer pads them (the model attends to the pads and pools the last
   position), one row without padding, ending in id 0."""
   import torch
-  from safetensors.torch import save_file
   tower = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2)
   config = transformers_lib.SiglipConfig(
       vision_config=dict(tower, image_size=48, patch_size=16),
@@ -121,9 +136,7 @@ def test_siglip_embeddings_match_transformers(transformers_lib, tmp_path, monkey
                        eos_token_id=1, pad_token_id=1))
   torch.manual_seed(0)
   reference = transformers_lib.SiglipModel(config).eval()
-  _randomise(reference)
-  state_dict = {k: v.contiguous() for k, v in reference.state_dict().items()}
-  save_file(state_dict, str(tmp_path / "model.safetensors"))
+  state_dict = _save_random(reference, tmp_path / "model.safetensors")
   arch = hf.siglip_architecture(config.to_dict())
   name = "google/siglip-base-patch16-224"
   monkeypatch.setitem(hf.SIGLIP_ARCHITECTURES, name, arch)
@@ -138,18 +151,7 @@ def test_siglip_embeddings_match_transformers(transformers_lib, tmp_path, monkey
   # Id 0 (the <pad> piece) is an ordinary token here, also in the last position, where a pad
   # mask or pooling at the last non-0 token would treat it as padding.
   tokens[0, 2] = tokens[2, -1] = 0
-  with torch.no_grad():
-    want_image = reference.get_image_features(
-        pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2))).pooler_output
-    want_text = reference.get_text_features(
-        input_ids=torch.from_numpy(tokens.astype(np.int64))).pooler_output
-  want_image = torch.nn.functional.normalize(want_image, dim=-1).numpy()
-  want_text = torch.nn.functional.normalize(want_text, dim=-1).numpy()
-  got_image, got_text = _embeddings(model, params, images, tokens)
-  print(f"HF SigLIP: max abs difference image {np.abs(got_image - want_image).max():.2e}, "
-        f"text {np.abs(got_text - want_text).max():.2e}")
-  np.testing.assert_allclose(got_image, want_image, rtol=0, atol=1e-5)
-  np.testing.assert_allclose(got_text, want_text, rtol=0, atol=1e-5)
+  _assert_same_embeddings("HF SigLIP", reference, model, params, images, tokens)
   assert model.config.loss.name == "sigmoid"
   assert model.config.loss.init_scale == pytest.approx(reference.logit_scale.item())
   assert model.config.loss.init_bias == pytest.approx(reference.logit_bias.item())
@@ -168,6 +170,4 @@ def test_siglip_embeddings_match_transformers(transformers_lib, tmp_path, monkey
     np.testing.assert_array_equal(exported[key], want, err_msg=key)
   transformers_lib.SiglipModel(config).load_state_dict(
       {k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
-  again, _ = hf.siglip_to_params(exported, arch)
-  for (path, a), b in zip(jax.tree.leaves_with_path(params), jax.tree.leaves(again)):
-    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+  _assert_same_params(params, hf.siglip_to_params(exported, arch)[0])
