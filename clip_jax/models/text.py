@@ -1,10 +1,13 @@
 """Text transformer tower ("text_transformer").
 
 tokens [B, L] int32 (pad id 0, the EOS token is the last non-pad token) -> token embeddings +
-learned position embeddings -> pre-LN transformer (causal or bidirectional; pad tokens are never
-attended to as keys) -> final LayerNorm -> pooling -> [B, D] float32. The padding is the run of
-pad ids after the last non-pad token (`pooling.token_lengths`): a pad id inside the text, CLIP's
-"!" (id 0), is an ordinary token.
+learned position embeddings -> pre-LN transformer (causal or bidirectional; pad tokens are not
+attended to as keys unless `key_mask=False`) -> final LayerNorm -> pooling -> (optional Linear
+`head` with bias) -> [B, D] float32. The padding is the run of pad ids after the last non-pad
+token (`pooling.token_lengths`): a pad id inside the text, CLIP's "!" (id 0), is an ordinary
+token. Hugging Face's SigLIP text tower is `causal=False, key_mask=False,
+pooling="last_position", head=True`: every position, pads included, is attended to, and the
+features of the last position (a pad in a padded row) are pooled.
 
 Named sizes: `variant="B"` sets width, depth, heads and MLP size from `TEXT_SIZES` (CLIP's text
 tower for a ViT-B image tower); fields given explicitly override the size's values.
@@ -29,7 +32,7 @@ from clip_jax.models.registry import (GENERIC_FIELD, TOWERS, ConfigError, Transf
 
 Array = jax.Array
 
-TEXT_POOLINGS = ("eos", "last", "mean")
+TEXT_POOLINGS = ("eos", "last", "mean", "last_position")
 PAD_ID = 0
 
 # Named sizes of CLIP's text towers, by the image tower they go with: (width D, depth, heads,
@@ -56,6 +59,8 @@ class TextFields(TransformerFields):
   context_length: int = schema.field(check=schema.integer(low=1))
   causal: bool = True
   pooling: str = schema.field("eos", schema.one_of(*TEXT_POOLINGS))
+  key_mask: bool = True
+  head: bool = False
 
 
 def key_mask(tokens: Array, pad_id: int = PAD_ID) -> Array:
@@ -92,8 +97,12 @@ class TextTransformer(nnx.Module):
     num_heads: attention heads; must divide `width`.
     mlp_ratio: MLP hidden size as a multiple of `width` (default: the variant's, else 4).
     causal: causal (True) or bidirectional (False) self-attention.
-    pooling: "eos" / "last" (the features at the last non-pad token) or "mean" (mean over the
-      tokens before the trailing padding).
+    pooling: "eos" / "last" (the features at the last non-pad token), "mean" (mean over the
+      tokens before the trailing padding) or "last_position" (the features at position L - 1,
+      whatever the token there).
+    key_mask: mask the trailing pad tokens as attention keys (False: every token is attended
+      to, as in Hugging Face's SigLIP).
+    head: a Linear layer D -> D with bias ("head") on the pooled features (SigLIP's text head).
     norm_eps: the epsilon of every LayerNorm.
     activation: the MLPs' nonlinearity, a name in `layers.ACTIVATIONS`.
     dtype: compute dtype ("float32" | "bfloat16"); params are float32, the output is float32.
@@ -107,7 +116,8 @@ class TextTransformer(nnx.Module):
   def __init__(self, inputs: jax.ShapeDtypeStruct, *, vocab_size: int, context_length: int,
                variant: str | None = None, width: int | None = None, depth: int | None = None,
                num_heads: int | None = None, mlp_ratio: float | None = None,
-               causal: bool = True, pooling: str = "eos", norm_eps: float = layers.NORM_EPS,
+               causal: bool = True, pooling: str = "eos", key_mask: bool = True,
+               head: bool = False, norm_eps: float = layers.NORM_EPS,
                activation: str = layers.ACTIVATION, dtype: Any = "float32",
                remat: bool = False, rngs: nnx.Rngs):
     del inputs  # any length up to context_length
@@ -117,6 +127,7 @@ class TextTransformer(nnx.Module):
     dtype = canonical_dtype(dtype, f"{GENERIC_FIELD}.dtype")
     width = shape["width"]
     self.vocab_size, self.causal, self.pooling = vocab_size, causal, pooling
+    self.key_mask = key_mask
     self.dtype, self.out_features = dtype, width
     self.token_embedding = layers.embedding((vocab_size, width), rngs)
     self.pos_embedding = layers.embedding((context_length, width), rngs)
@@ -124,6 +135,7 @@ class TextTransformer(nnx.Module):
                                           shape["mlp_dim"], dtype, remat, norm_eps=norm_eps,
                                           activation=activation, rngs=rngs)
     self.final_norm = layers.layer_norm(width, dtype, rngs, norm_eps)
+    self.head = layers.dense(width, width, dtype, rngs) if head else None
 
   @classmethod
   def check_inputs(cls, kwargs: dict[str, Any], field: str, inputs: jax.ShapeDtypeStruct) -> None:
@@ -153,11 +165,12 @@ class TextTransformer(nnx.Module):
 
   def token_features(self, tokens: Array) -> Array:
     """Per-token features after the final LayerNorm: tokens [B, L] -> [B, L, width] (compute
-    dtype). Features at pad positions are not meaningful."""
+    dtype). Features at pad positions are not meaningful with `key_mask`."""
     self._check_ids(tokens)
     x = embedding_lookup(self.token_embedding[...].astype(self.dtype), tokens)  # [B, L, D]
     x = x + self.pos_embedding[:tokens.shape[1]].astype(self.dtype)[None]
-    x = self.transformer(x, key_mask(tokens), is_causal=self.causal)
+    mask = key_mask(tokens) if self.key_mask else None
+    x = self.transformer(x, mask, is_causal=self.causal)
     return self.final_norm(x)
 
   def __call__(self, tokens: Array, *, rngs: nnx.Rngs | None = None) -> Array:
@@ -169,6 +182,10 @@ class TextTransformer(nnx.Module):
     x = self.token_features(tokens)
     if self.pooling in ("eos", "last"):
       out = pooling_lib.last_token(x, tokens, PAD_ID)
+    elif self.pooling == "last_position":
+      out = x[:, -1]
     else:
       out = pooling_lib.masked_mean(x, pooling_lib.valid_tokens(tokens, PAD_ID))
+    if self.head is not None:
+      out = self.head(out)
     return out.astype(jnp.float32)

@@ -6,8 +6,10 @@
     txt = model.apply({"params": params}, tokens, method=model.encode_text)   # [B, E]
 
 Sources: "open_clip" (open_clip and OpenAI CLIP ViT checkpoints, `clip_jax.pretrained.open_clip`;
-names in its ARCHITECTURES). `params` is the `MultiTower` parameter tree of `model.config.model`
-(`clip_jax.models.model`), so it also serves as the starting point of training with that config.
+names in its ARCHITECTURES), "hf" (Hugging Face `CLIPModel` checkpoints under the same names and
+`SiglipModel` checkpoints under the names of `hf.SIGLIP_ARCHITECTURES`; `clip_jax.pretrained.hf`).
+`params` is the `MultiTower` parameter tree of `model.config.model` (`clip_jax.models.model`), so
+it also serves as the starting point of training with that config.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ import ml_collections
 from flax import nnx
 
 from clip_jax.models.model import MultiTower
-from clip_jax.pretrained import open_clip
+from clip_jax.pretrained import hf, open_clip
 from clip_jax.registry import ConfigError
 
 Array = jax.Array
 
-SOURCES = ("open_clip",)
+SOURCES = ("open_clip", "hf")
 
 
 class PretrainedModel:
@@ -38,8 +40,9 @@ class PretrainedModel:
 
   Attributes:
     graphdef: the structure of the `MultiTower` model.
-    config: ConfigDict with `model` (the `config.model` of the architecture) and `loss` (the
-      softmax loss starting at the checkpoint's logit scale).
+    config: ConfigDict with `model` (the `config.model` of the architecture), `loss` (the
+      softmax loss starting at the checkpoint's logit scale) and `data` (the `config.data`
+      fields the weights expect: image_size, max_len, tokenizer, preprocess.normalize).
     logit_scale: the checkpoint's t' (logits are scaled by t = exp(t')).
     image_size: the image side the model takes, in pixels.
     context_length: the token rows' length the text tower takes (CLIP: 77).
@@ -64,14 +67,15 @@ class PretrainedModel:
 
   @staticmethod
   def encode_image(module: MultiTower, images: Array) -> Array:
-    """images: float32 [B, H, W, 3] (H = W = image_size), normalised with CLIP's mean and std.
+    """images: float32 [B, H, W, 3] (H = W = image_size), normalised as
+    `config.data.preprocess.normalize` says (CLIP's mean and std; [-1, 1] for SigLIP).
     Returns L2-normalised float32 [B, embed_dim]."""
     return module.embed(images, "image")
 
   @staticmethod
   def encode_text(module: MultiTower, tokens: Array) -> Array:
-    """tokens: int32 [B, context_length] from the "clip_bpe" tokenizer (pad 0 after EOS).
-    Returns L2-normalised float32 [B, embed_dim]."""
+    """tokens: int32 [B, context_length] from the `config.data.tokenizer` tokenizer ("clip_bpe",
+    pad 0 after EOS, for CLIP). Returns L2-normalised float32 [B, embed_dim]."""
     return module.embed(tokens, "text")
 
 
@@ -81,9 +85,12 @@ def load(source: str, name: str, *,
 
   Args:
     source: where the weights come from: "open_clip" (open_clip and OpenAI CLIP checkpoints,
-      `.safetensors` read with numpy, `.pt` / `.bin` with PyTorch).
+      `.safetensors` read with numpy, `.pt` / `.bin` with PyTorch) or "hf" (a Hugging Face
+      `CLIPModel`'s or `SiglipModel`'s model.safetensors or pytorch_model.bin).
     name: the architecture, e.g. "ViT-B-32", "ViT-B-32-quickgelu", "ViT-B-16", "ViT-L-14"
-      (`open_clip.ARCHITECTURES`). OpenAI's original weights use QuickGELU: "-quickgelu" names.
+      (`open_clip.ARCHITECTURES`). OpenAI's original weights use QuickGELU: "-quickgelu" names
+      (HF's openai/clip-vit-base-patch32 is "ViT-B-32-quickgelu"). SigLIP ("hf" only):
+      "google/siglip-base-patch16-224", "google/siglip-so400m-patch14-384".
     checkpoint: the checkpoint file.
 
   Returns:
@@ -97,11 +104,16 @@ def load(source: str, name: str, *,
   if source not in SOURCES:
     raise ConfigError(f"pretrained source {source!r} is not known; choose one of: "
                       f"{', '.join(SOURCES)}")
-  arch = open_clip.architecture(name)
-  params, logit_scale = open_clip.to_params(open_clip.read_state_dict(checkpoint), arch)
-  model_config = arch.model_config()
+  arch = hf.architecture(name) if source == "hf" else open_clip.architecture(name)
+  state_dict = open_clip.read_state_dict(checkpoint)
+  if isinstance(arch, hf.SiglipArchitecture):
+    params, loss = hf.siglip_to_params(state_dict, arch)
+  else:
+    convert = hf.to_params if source == "hf" else open_clip.to_params
+    params, logit_scale = convert(state_dict, arch)
+    loss = open_clip.loss_config(logit_scale)
   graphdef, _ = open_clip.abstract_structure(arch)
-  config = ml_collections.ConfigDict(dict(model=model_config,
-                                          loss=open_clip.loss_config(logit_scale)))
-  return PretrainedModel(graphdef, config, logit_scale, arch.image_size,
+  config = ml_collections.ConfigDict(dict(model=arch.model_config(), loss=loss,
+                                          data=arch.data_config()))
+  return PretrainedModel(graphdef, config, loss.init_scale, arch.image_size,
                          arch.context_length), params

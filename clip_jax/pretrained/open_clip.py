@@ -42,7 +42,7 @@ import functools
 import os
 import warnings
 import zipfile
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +51,7 @@ import numpy as np
 from flax import nnx
 
 from clip_jax.models.model import abstract_model, parse_model_config, split_params
+from clip_jax.pretrained import rules as R
 from clip_jax.registry import ConfigError
 
 # open_clip's LayerNorm epsilon (torch's default) and attention head width.
@@ -130,6 +131,13 @@ class Architecture:
     return ml_collections.ConfigDict(dict(
         embed_dim=self.embed_dim, dtype="float32", remat=False,
         towers=dict(image=image, text=text)))
+
+  def data_config(self) -> ml_collections.ConfigDict:
+    """The `config.data` fields these weights expect: image_size, max_len (the context length),
+    the "clip_bpe" tokenizer and CLIP's normalisation."""
+    return ml_collections.ConfigDict(dict(
+        image_size=self.image_size, max_len=self.context_length,
+        tokenizer=dict(name="clip_bpe"), preprocess=dict(normalize="clip")))
 
   def inputs(self) -> dict[str, jax.ShapeDtypeStruct]:
     """The batch entries the model is built for: "image" float32 [1, S, S, 3] (S =
@@ -216,112 +224,39 @@ def _is_torchscript(path: str) -> bool:
     return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
-# One parameter: (our path, their key, theirs -> ours, ours -> theirs).
-Rule = tuple[tuple[str, ...], str, Callable[[np.ndarray], np.ndarray],
-             Callable[[np.ndarray], np.ndarray]]
+# open_clip's names of a block's parts (`rules.blocks`).
+_BLOCK_NAMES = ("ln_1", "attn", "ln_2", "mlp.c_fc", "mlp.c_proj")
 
 
-def _same(x: np.ndarray) -> np.ndarray:
-  return x
-
-
-def _transpose(x: np.ndarray) -> np.ndarray:
-  return np.ascontiguousarray(x.T)
-
-
-def _linear(ours: tuple[str, ...], theirs: str, bias: bool = True) -> list[Rule]:
-  rules = [(ours + ("kernel",), f"{theirs}.weight", _transpose, _transpose)]
-  if bias:
-    rules.append((ours + ("bias",), f"{theirs}.bias", _same, _same))
-  return rules
-
-
-def _norm(ours: tuple[str, ...], theirs: str) -> list[Rule]:
-  return [(ours + ("scale",), f"{theirs}.weight", _same, _same),
-          (ours + ("bias",), f"{theirs}.bias", _same, _same)]
-
-
-def _blocks(ours: tuple[str, ...], theirs: str, depth: int) -> list[Rule]:
-  """The rules of a transformer's blocks; the attention keys are those `_split_attention`
-  makes."""
-  rules = []
-  for i in range(depth):
-    o, t = ours + (f"block_{i}",), f"{theirs}.resblocks.{i}"
-    rules += _norm(o + ("attn_norm",), f"{t}.ln_1")
-    rules += _linear(o + ("attn", "query"), f"{t}.attn.q_proj")
-    rules += _linear(o + ("attn", "key"), f"{t}.attn.k_proj", bias=False)
-    rules += _linear(o + ("attn", "value"), f"{t}.attn.v_proj")
-    rules += _linear(o + ("attn", "out"), f"{t}.attn.out_proj")
-    rules += _norm(o + ("mlp_norm",), f"{t}.ln_2")
-    rules += _linear(o + ("mlp", "fc1"), f"{t}.mlp.c_fc")
-    rules += _linear(o + ("mlp", "fc2"), f"{t}.mlp.c_proj")
-  return rules
-
-
-def _rules(arch: Architecture) -> list[Rule]:
+def _rules(arch: Architecture) -> list[R.Rule]:
   """Every parameter of the model: where it lives in the state dict and how it is laid out."""
-  p, width = arch.patch_size, arch.vision_width
-
-  def patch_to_ours(w: np.ndarray) -> np.ndarray:  # [D, C, p, p] -> [p*p*C, D]
-    return np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]))
-
-  def patch_to_theirs(k: np.ndarray) -> np.ndarray:  # [p*p*C, D] -> [D, C, p, p]
-    return np.ascontiguousarray(k.reshape(p, p, -1, k.shape[1]).transpose(3, 2, 0, 1))
-
+  width = arch.vision_width
   image, text = ("image", "encoder"), ("text", "encoder")
-  rules: list[Rule] = [
-      (image + ("patch_embed", "kernel"), "visual.conv1.weight", patch_to_ours, patch_to_theirs),
+  rules: list[R.Rule] = [
+      *R.patch_embedding(image + ("patch_embed",), "visual.conv1", arch.patch_size, bias=False),
       (image + ("cls",), "visual.class_embedding", lambda x: x.reshape(1, 1, width),
        lambda x: x.reshape(width)),
-      (image + ("pos_embedding",), "visual.positional_embedding", _same, _same),
-      *_norm(image + ("pre_norm",), "visual.ln_pre"),
-      *_blocks(image + ("transformer",), "visual.transformer", arch.vision_layers),
-      *_norm(image + ("final_norm",), "visual.ln_post"),
-      (("image", "projection", "kernel"), "visual.proj", _same, _same),
-      (text + ("token_embedding",), "token_embedding.weight", _same, _same),
-      (text + ("pos_embedding",), "positional_embedding", _same, _same),
-      *_blocks(text + ("transformer",), "transformer", arch.text_layers),
-      *_norm(text + ("final_norm",), "ln_final"),
-      (("text", "projection", "kernel"), "text_projection", _same, _same),
+      (image + ("pos_embedding",), "visual.positional_embedding", R.same, R.same),
+      *R.norm(image + ("pre_norm",), "visual.ln_pre"),
+      *R.blocks(image + ("transformer",), "visual.transformer.resblocks", arch.vision_layers,
+                _BLOCK_NAMES),
+      *R.norm(image + ("final_norm",), "visual.ln_post"),
+      (("image", "projection", "kernel"), "visual.proj", R.same, R.same),
+      (text + ("token_embedding",), "token_embedding.weight", R.same, R.same),
+      (text + ("pos_embedding",), "positional_embedding", R.same, R.same),
+      *R.blocks(text + ("transformer",), "transformer.resblocks", arch.text_layers,
+                _BLOCK_NAMES),
+      *R.norm(text + ("final_norm",), "ln_final"),
+      (("text", "projection", "kernel"), "text_projection", R.same, R.same),
   ]
   return rules
 
 
-def _split_attention(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Splits every `<block>.attn.in_proj_{weight,bias}` ([3D, D], [3D]) into
-  `<block>.attn.{q,k,v}_proj.{weight,bias}`; the rest is kept as it is."""
-  out = {}
-  for key, value in state_dict.items():
-    prefix, dot, leaf = key.rpartition(".")
-    if leaf in ("in_proj_weight", "in_proj_bias"):
-      for name, part in zip("qkv", np.split(value, 3, axis=0)):
-        out[f"{prefix}{dot}{name}_proj.{leaf.removeprefix('in_proj_')}"] = part
-    else:
-      out[key] = value
-  return out
-
-
-def _join_attention(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """The inverse of `_split_attention`, with a zero key bias (ours has none)."""
-  out = {}
-  for key, value in state_dict.items():
-    prefix, _, leaf = key.rpartition(".")
-    block, _, proj = prefix.rpartition(".")
-    if proj not in ("q_proj", "k_proj", "v_proj"):
-      out[key] = value
-    elif proj == "q_proj":
-      parts = [state_dict.get(f"{block}.{n}_proj.{leaf}") for n in "qkv"]
-      if leaf == "bias":
-        parts[1] = np.zeros_like(parts[0])
-      out[f"{block}.in_proj_{leaf}"] = np.concatenate(parts, axis=0)
-  return out
-
-
 @functools.cache
-def abstract_structure(arch: Architecture) -> tuple[nnx.GraphDef,
-                                                    dict[tuple[str, ...], tuple[int, ...]]]:
-  """The clip_jax model of `arch`, built abstractly (once per architecture): its graphdef and
-  {param path: shape}."""
+def abstract_structure(arch: Any) -> tuple[nnx.GraphDef, dict[tuple[str, ...], tuple[int, ...]]]:
+  """The clip_jax model of `arch` (an `Architecture`, or any hashable architecture with
+  `model_config()` and `inputs()`, e.g. `hf.SiglipArchitecture`), built abstractly (once per
+  architecture): its graphdef and {param path: shape}."""
   graphdef, params = split_params(abstract_model(parse_model_config(arch.model_config()),
                                                  arch.inputs()))
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
@@ -345,34 +280,11 @@ def to_params(state_dict: Mapping[str, Any], arch: Architecture) -> tuple[dict[s
     checkpoint of another architecture), or a key whose shape differs from the one the
     architecture needs.
   """
-  state = _split_attention({k: np.asarray(v, np.float32) for k, v in state_dict.items()})
+  state = R.split_attention({k: np.asarray(v, np.float32) for k, v in state_dict.items()})
   _, expected = abstract_structure(arch)
-  rules = _rules(arch)
-  wanted = {key for _, key, _, _ in rules} | {"logit_scale"}
-  missing = sorted(wanted - set(state))
-  # The key bias cancels in the softmax (see the module docstring).
-  extra = sorted(k for k in set(state) - wanted - IGNORED_KEYS if not k.endswith("k_proj.bias"))
-  problems = [f"{what} {', '.join(keys[:5])}" + (" ..." if len(keys) > 5 else "")
-              for what, keys in (("missing keys", missing), ("keys with no place in it", extra))
-              if keys]
-  if problems:
-    raise ValueError(f"the checkpoint is not an open_clip model of this architecture ({arch}): "
-                     + "; ".join(problems))
-  flat = {}
-  for path, key, to_ours, _ in rules:
-    value = to_ours(state[key])
-    if value.shape != expected[path]:
-      raise ValueError(f"checkpoint key {key!r} has shape {state[key].shape}, which does not fit "
-                       f"the architecture {arch} (it needs {'/'.join(path)} "
-                       f"{expected[path]}); is it another model size or image size?")
-    flat[path] = value
-  assert set(flat) == set(expected), set(flat) ^ set(expected)
-  params: dict[str, Any] = {}
-  for path, value in flat.items():
-    node = params
-    for name in path[:-1]:
-      node = node.setdefault(name, {})
-    node[path[-1]] = value
+  state = {k: v for k, v in state.items() if k not in IGNORED_KEYS}
+  params = R.to_params(state, _rules(arch), expected,
+                       f"an open_clip model of this architecture ({arch})", ("logit_scale",))
   return params, float(state["logit_scale"].reshape(()))
 
 
@@ -387,13 +299,6 @@ def from_params(params: Mapping[str, Any], arch: Architecture,
   Raises:
     KeyError naming a parameter path that `params` lacks.
   """
-  state = {}
-  for path, key, _, to_theirs in _rules(arch):
-    node = params
-    for name in path:
-      if name not in node:
-        raise KeyError(f"params have no {'/'.join(path)} (needed for {key!r})")
-      node = node[name]
-    state[key] = to_theirs(np.asarray(node, np.float32))
+  state = R.from_params(params, _rules(arch))
   state["logit_scale"] = np.asarray(logit_scale, np.float32)
-  return _join_attention(state)
+  return R.join_attention(state)

@@ -186,7 +186,7 @@ def _typo(config):
     (_set("towers.image.pooling", "max"),
      r"config\.model\.towers\.image\.pooling must be one of 'cls', 'gap', 'map'; got 'max'"),
     (_set("towers.text.pooling", "cls"),
-     r"config\.model\.towers\.text\.pooling must be one of 'eos', 'last', 'mean'; got 'cls'"),
+     r"config\.model\.towers\.text\.pooling must be one of 'eos', 'last', 'mean', 'last_position'; got 'cls'"),
     (_typo,
      r"config\.model\.towers\.image\.widht is not a field of tower 'vit'; did you mean 'width'"),
     (_set("towers.image.width", 30),

@@ -242,5 +242,5 @@ def test_checkpoint_errors_name_the_keys(tmp_path):
     converter.to_params(state_dict, dataclasses.replace(arch, patch_size=2))
   with pytest.raises(ConfigError, match="'ViT-B-33' is not known; choose one of: ViT-B-32,"):
     pretrained.load("open_clip", "ViT-B-33", checkpoint=tmp_path / "missing.pt")
-  with pytest.raises(ConfigError, match="source 'hf' is not known; choose one of: open_clip"):
-    pretrained.load("hf", "ViT-B-32", checkpoint=tmp_path / "missing.pt")
+  with pytest.raises(ConfigError, match="source 'timm' is not known; choose one of: open_clip"):
+    pretrained.load("timm", "ViT-B-32", checkpoint=tmp_path / "missing.pt")

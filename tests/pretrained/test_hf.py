@@ -1,0 +1,173 @@
+"""Parity with Hugging Face transformers' `CLIPModel`: converted, it gives the same embeddings,
+and the export gives its state dict back.
+
+transformers' CLIP modules import no torchvision, so no stand-ins are needed. The model is a
+`CLIPConfig` with OpenAI's choices (QuickGELU, LayerNorm epsilon 1e-5, CLIP's vocabulary and
+77-token context, EOS id 49407) at a small size: 2 layers of width 64 per tower, images of 3 x 3
+patches of 16 pixels; every parameter drawn at random (attention key biases included).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from clip_jax import pretrained
+from clip_jax.pretrained import hf, open_clip
+
+SETUP = "pip install torch==2.13.0 transformers==5.25.0 safetensors"
+BOS, EOS = 49406, 49407
+
+
+@pytest.fixture(scope="module")
+def transformers_lib(parity_missing):
+  try:
+    import torch  # noqa: F401
+    import transformers
+  except ImportError:
+    parity_missing("PyTorch and transformers", SETUP)
+  return transformers
+
+
+def _randomise(model) -> None:
+  """Every parameter of a torch model drawn at random around its initial value."""
+  import torch
+  generator = torch.Generator().manual_seed(0)
+  with torch.no_grad():
+    for param in model.parameters():
+      param.add_(0.1 * torch.randn(param.shape, generator=generator))
+
+
+def clip_rows(rng: np.random.Generator, lengths: tuple[int, ...], length: int = 77) -> np.ndarray:
+  """int32 [len(lengths), length] rows as CLIP's tokenizer makes them: BOS, random word ids
+  (0, "!", among them), EOS, pads 0; a row of `length` - 2 words ends in EOS."""
+  rows = np.zeros((len(lengths), length), np.int32)
+  for row, n in zip(rows, lengths):
+    row[0], row[1:n + 1], row[n + 1] = BOS, rng.integers(0, BOS, n), EOS
+  return rows
+
+
+def _save_random(reference, path) -> dict:
+  """Draws the torch model's parameters at random, saves its state dict as a .safetensors file
+  at `path` and returns it."""
+  from safetensors.torch import save_file
+  _randomise(reference)
+  state_dict = {k: v.contiguous() for k, v in reference.state_dict().items()}
+  save_file(state_dict, str(path))
+  return state_dict
+
+
+def _assert_same_embeddings(what: str, reference, model: pretrained.PretrainedModel, params,
+                            images: np.ndarray, tokens: np.ndarray) -> None:
+  """The converted model's image and text embeddings (in jax.jit) are the reference's
+  L2-normalised `get_image_features` / `get_text_features` within 1e-5."""
+  import torch
+  with torch.no_grad():
+    want_image = reference.get_image_features(
+        pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2))).pooler_output
+    want_text = reference.get_text_features(
+        input_ids=torch.from_numpy(tokens.astype(np.int64))).pooler_output
+  want_image = torch.nn.functional.normalize(want_image, dim=-1).numpy()
+  want_text = torch.nn.functional.normalize(want_text, dim=-1).numpy()
+
+  def embed(method, inputs):
+    return np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x, method=method))(
+        params, inputs))
+
+  got_image, got_text = embed(model.encode_image, images), embed(model.encode_text, tokens)
+  print(f"{what}: max abs difference image {np.abs(got_image - want_image).max():.2e}, "
+        f"text {np.abs(got_text - want_text).max():.2e}")
+  np.testing.assert_allclose(got_image, want_image, rtol=0, atol=1e-5)
+  np.testing.assert_allclose(got_text, want_text, rtol=0, atol=1e-5)
+
+
+def _assert_same_params(a, b) -> None:
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for (path, x), y in zip(jax.tree.leaves_with_path(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+
+
+def test_clip_embeddings_match_transformers(transformers_lib, tmp_path, monkeypatch):
+  import torch
+  tower = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+               hidden_act="quick_gelu")
+  config = transformers_lib.CLIPConfig(
+      projection_dim=32, vision_config=dict(tower, image_size=48, patch_size=16),
+      text_config=dict(tower, vocab_size=49408, max_position_embeddings=77, bos_token_id=BOS,
+                       eos_token_id=EOS, pad_token_id=1))
+  torch.manual_seed(0)
+  reference = transformers_lib.CLIPModel(config).eval()
+  state_dict = _save_random(reference, tmp_path / "model.safetensors")
+  arch = hf.clip_architecture(config.to_dict())
+  monkeypatch.setitem(open_clip.ARCHITECTURES, "ViT-B-16-quickgelu", arch)
+
+  model, params = pretrained.load("hf", "ViT-B-16-quickgelu",
+                                  checkpoint=tmp_path / "model.safetensors")
+
+  rng = np.random.default_rng(1)
+  images = rng.normal(size=(3, 48, 48, 3)).astype(np.float32)
+  tokens = clip_rows(rng, (4, 0, 20, 75))
+  _assert_same_embeddings("HF CLIP", reference, model, params, images, tokens)
+  assert model.logit_scale == pytest.approx(reference.logit_scale.item())
+
+  # The export gives HF's state dict back, the (cancelling) key biases as zeros; a CLIPModel
+  # loads it strictly, and converting it gives the same parameters.
+  exported = hf.from_params(params, arch, model.logit_scale)
+  assert sorted(exported) == sorted(state_dict)
+  for key, value in state_dict.items():
+    want = np.zeros_like(value.numpy()) if key.endswith("k_proj.bias") else value.numpy()
+    np.testing.assert_array_equal(exported[key], want, err_msg=key)
+  transformers_lib.CLIPModel(config).load_state_dict(
+      {k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
+  _assert_same_params(params, hf.to_params(exported, arch)[0])
+
+
+def test_siglip_embeddings_match_transformers(transformers_lib, tmp_path, monkeypatch):
+  """`SiglipModel` at the B/16-224 family's shape (GELU tanh, epsilon 1e-6, MAP head, text head
+  with bias) with 2 layers of width 64, 3 x 3 patches and 16 text positions; text rows padded
+  with id 1 as HF's tokenizer pads them (the model attends to the pads and pools the last
+  position), one row without padding, ending in id 0."""
+  import torch
+  tower = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2)
+  config = transformers_lib.SiglipConfig(
+      vision_config=dict(tower, image_size=48, patch_size=16),
+      text_config=dict(tower, vocab_size=1000, max_position_embeddings=16, bos_token_id=None,
+                       eos_token_id=1, pad_token_id=1))
+  torch.manual_seed(0)
+  reference = transformers_lib.SiglipModel(config).eval()
+  state_dict = _save_random(reference, tmp_path / "model.safetensors")
+  arch = hf.siglip_architecture(config.to_dict())
+  name = "google/siglip-base-patch16-224"
+  monkeypatch.setitem(hf.SIGLIP_ARCHITECTURES, name, arch)
+
+  model, params = pretrained.load("hf", name, checkpoint=tmp_path / "model.safetensors")
+
+  rng = np.random.default_rng(1)
+  images = rng.normal(size=(3, 48, 48, 3)).astype(np.float32)
+  tokens = np.ones((3, 16), np.int32)  # pad (and EOS) id 1
+  for row, n in zip(tokens, (5, 14, 16)):
+    row[:n] = rng.integers(2, 1000, n)
+  # Id 0 (the <pad> piece) is an ordinary token here, also in the last position, where a pad
+  # mask or pooling at the last non-0 token would treat it as padding.
+  tokens[0, 2] = tokens[2, -1] = 0
+  _assert_same_embeddings("HF SigLIP", reference, model, params, images, tokens)
+  assert model.config.loss.name == "sigmoid"
+  assert model.config.loss.init_scale == pytest.approx(reference.logit_scale.item())
+  assert model.config.loss.init_bias == pytest.approx(reference.logit_bias.item())
+
+  # The export gives HF's state dict back with zero key biases (in the MAP head's in_proj_bias,
+  # the middle third); a SiglipModel loads it strictly; converting it gives the same params.
+  exported = hf.siglip_from_params(params, arch, model.config.loss.init_scale,
+                                   model.config.loss.init_bias)
+  assert sorted(exported) == sorted(state_dict)
+  for key, value in state_dict.items():
+    want = value.numpy().copy()
+    if key.endswith("k_proj.bias"):
+      want[:] = 0
+    elif key.endswith("in_proj_bias"):
+      want[want.shape[0] // 3:2 * want.shape[0] // 3] = 0
+    np.testing.assert_array_equal(exported[key], want, err_msg=key)
+  transformers_lib.SiglipModel(config).load_state_dict(
+      {k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
+  _assert_same_params(params, hf.siglip_to_params(exported, arch)[0])
