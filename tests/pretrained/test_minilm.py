@@ -11,17 +11,22 @@ its usual values, token type 1 distinct from 0, and the "cls" pooling.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from clip_jax import pretrained
+from clip_jax.config import load_config_file
 from clip_jax.data.tokenizer import load_tokenizer
 from clip_jax.pretrained import sentence_transformers as converter
 from clip_jax.registry import ConfigError
 
 NAME = "all-MiniLM-L6-v2"
+TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                    "tiny.py")
 # Varied sentences: punctuation, digits, accents, non-Latin scripts, emoji, unknown words, a
 # single character, an empty text, and one cut at the row length (128 tokens). None spells a
 # special token such as "[SEP]": Hugging Face would match it in the text, clip_jax does not.
@@ -132,3 +137,38 @@ def test_converter_errors(monkeypatch):
   state["embeddings.LayerNorm.weight"] = np.zeros(1)
   with pytest.raises(ValueError, match=r"'embeddings.word_embeddings.weight' has shape \(1,\)"):
     converter.to_params(state, arch)
+
+
+def test_init_from_a_sentence_transformers_checkpoint_on_8_devices(tmp_path, monkeypatch):
+  from safetensors.numpy import save_file
+
+  from clip_jax.checkpoint import load_params_from
+  from clip_jax.training.trainer import Trainer
+
+  arch = converter.Architecture(width=16, depth=1, num_heads=2, mlp_dim=32, vocab_size=300,
+                                context_length=6, max_seq_length=6)
+  monkeypatch.setitem(converter.ARCHITECTURES, "tiny", arch)
+  _, shapes = pretrained.open_clip.abstract_structure(arch)
+  rng = np.random.default_rng(0)
+  save_file({key: to_theirs(rng.normal(size=shapes[path]).astype(np.float32))
+             for path, key, _, to_theirs in converter._rules(arch)},
+            str(tmp_path / "model.safetensors"))
+  converted = converter.to_params(converter.read_state_dict(tmp_path), arch)
+  config = load_config_file(TINY)
+  config.model.towers.text = ml_collections.ConfigDict(dict(
+      name="bert", vocab_size=300, context_length=6, width=16, depth=1, num_heads=2,
+      mlp_ratio=2.0))
+  trainer = Trainer(config, devices=jax.devices())
+  fresh, shardings = trainer.init_state()["params"], trainer.state_shardings["params"]
+  init_from = f"sentence_transformers:tiny:{tmp_path / 'model.safetensors'}"
+  params = load_params_from(init_from, fresh, shardings,
+                            ((r"^model/text/", "load"), (r".*", "init")))
+  assert len(params["model"]["text"]["encoder"]["token_embedding"].sharding.device_set) == 8
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(params["model"]["text"]),
+               converted["text"])
+  kept = [(params["model"]["image"], fresh["model"]["image"]), (params["loss"], fresh["loss"])]
+  assert all(a is b for new, old in kept
+             for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(old), strict=True))
+  with pytest.raises(ConfigError, match=r"parameter loss/bias is not in sentence_transformers:"
+                     r"tiny:.*; add \(r'\^loss/bias\$', 'init'\)"):
+    load_params_from(init_from, fresh, shardings)
