@@ -42,7 +42,8 @@ from clip_jax.pretrained import open_clip
 from clip_jax.registry import ConfigError
 
 # Keys of a BertModel state dict with no parameter of ours: the position ids buffer, the pooler
-# (unused by sentence encoders), the key biases (cancelled by the softmax), token type 1.
+# (unused by sentence encoders), the key biases (cancelled by the softmax). Row 1 of the token
+# type embeddings is dropped too (clip_jax rows are one segment, type 0).
 IGNORED_SUFFIXES = ("position_ids", "attention.self.key.bias")
 IGNORED_PREFIXES = ("pooler.",)
 
