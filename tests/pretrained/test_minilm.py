@@ -122,6 +122,8 @@ def test_converter_errors(monkeypatch):
                                 context_length=4, max_seq_length=4)
   with pytest.raises(ConfigError, match="'MiniLM' is not known; choose one of: all-MiniLM"):
     pretrained.load("sentence_transformers", "MiniLM")
+  with pytest.raises(ConfigError, match=r"load\('open_clip', 'ViT-B-32'\) needs the checkpoint"):
+    pretrained.load("open_clip", "ViT-B-32")
   monkeypatch.setitem(converter.ARCHITECTURES, "absent", dataclasses.replace(
       arch, package="no_such_package_here"))
   with pytest.raises(ConfigError, match=r"pip install no-such-package-here\) or give its model"):
