@@ -12,9 +12,10 @@ emoji demo's) learns to map images onto the text embeddings of their class capti
 
 Evaluation on the 10,000 test images: zero-shot classification into the 3 held-out classes,
 whose names were never trained on (label "heldout_class", `clip_jax.data.fashion_mnist`), and
-into all 10. The ":scratch" variant trains the same model with the text tower initialised at
-random and trained: the comparison is the LiT claim at demo scale, a locked pretrained text
-tower transfers to unseen class names.
+into all 10. The ":scratch" variant trains the same image tower with a text tower learned from
+a random initialisation (the Fashion-MNIST demo's small text transformer on MiniLM's tokenizer):
+the comparison is the LiT claim at demo scale, that a locked pretrained text tower transfers to
+unseen class names.
 
   python -m clip_jax.train --config configs/demo/lit_fashion_mnist.py --workdir /tmp/lit
   python -m clip_jax.train --config configs/demo/lit_fashion_mnist.py:scratch --workdir /tmp/lit0
@@ -38,8 +39,8 @@ VARIANTS = ("lit", "scratch")
 
 
 def get_config(variant: str = "lit") -> ml_collections.ConfigDict:
-  """The config; `variant` ("lit": locked pretrained text tower, or "scratch": the text tower
-  trained from a random initialisation) comes after a ":" in --config."""
+  """The config; `variant` ("lit": locked pretrained text tower, or "scratch": a small text
+  tower trained from a random initialisation) comes after a ":" in --config."""
   if variant not in VARIANTS:
     raise ValueError(f"--config lit_fashion_mnist.py:{variant}: choose one of {VARIANTS}")
   config = load_config_file(os.path.join(os.path.dirname(__file__), "fashion_mnist.py"))
