@@ -295,6 +295,10 @@ def load_params_from(path: str, target_params: Any, target_shardings: Any,
     path: a workdir, its checkpoints/ directory, a step directory or its state/ item, local or
       on object storage (gs://bucket/run). Given a workdir or checkpoints/ directory, the newest
       readable step is used (an unreadable one is reported and the previous one tried).
+      Or released weights, converted as they are read: "<source>:<name>[:<checkpoint>]" with a
+      source of `clip_jax.pretrained.load` (e.g. "sentence_transformers:all-MiniLM-L6-v2",
+      "open_clip:ViT-B-32:/models/b32.safetensors"); they hold model params only (model/...), so
+      mark the others "init" in `rules`.
     target_params: the freshly initialised params {"model": ..., "loss": ...} of this run.
     target_shardings: NamedShardings matching `target_params`.
     rules: ((regex, "load" | "init"), ...) on the "/"-joined param path; the first match wins and
@@ -311,6 +315,13 @@ def load_params_from(path: str, target_params: Any, target_shardings: Any,
     if action not in ("load", "init"):
       raise ConfigError(f"config.init_from_rules: {regex.pattern!r} -> {action!r}; the action "
                         "must be 'load' or 'init'")
+  converted = _pretrained_params(path)
+  if converted is not None:
+    saved = dict(named_leaves(converted))
+    wanted = _wanted(path, saved, compiled, target_params)
+    shardings = dict(named_leaves(target_shardings))
+    return _merge(target_params, {name: jax.device_put(saved[name], shardings[name])
+                                  for name in wanted})
   failures = []
   for state_dir in _state_dirs(path):
     try:
@@ -326,9 +337,26 @@ def load_params_from(path: str, target_params: Any, target_shardings: Any,
                     f"{', '.join(failures)}")
 
 
-def _load_params(state_dir: str, saved: dict[str, Any], nested: bool, compiled, target_params,
-                 target_shardings) -> Any:
-  """Reads the "load" params of `saved` (metadata by path) from `state_dir` into the targets."""
+def _pretrained_params(path: str) -> dict[str, Any] | None:
+  """{"model": the converted params} for `path` = "<source>:<name>[:<checkpoint>]" naming a
+  source of `clip_jax.pretrained.load`; None for any other path (a checkpoint directory)."""
+  from clip_jax import pretrained  # imported here: it builds models, which a reader may not need
+
+  source, sep, rest = path.partition(":")
+  if not sep or source not in pretrained.SOURCES:
+    return None
+  name, _, checkpoint = rest.partition(":")
+  _, params = pretrained.load(source, name, checkpoint=checkpoint or None)
+  return {"model": params}
+
+
+def _wanted(where: str, saved: dict[str, Any], compiled, target_params: Any) -> dict[str, Any]:
+  """{name: saved dtype} of the target params marked "load" (first matching rule; unmatched
+  ones load), checked against `saved` ({"/"-joined path: array or its metadata}) of `where`.
+
+  Raises:
+    ConfigError: a parameter to load is missing from `saved` or has another shape there.
+  """
   wanted = {}
   for keypath, fresh in jax.tree.flatten_with_path(target_params)[0]:
     name = path_to_str(keypath)
@@ -336,13 +364,30 @@ def _load_params(state_dir: str, saved: dict[str, Any], nested: bool, compiled, 
       continue
     if name not in saved:
       raise ConfigError(
-          f"config.init_from: parameter {name} is not in {state_dir}; add "
+          f"config.init_from: parameter {name} is not in {where}; add "
           f"(r'^{re.escape(name)}$', 'init') to config.init_from_rules to keep it fresh")
     if tuple(saved[name].shape) != tuple(fresh.shape):
       raise ConfigError(f"config.init_from: {name} has shape {tuple(saved[name].shape)} in "
-                        f"{state_dir} but {tuple(fresh.shape)} here; mark it 'init' in "
+                        f"{where} but {tuple(fresh.shape)} here; mark it 'init' in "
                         "config.init_from_rules")
     wanted[name] = saved[name].dtype
+  return wanted
+
+
+def _merge(target_params: Any, loaded: dict[str, Any]) -> Any:
+  """`target_params` with the leaves named in `loaded` replaced (cast to the targets' dtypes)."""
+
+  def pick(keypath, fresh):
+    name = path_to_str(keypath)
+    return loaded[name].astype(fresh.dtype) if name in loaded else fresh
+
+  return jax.tree.map_with_path(pick, target_params)
+
+
+def _load_params(state_dir: str, saved: dict[str, Any], nested: bool, compiled, target_params,
+                 target_shardings) -> Any:
+  """Reads the "load" params of `saved` (metadata by path) from `state_dir` into the targets."""
+  wanted = _wanted(state_dir, saved, compiled, target_params)
   shardings = dict(named_leaves(target_shardings))
 
   def abstract(keypath, fresh):
@@ -354,13 +399,7 @@ def _load_params(state_dir: str, saved: dict[str, Any], nested: bool, compiled, 
   item = jax.tree.map_with_path(abstract, target_params)
   item = _prune(item)
   restored = _partial_restore(state_dir, {"params": item} if nested else item)
-  loaded = dict(named_leaves(restored["params"] if nested else restored))
-
-  def pick(keypath, fresh):
-    name = path_to_str(keypath)
-    return loaded[name].astype(fresh.dtype) if name in loaded else fresh
-
-  return jax.tree.map_with_path(pick, target_params)
+  return _merge(target_params, dict(named_leaves(restored["params"] if nested else restored)))
 
 
 def _prune(tree: Any) -> Any:

@@ -57,7 +57,8 @@ class RunFields:
   ckpt_keep_period: int = 0      # ... plus every M-th step (0: none)
   ckpt_async: bool = True        # write checkpoints in the background
   max_bad_steps: int = 5         # stop after this many consecutive non-finite steps
-  init_from: str = ""            # params-only initialisation from another checkpoint
+  init_from: str = ""            # params-only initialisation from another checkpoint, or
+                                 # released weights: "<source>:<name>[:<checkpoint>]"
   init_from_rules: Any = ()      # ((regex, "load"|"init"), ...) for init_from
   distributed: Any = None        # multi-host settings (see launch/)
 

@@ -11,20 +11,26 @@ files in the cache directory (see `clip_jax.data.cache`), keyed by the SHA-1 of 
 image file; later runs memory-map them.
 
 Units and captions. Training unit i is train image i, for i < `config.data.num_train` (default:
-all 60,000). Fashion-MNIST has no text but the class, so a unit's captions are its lowercased
+all 60,000), less the images of `config.data.heldout_classes` (default none): with
+`heldout_classes=("Sandal", "Shirt", "Bag")` the first num_train images of the other 7 classes
+are trained on, and those three classes are only seen in evaluation (zero-shot classification of
+unseen classes, as in the LiT demo `configs/demo/lit_fashion_mnist.py`). Fashion-MNIST has no text but the class, so a unit's captions are its lowercased
 class name in each of `CAPTION_TEMPLATES` ("{}", "a photo of the {}.", "a picture of the {}."):
 the bare name, and two framings so that the text tower sees more than one phrasing of the same
 content ("the" rather than "a" so that "ankle boot" needs no "an"). Training draws one of them per
-example. The tokenizer is fitted on the 30 distinct captions, each once (the 10 classes are
-balanced, 6,000 training images each, so repeating them per unit would change nothing but the
-fitting time).
+example. The tokenizer is fitted on the distinct captions of the trained classes (30 without
+held-out classes), each once (the 10 classes are balanced, 6,000 training images each, so
+repeating them per unit would change nothing but the fitting time).
 
 Evaluation split: "heldout", the 10,000 test images (never trained on), each with one text, its
-bare lowercased class name, and the label "class" (indices into `CLASSES`). The zero-shot
+bare lowercased class name, and the label "class" (indices into `CLASSES`); with held-out
+classes also the label "heldout_class", indices into `config.data.heldout_classes` for the test
+images of those classes and -1 (skipped by classification) for the others. The zero-shot
 classifier builds its own prompts from the class names (`configs/demo/fashion_mnist.py` uses
 `CAPTION_TEMPLATES`). There is no "train" split: the evaluators need only one split.
 
-Config fields: `FashionMnistFields` (config.data.path, config.data.num_train, and `SourceFields`).
+Config fields: `FashionMnistFields` (config.data.path, num_train, heldout_classes, and
+`SourceFields`).
 """
 
 from __future__ import annotations
@@ -136,12 +142,17 @@ class FashionMnistSource(DataSource):
   """See the module docstring.
 
   Attributes:
-    images: uint8 [num_train, image_size, image_size, 3] training images (memory-mapped).
-    labels: uint8 [num_train] their classes, indices into `CLASSES`.
+    images: uint8 [n, image_size, image_size, 3] the first n = `config.data.num_train` training
+      images (memory-mapped), held-out classes included.
+    labels: uint8 [n] their classes, indices into `CLASSES`.
+    heldout_classes: the class names left out of training.
+    train_index: int64 [num_train] the indices into `images` of the training units (the images
+      of the other classes).
   """
   name = "fashion_mnist"
 
-  def __init__(self, path: str, image_size: int, cache_dir: Path, num_train: int = 60000):
+  def __init__(self, path: str, image_size: int, cache_dir: Path, num_train: int = 60000,
+               heldout_classes: tuple[str, ...] = ()):
     self.path = Path(path)
     self.image_size = image_size
     self.cache_dir = Path(cache_dir)
@@ -153,6 +164,13 @@ class FashionMnistSource(DataSource):
     for stem, _ in PARTS.values():
       idx_files(self.path, stem)  # all four files, before any decoding
     self.images, self.labels = self._part("train", num_train)
+    self.heldout_classes = tuple(heldout_classes)
+    self.heldout_ids = np.asarray([CLASSES.index(c) for c in self.heldout_classes], np.int64)
+    self.train_index = np.flatnonzero(~np.isin(self.labels, self.heldout_ids))
+    if not len(self.train_index):
+      raise ConfigError(
+          f"config.data.num_train = {num_train}: the first {num_train} training images are all of "
+          f"config.data.heldout_classes = {self.heldout_classes}; train on more images")
     self.captions = [[t.format(c.lower()) for t in CAPTION_TEMPLATES] for c in CLASSES]
 
   def _part(self, part: str, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -167,14 +185,14 @@ class FashionMnistSource(DataSource):
 
   @property
   def num_train(self) -> int:
-    return len(self.labels)
+    return len(self.train_index)
 
   def train_captions(self) -> list[str]:
-    return [c for caps in self.captions for c in caps]
+    return [c for k, caps in enumerate(self.captions) if k not in self.heldout_ids for c in caps]
 
   def train_examples(self, units: np.ndarray,
                      draws: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    units = np.asarray(units, dtype=np.int64)
+    units = self.train_index[np.asarray(units, dtype=np.int64)]
     picks = data_registry.draw_index(np.asarray(draws)[:, 1], len(CAPTION_TEMPLATES))
     captions = [self.captions[self.labels[u]][t] for u, t in zip(units.tolist(), picks.tolist(),
                                                                   strict=True)]
@@ -188,11 +206,30 @@ class FashionMnistSource(DataSource):
     if split not in self.eval_splits:
       raise self.unknown_split(split)
     images, labels = self._part(split, PARTS[split][1])
+    label_sets = {"class": (labels.astype(np.int32), list(CLASSES))}
+    if self.heldout_classes:
+      heldout = np.full(len(labels), -1, np.int32)
+      for i, k in enumerate(self.heldout_ids.tolist()):
+        heldout[labels == k] = i
+      label_sets["heldout_class"] = (heldout, list(self.heldout_classes))
     return EvalSet(
         images=transforms.to_float(np.asarray(images)),
         texts=[self.captions[k][0] for k in labels.tolist()],
         text_image=np.arange(len(labels), dtype=np.int32),
-        labels={"class": (labels.astype(np.int32), list(CLASSES))})
+        labels=label_sets)
+
+
+def _class_names(value: Any, path: str) -> tuple[str, ...]:
+  """Distinct names of `CLASSES`, fewer than all of them, as a tuple."""
+  try:
+    names = (value,) if isinstance(value, str) else tuple(value)
+  except TypeError:
+    names = (None,)
+  if (any(n not in CLASSES for n in names) or len(set(names)) != len(names)
+      or len(names) >= len(CLASSES)):
+    raise ConfigError(f"{path} = {value!r} must be distinct Fashion-MNIST class names, fewer than "
+                      f"all {len(CLASSES)}, from: {', '.join(map(repr, CLASSES))}")
+  return names
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -202,12 +239,16 @@ class FashionMnistFields(SourceFields):
   Attributes:
     path: the folder of the four IDX files (Debian's `dataset-fashion-mnist` puts them in
       /usr/share/datasets/fashion-mnist).
-    num_train: how many of the 60,000 training images (the first ones) to train on, in
+    num_train: how many of the 60,000 training images (the first ones) to read, in
       [1, 60000]; fewer make tests fast.
+    heldout_classes: names of `CLASSES` whose images are left out of training (at most 9,
+      distinct), e.g. ("Sandal", "Shirt", "Bag"); the eval split then has the label
+      "heldout_class" over them. Default: none.
   """
 
   path: str = schema.field(DEFAULT_PATH, schema.string(nonempty=True))
   num_train: int = schema.field(PARTS["train"][1], schema.integer(1, PARTS["train"][1]))
+  heldout_classes: tuple[str, ...] = schema.field((), _class_names)
 
 
 @SOURCES.register("fashion_mnist", fields=FashionMnistFields)
@@ -215,4 +256,4 @@ def build(data_config: Any) -> FashionMnistSource:
   """The Fashion-MNIST source for `config.data` (fields: `FashionMnistFields`)."""
   f: FashionMnistFields = data_registry.parse_source(data_config, "fashion_mnist")
   return FashionMnistSource(f.path, f.image_size, cache.resolve_cache_dir(data_config),
-                            f.num_train)
+                            f.num_train, f.heldout_classes)

@@ -153,13 +153,17 @@ class Mlp(nnx.Module):
 
 
 class EncoderBlock(nnx.Module):
-  """Pre-LN transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)). [B, L, D] -> [B, L, D].
+  """Transformer block, [B, L, D] -> [B, L, D]: pre-LN, x + MHSA(LN(x)) then x + MLP(LN(x)), or
+  with `post_norm` post-LN as in BERT (Devlin et al. 2019), LN(x + MHSA(x)) then LN(x + MLP(x))
+  (`attn_norm` then follows the attention, `mlp_norm` the MLP).
 
   `norm_eps`: the LayerNorms' epsilon; `activation`: the MLP's (a name in `ACTIVATIONS`).
   """
 
   def __init__(self, width: int, num_heads: int, mlp_dim: int, dtype: Dtype, *,
-               norm_eps: float = NORM_EPS, activation: str = ACTIVATION, rngs: nnx.Rngs):
+               norm_eps: float = NORM_EPS, activation: str = ACTIVATION,
+               post_norm: bool = False, rngs: nnx.Rngs):
+    self.post_norm = post_norm
     self.attn_norm = layer_norm(width, dtype, rngs, norm_eps)
     self.attn = MultiHeadAttention(width, num_heads, dtype, rngs=rngs)
     self.mlp_norm = layer_norm(width, dtype, rngs, norm_eps)
@@ -168,6 +172,9 @@ class EncoderBlock(nnx.Module):
   def __call__(self, x: Array, mask: Array | None = None, is_causal: bool = False) -> Array:
     """x: [B, L, D]; mask: optional bool broadcastable to [B, H, L, L] (True = may attend);
     is_causal: token i attends to tokens j <= i only."""
+    if self.post_norm:
+      x = self.attn_norm(x + self.attn(x, x, mask, is_causal))
+      return self.mlp_norm(x + self.mlp(x))
     y = self.attn_norm(x)
     x = x + self.attn(y, y, mask, is_causal)
     return x + self.mlp(self.mlp_norm(x))
@@ -182,7 +189,7 @@ _call_block_remat = nnx.remat(_call_block, static_argnums=(3,))
 
 
 class Transformer(nnx.Module):
-  """A stack of `depth` pre-LN blocks named block_0 ... block_{depth-1} (no final norm).
+  """A stack of `depth` pre-LN (or, with `post_norm`, post-LN) blocks named block_0 ... block_{depth-1} (no final norm).
 
   With `remat=True` each block is rematerialised (`nnx.remat`): its activations are recomputed in
   the backward pass instead of stored. The parameters are the same with or without remat.
@@ -190,17 +197,17 @@ class Transformer(nnx.Module):
   Args:
     width: D. num_heads: H (divides D). mlp_dim: the MLP's hidden size.
     dtype: compute dtype; the input is cast to it.
-    norm_eps, activation: as in `EncoderBlock`.
+    norm_eps, activation, post_norm: as in `EncoderBlock`.
   """
 
   def __init__(self, width: int, depth: int, num_heads: int, mlp_dim: int, dtype: Dtype,
                remat: bool, *, norm_eps: float = NORM_EPS, activation: str = ACTIVATION,
-               rngs: nnx.Rngs):
+               post_norm: bool = False, rngs: nnx.Rngs):
     self.depth, self.dtype, self.remat = depth, dtype, remat
     for i in range(depth):
       setattr(self, f"block_{i}", EncoderBlock(width, num_heads, mlp_dim, dtype,
                                                norm_eps=norm_eps, activation=activation,
-                                               rngs=rngs))
+                                               post_norm=post_norm, rngs=rngs))
 
   def __call__(self, x: Array, mask: Array | None = None, is_causal: bool = False) -> Array:
     """x: [B, L, D]; mask and is_causal as in EncoderBlock. Returns [B, L, D] (compute dtype)."""

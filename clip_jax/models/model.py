@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from clip_jax.models import bert as _bert  # noqa: F401  (registers "bert")
 from clip_jax.models import layers
 from clip_jax.models import text as _text  # noqa: F401  (registers "text_transformer")
 from clip_jax.models import vit as _vit  # noqa: F401  (registers "vit")

@@ -81,6 +81,38 @@ def embedding_lookup(table: Array, ids: Array) -> Array:
   return jnp.take(table, ids, axis=0)
 
 
+def check_token_inputs(kwargs: dict[str, Any], field: str,
+                       inputs: jax.ShapeDtypeStruct) -> None:
+  """Raises ConfigError (naming `<field>.<attribute>`) for inputs that are not int ids [B, L]
+  with L <= kwargs["context_length"] (a text tower's `check_inputs`)."""
+  if len(inputs.shape) != 2 or not jnp.issubdtype(inputs.dtype, jnp.integer):
+    raise ConfigError(f"{field}: the text tower expects int token ids [B, L], got "
+                      f"{inputs.dtype} {tuple(inputs.shape)}")
+  if inputs.shape[1] > kwargs["context_length"]:
+    raise ConfigError(
+        f"config.data.max_len (text length {inputs.shape[1]}) exceeds "
+        f"{field}.context_length = {kwargs['context_length']}; make max_len <= "
+        "context_length")
+
+
+def check_ids(tokens: Array, vocab_size: int) -> None:
+  """Concrete, local inputs (an eager call): the ids [B, L] must lie in [0, vocab_size).
+  Skipped under tracing (jit).
+
+  Raises:
+    ConfigError naming config.data.tokenizer.vocab_size.
+  """
+  if (not isinstance(tokens, jax.core.Tracer)
+      and getattr(tokens, "is_fully_addressable", True) and tokens.size):
+    host_tokens = np.asarray(tokens)
+    low, high = int(host_tokens.min()), int(host_tokens.max())
+    if low < 0 or high >= vocab_size:
+      raise ConfigError(
+          f"token ids span [{low}, {high}] but the text tower's vocab_size = "
+          f"{vocab_size}; it must exceed the tokenizer's largest id "
+          "(config.data.tokenizer.vocab_size)")
+
+
 @TOWERS.register("text_transformer", fields=TextFields)
 class TextTransformer(nnx.Module):
   """Transformer text tower.
@@ -139,34 +171,13 @@ class TextTransformer(nnx.Module):
 
   @classmethod
   def check_inputs(cls, kwargs: dict[str, Any], field: str, inputs: jax.ShapeDtypeStruct) -> None:
-    """Raises ConfigError (naming `<field>.<attribute>`) for inputs that are not int ids [B, L]
-    with L <= context_length."""
-    if len(inputs.shape) != 2 or not jnp.issubdtype(inputs.dtype, jnp.integer):
-      raise ConfigError(f"{field}: the text tower expects int token ids [B, L], got "
-                        f"{inputs.dtype} {tuple(inputs.shape)}")
-    if inputs.shape[1] > kwargs["context_length"]:
-      raise ConfigError(
-          f"config.data.max_len (text length {inputs.shape[1]}) exceeds "
-          f"{field}.context_length = {kwargs['context_length']}; make max_len <= "
-          "context_length")
-
-  def _check_ids(self, tokens: Array) -> None:
-    """Concrete, local inputs (an eager call): the ids must lie in [0, vocab_size). Skipped
-    under tracing (jit)."""
-    if (not isinstance(tokens, jax.core.Tracer)
-        and getattr(tokens, "is_fully_addressable", True) and tokens.size):
-      host_tokens = np.asarray(tokens)
-      low, high = int(host_tokens.min()), int(host_tokens.max())
-      if low < 0 or high >= self.vocab_size:
-        raise ConfigError(
-            f"token ids span [{low}, {high}] but the text tower's vocab_size = "
-            f"{self.vocab_size}; it must exceed the tokenizer's largest id "
-            "(config.data.tokenizer.vocab_size)")
+    """As `check_token_inputs`."""
+    check_token_inputs(kwargs, field, inputs)
 
   def token_features(self, tokens: Array) -> Array:
     """Per-token features after the final LayerNorm: tokens [B, L] -> [B, L, width] (compute
     dtype). Features at pad positions are not meaningful with `key_mask`."""
-    self._check_ids(tokens)
+    check_ids(tokens, self.vocab_size)
     x = embedding_lookup(self.token_embedding[...].astype(self.dtype), tokens)  # [B, L, D]
     x = x + self.pos_embedding[:tokens.shape[1]].astype(self.dtype)[None]
     mask = key_mask(tokens) if self.key_mask else None

