@@ -35,10 +35,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import traverse_util
 
 from clip_jax.models.bert import BERT_SIZES
 from clip_jax.pretrained import open_clip
+from clip_jax.pretrained import rules as R
 from clip_jax.registry import ConfigError
 
 # Keys of a BertModel state dict with no parameter of ours: the position ids buffer, the pooler
@@ -131,28 +131,28 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   return {k.removeprefix("bert."): v for k, v in open_clip.read_state_dict(file).items()}
 
 
-def _rules(arch: Architecture) -> list[open_clip.Rule]:
+def _rules(arch: Architecture) -> list[R.Rule]:
   """Every parameter of the model: where it lives in the state dict and how it is laid out."""
   text = ("text", "encoder")
-  rules: list[open_clip.Rule] = [
-      (text + ("token_embedding",), "embeddings.word_embeddings.weight", open_clip._same,
-       open_clip._same),
-      (text + ("pos_embedding",), "embeddings.position_embeddings.weight", open_clip._same,
-       open_clip._same),
+  rules: list[R.Rule] = [
+      (text + ("token_embedding",), "embeddings.word_embeddings.weight", R.same,
+       R.same),
+      (text + ("pos_embedding",), "embeddings.position_embeddings.weight", R.same,
+       R.same),
       (text + ("type_embedding",), "embeddings.token_type_embeddings.weight", lambda x: x[0],
        lambda x: np.stack([x, np.zeros_like(x)])),
-      *open_clip._norm(text + ("embed_norm",), "embeddings.LayerNorm"),
+      *R.norm(text + ("embed_norm",), "embeddings.LayerNorm"),
   ]
   for i in range(arch.depth):
     o, t = text + ("transformer", f"block_{i}"), f"encoder.layer.{i}"
-    rules += open_clip._linear(o + ("attn", "query"), f"{t}.attention.self.query")
-    rules += open_clip._linear(o + ("attn", "key"), f"{t}.attention.self.key", bias=False)
-    rules += open_clip._linear(o + ("attn", "value"), f"{t}.attention.self.value")
-    rules += open_clip._linear(o + ("attn", "out"), f"{t}.attention.output.dense")
-    rules += open_clip._norm(o + ("attn_norm",), f"{t}.attention.output.LayerNorm")
-    rules += open_clip._linear(o + ("mlp", "fc1"), f"{t}.intermediate.dense")
-    rules += open_clip._linear(o + ("mlp", "fc2"), f"{t}.output.dense")
-    rules += open_clip._norm(o + ("mlp_norm",), f"{t}.output.LayerNorm")
+    rules += R.linear(o + ("attn", "query"), f"{t}.attention.self.query")
+    rules += R.linear(o + ("attn", "key"), f"{t}.attention.self.key", bias=False)
+    rules += R.linear(o + ("attn", "value"), f"{t}.attention.self.value")
+    rules += R.linear(o + ("attn", "out"), f"{t}.attention.output.dense")
+    rules += R.norm(o + ("attn_norm",), f"{t}.attention.output.LayerNorm")
+    rules += R.linear(o + ("mlp", "fc1"), f"{t}.intermediate.dense")
+    rules += R.linear(o + ("mlp", "fc2"), f"{t}.output.dense")
+    rules += R.norm(o + ("mlp_norm",), f"{t}.output.LayerNorm")
   return rules
 
 
@@ -171,24 +171,12 @@ def to_params(state_dict: Mapping[str, Any], arch: Architecture) -> dict[str, An
     ValueError naming the missing keys, the keys with no place in the architecture, or a key
     whose shape differs from the one the architecture needs.
   """
-  state = {k: np.asarray(v, np.float32) for k, v in state_dict.items()}
+  state = {k: np.asarray(v, np.float32) for k, v in state_dict.items()
+           if not k.endswith(IGNORED_SUFFIXES) and not k.startswith(IGNORED_PREFIXES)}
   _, expected = open_clip.abstract_structure(arch)
-  rules = _rules(arch)
-  wanted = {key for _, key, _, _ in rules}
-  missing = sorted(wanted - set(state))
-  extra = sorted(k for k in set(state) - wanted
-                 if not k.endswith(IGNORED_SUFFIXES) and not k.startswith(IGNORED_PREFIXES))
-  problems = [f"{what} {', '.join(keys[:5])}" + (" ..." if len(keys) > 5 else "")
-              for what, keys in (("missing keys", missing), ("keys with no place in it", extra))
-              if keys]
-  if problems:
-    raise ValueError(f"the checkpoint is not a BERT encoder of this architecture ({arch}): "
-                     + "; ".join(problems))
-  flat = {("text", "projection", "kernel"): np.eye(arch.width, dtype=np.float32)}
-  for path, key, to_ours, _ in rules:
-    flat[path] = to_ours(state[key])
-    if flat[path].shape != expected[path]:
-      raise ValueError(f"checkpoint key {key!r} has shape {state[key].shape}, which does not fit "
-                       f"the architecture {arch} (it needs {'/'.join(path)} {expected[path]})")
-  assert set(flat) == set(expected), set(flat) ^ set(expected)
-  return traverse_util.unflatten_dict(flat)
+  projection = ("text", "projection", "kernel")  # not in the checkpoint: the identity
+  expected = {path: shape for path, shape in expected.items() if path != projection}
+  params = R.to_params(state, _rules(arch), expected,
+                       f"a BERT encoder of this architecture ({arch})")
+  params["text"]["projection"] = {"kernel": np.eye(arch.width, dtype=np.float32)}
+  return params
