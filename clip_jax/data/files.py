@@ -75,6 +75,15 @@ class FileFields(SourceFields):
   max_skip_fraction: float = schema.field(DEFAULT_MAX_SKIP_FRACTION, schema.number(0.0, 1.0))
 
 
+def caption_templates(value: Any, path: str) -> tuple[str, ...]:
+  """The check of a `caption_templates` field (captions made from class names): a non-empty
+  tuple of strings with one "{}" each."""
+  if (isinstance(value, str) or not value
+      or not all(isinstance(t, str) and t.count("{}") == 1 for t in value)):
+    raise ConfigError(f"{path} = {value!r} must be a tuple of strings with one '{{}}' each")
+  return tuple(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class Sample:
   """One indexed sample.

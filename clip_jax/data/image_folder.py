@@ -32,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from clip_jax import fs
+from clip_jax import fs, schema
 from clip_jax.data import transforms
-from clip_jax.data.files import FileFields, FileSource, Sample, Skips, read_image
+from clip_jax.data.files import (FileFields, FileSource, Sample, Skips, caption_templates,
+                                 read_image)
 from clip_jax.data.registry import SOURCES, EvalSet, parse_source
 from clip_jax.log import get_logger
 from clip_jax.registry import ConfigError
@@ -57,14 +58,8 @@ class ImageFolderFields(FileFields):
 
   path: str = ""
   eval_path: str = ""
-  caption_templates: Any = ("a photo of a {}.",)
+  caption_templates: Any = schema.field(("a photo of a {}.",), caption_templates)
 
-  def check(self, path: str) -> None:
-    templates = self.caption_templates
-    if (isinstance(templates, str) or not templates
-        or not all(isinstance(t, str) and t.count("{}") == 1 for t in templates)):
-      raise ConfigError(f"{path}.caption_templates = {templates!r} must be a tuple of strings "
-                        "with one '{}' each")
 
 
 def list_folder(root: str, field: str) -> tuple[list[str], list[tuple[str, int]]]:

@@ -36,7 +36,8 @@ import numpy as np
 
 from clip_jax import schema
 from clip_jax.data import transforms
-from clip_jax.data.files import FileFields, FileSource, Skips, clean_caption
+from clip_jax.data.files import (FileFields, FileSource, Skips, caption_templates,
+                                 clean_caption)
 from clip_jax.data.registry import SOURCES, EvalSet, parse_source
 from clip_jax.log import get_logger
 from clip_jax.registry import ConfigError
@@ -68,14 +69,8 @@ class TfdsFields(FileFields):
   image_key: str = schema.field("image", schema.string(nonempty=True))
   text_key: str = ""
   label_key: str = ""
-  caption_templates: Any = ("a photo of a {}.",)
+  caption_templates: Any = schema.field(("a photo of a {}.",), caption_templates)
 
-  def check(self, path: str) -> None:
-    templates = self.caption_templates
-    if (isinstance(templates, str) or not templates
-        or not all(isinstance(t, str) and t.count("{}") == 1 for t in templates)):
-      raise ConfigError(f"{path}.caption_templates = {templates!r} must be a tuple of strings "
-                        "with one '{}' each")
 
 
 def open_split(dataset: str, split: str, data_dir: str, image_key: str, field: str) -> Any:
