@@ -156,11 +156,11 @@ def test_merges_file_found_in_installed_open_clip(clip_tok, clip_merges_path, tm
 
 def test_missing_merges_file_names_the_field(monkeypatch, tmp_path):
   with pytest.raises(ConfigError, match=rf"{MERGES_FIELD} = '.*nope.gz': no such file.*"
-                                        "pip install open_clip_torch"):
+                                        "pip install --no-deps open_clip_torch"):
     load_tokenizer("clip_bpe", merges_path=str(tmp_path / "nope.gz"))
   monkeypatch.setattr(tokenizer_lib, "find_spec", lambda name: None)  # no open_clip installed
   assert tokenizer_lib.find_clip_merges() is None
-  with pytest.raises(ConfigError, match=rf"{MERGES_FIELD} = ''.*pip install open_clip_torch"):
+  with pytest.raises(ConfigError, match=rf"{MERGES_FIELD} = ''.*pip install --no-deps open_clip_torch"):
     load_tokenizer("clip_bpe")
 
 
