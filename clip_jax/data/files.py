@@ -176,6 +176,8 @@ class FileSource(DataSource):
     self._lock = threading.RLock()  # _index calls num_train, which may index
 
   def _index(self) -> tuple[list[Sample], Skips]:
+    if self._indexed is not None:  # every read after the first: no lock on the hot path
+      return self._indexed
     with self._lock:
       if self._indexed is None:
         samples, skips = self._train_index()

@@ -221,13 +221,15 @@ _MEMO: dict[str, DataSource] = {}
 _MEMO_SIZE = 4
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+  """A config value as plain JSON-like data: ConfigDicts and dicts as dicts with str keys, tuples
+  and lists as lists (for keys and comparisons)."""
   if hasattr(value, "to_dict"):
     value = value.to_dict()
   if isinstance(value, dict):
-    return {str(k): _plain(v) for k, v in value.items()}
+    return {str(k): plain(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_plain(v) for v in value]
+    return [plain(v) for v in value]
   return value
 
 
@@ -262,7 +264,7 @@ def parse_data(data_config: Any) -> tuple[SourceFields, PipelineFields]:
 def build_source(data_config: Any) -> DataSource:
   """Builds (or returns the memoised) data source selected by `config.data.name`."""
   factory = SOURCES.get(data_config.get("name"))
-  key = json.dumps([_plain(_source_part(data_config)), str(cache.resolve_cache_dir(data_config))],
+  key = json.dumps([plain(_source_part(data_config)), str(cache.resolve_cache_dir(data_config))],
                    sort_keys=True, default=repr)
   if key not in _MEMO:
     source = factory(data_config)

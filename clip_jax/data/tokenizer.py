@@ -431,7 +431,7 @@ def make_tokenizer(data_config: Any, run_dir: str | None = None) -> Tokenizer:
       `parse_data`), or a `vocab_size` smaller than the tokenizer's vocabulary.
   """
   _, data = data_registry.parse_data(data_config)
-  section = dict(_plain_section(data.tokenizer))
+  section = data_registry.plain(data.tokenizer)
   if section.get("name") not in FITTED_ON_CAPTIONS or run_dir is None:
     return _build(data.tokenizer, data.max_len, data_config)
   path = fs.join(run_dir, RUN_TOKENIZER_FILE)
@@ -444,12 +444,6 @@ def make_tokenizer(data_config: Any, run_dir: str | None = None) -> Tokenizer:
   fs.write_atomic(path, json.dumps({"fields": section, "tokenizer": tokenizer.hf.to_str()},
                                    ensure_ascii=False).encode("utf-8"))
   return tokenizer
-
-
-def _plain_section(section: Any) -> dict[str, Any]:
-  """A tokenizer section as a plain dict (for comparing a saved tokenizer's fields)."""
-  return json.loads(json.dumps(section.to_dict() if hasattr(section, "to_dict") else
-                               dict(section)))
 
 
 def load_tokenizer(name: str, context_length: int = 77, **fields: Any) -> Tokenizer:

@@ -52,7 +52,6 @@ from flax import nnx
 
 from clip_jax.models.model import abstract_model, parse_model_config, split_params
 from clip_jax.pretrained import rules as R
-from clip_jax.registry import ConfigError
 
 # open_clip's LayerNorm epsilon (torch's default) and attention head width.
 NORM_EPS = 1e-5
@@ -166,10 +165,7 @@ def architecture(name: str) -> Architecture:
   Raises:
     ConfigError naming the known names.
   """
-  if name not in ARCHITECTURES:
-    raise ConfigError(f"open_clip architecture {name!r} is not known; choose one of: "
-                      f"{', '.join(ARCHITECTURES)}")
-  return ARCHITECTURES[name]
+  return R.lookup(ARCHITECTURES, name, "open_clip architecture")
 
 
 def loss_config(logit_scale: float) -> ml_collections.ConfigDict:

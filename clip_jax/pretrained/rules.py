@@ -7,9 +7,13 @@ every converter needs (missing, surplus and misshapen keys named).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import numpy as np
+
+from clip_jax.registry import ConfigError
+
+T = TypeVar("T")
 
 # One parameter: (our path, their key, theirs -> ours, ours -> theirs).
 Rule = tuple[tuple[str, ...], str, Callable[[np.ndarray], np.ndarray],
@@ -185,3 +189,14 @@ def from_params(params: Mapping[str, Any], rules: Iterable[Rule]) -> dict[str, n
     KeyError naming a path `params` lacks.
   """
   return {key: to_theirs(get(params, path)) for path, key, _, to_theirs in rules}
+
+
+def lookup(table: Mapping[str, T], name: str, what: str) -> T:
+  """`table[name]` (a converter's named architectures).
+
+  Raises:
+    ConfigError naming `what` (e.g. "open_clip architecture"), `name` and the known names.
+  """
+  if name not in table:
+    raise ConfigError(f"{what} {name!r} is not known; choose one of: {', '.join(table)}")
+  return table[name]

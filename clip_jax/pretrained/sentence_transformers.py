@@ -97,10 +97,7 @@ def architecture(name: str) -> Architecture:
   Raises:
     ConfigError naming the known names.
   """
-  if name not in ARCHITECTURES:
-    raise ConfigError(f"sentence_transformers model {name!r} is not known; choose one of: "
-                      f"{', '.join(ARCHITECTURES)}")
-  return ARCHITECTURES[name]
+  return R.lookup(ARCHITECTURES, name, "sentence_transformers model")
 
 
 def model_dir(name: str = "all-MiniLM-L6-v2") -> Path:
