@@ -164,6 +164,25 @@ def _write_checkpoint(reference, path_stem, file_format: str) -> str:
   return path
 
 
+def _embeddings(model, params, reference, size: int, tokens: np.ndarray):
+  """((image, text) from clip_jax, (image, text) from the torch `reference`): L2-normalised
+  float32 embeddings of 3 random `size` x `size` images and of `tokens`."""
+  import torch
+  images = np.random.default_rng(1).normal(size=(3, size, size, 3)).astype(np.float32)
+  with torch.no_grad():
+    want_image = reference.encode_image(torch.from_numpy(images.transpose(0, 3, 1, 2)),
+                                        normalize=True).numpy()
+    want_text = reference.encode_text(torch.from_numpy(tokens.astype(np.int64)),
+                                      normalize=True).numpy()
+
+  def embed(method, inputs):  # in jax.jit, as the API suggests for speed
+    return np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x, method=method))(
+        params, inputs))
+
+  return (embed(model.encode_image, images), embed(model.encode_text, tokens)), (want_image,
+                                                                                 want_text)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_embeddings_match_open_clip(open_clip_lib, open_clip_wheel, clip_tokens, tmp_path,
                                     monkeypatch, name):
@@ -179,26 +198,13 @@ def test_embeddings_match_open_clip(open_clip_lib, open_clip_wheel, clip_tokens,
 
   model, params = pretrained.load("open_clip", name, checkpoint=checkpoint)
 
-  size = arch.image_size
-  images = np.random.default_rng(1).normal(size=(3, size, size, 3)).astype(np.float32)
-  with torch.no_grad():
-    want_image = reference.encode_image(torch.from_numpy(images.transpose(0, 3, 1, 2)),
-                                        normalize=True).numpy()
-    want_text = reference.encode_text(torch.from_numpy(clip_tokens.astype(np.int64)),
-                                      normalize=True).numpy()
-
-  def embed(method, inputs):  # in jax.jit, as the API suggests for speed
-    return np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x, method=method))(
-        params, inputs))
-
-  got_image = embed(model.encode_image, images)
-  got_text = embed(model.encode_text, clip_tokens)
-  print(f"{name}: max abs difference image {np.abs(got_image - want_image).max():.2e}, "
-        f"text {np.abs(got_text - want_text).max():.2e}")
+  got, want = _embeddings(model, params, reference, arch.image_size, clip_tokens)
+  print(f"{name}: max abs difference image {np.abs(got[0] - want[0]).max():.2e}, "
+        f"text {np.abs(got[1] - want[1]).max():.2e}")
   # Measured differences are below 1e-6; at 1e-4 the tanh GELU or the wrong LayerNorm epsilon
   # would pass on the image side.
-  np.testing.assert_allclose(got_image, want_image, rtol=0, atol=1e-5)
-  np.testing.assert_allclose(got_text, want_text, rtol=0, atol=1e-5)
+  np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-5)
+  np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-5)
   assert model.config.loss.init_scale == pytest.approx(reference.logit_scale.item())
 
   # The export gives open_clip's state dict back, the (cancelling) key biases as zeros, and
@@ -244,3 +250,32 @@ def test_checkpoint_errors_name_the_keys(tmp_path):
     pretrained.load("open_clip", "ViT-B-33", checkpoint=tmp_path / "missing.pt")
   with pytest.raises(ConfigError, match="source 'timm' is not known; choose one of: open_clip"):
     pretrained.load("timm", "ViT-B-32", checkpoint=tmp_path / "missing.pt")
+
+
+@pytest.mark.full_size
+@pytest.mark.parametrize("name", NAMES)
+def test_full_size_embeddings_match_open_clip(open_clip_lib, open_clip_wheel, clip_tokens,
+                                              tmp_path, name):
+  """The released architectures at full size (ViT-L-14: 428 M parameters, 224 px images),
+  from a safetensors file as released; opt-in (`python -m pytest -m full_size
+  tests/pretrained/`, about 4 GB of memory and a few minutes on 2 cores), outside the default
+  run (pytest.ini deselects the `full_size` mark)."""
+  import torch
+  from safetensors.torch import save_file
+  config = _open_clip_config(open_clip_wheel, name)
+  torch.manual_seed(0)
+  reference = open_clip_lib.CLIP(**config).eval()
+  generator = torch.Generator().manual_seed(0)
+  with torch.no_grad():  # LayerNorms and biases away from 1 and 0, weights a little off init
+    for param in reference.parameters():
+      param.add_(0.02 * torch.randn(param.shape, generator=generator))
+  path = tmp_path / "model.safetensors"
+  save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
+
+  model, params = pretrained.load("open_clip", name, checkpoint=path)
+  got, want = _embeddings(model, params, reference, converter.ARCHITECTURES[name].image_size,
+                          clip_tokens)
+  print(f"{name} full size: max abs difference image {np.abs(got[0] - want[0]).max():.2e}, "
+        f"text {np.abs(got[1] - want[1]).max():.2e}")
+  np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-4)
+  np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-4)
