@@ -130,19 +130,22 @@ class Checkpointer:
     Args:
       step: a step of `all_steps()`.
       abstract_params: a sub-tree of the state's "params", e.g. {"model": ...} for evaluation,
-        of ShapeDtypeStructs with shardings.
+        of ShapeDtypeStructs with shardings. The checkpoint may hold a train state (params under
+        "params") or a bare params tree.
 
     Raises:
       ConfigError: a param of `abstract_params` is missing from the checkpoint or has another
         shape there (the checkpoint holds another model than the config describes).
     """
     state_dir = fs.join(self.directory, str(step), "state")
-    saved, _ = _saved_params_metadata(state_dir)
+    saved, nested = _saved_params_metadata(state_dir)
     want = _shapes(abstract_params)
     mismatch = _shape_mismatch(want, {k: tuple(m.shape) for k, m in saved.items()}, want)
     if mismatch:
       raise ConfigError(f"{self.directory}/{step} holds a run of another model: {mismatch}. "
                         "Evaluate it with the config it was trained with (its config.json).")
+    if not nested:  # a bare params tree (written by hand or by another tool)
+      return _partial_restore(state_dir, abstract_params)
     return _partial_restore(state_dir, {"params": abstract_params})["params"]
 
   def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:

@@ -119,6 +119,16 @@ def test_init_from_a_params_only_checkpoint_and_a_step_directory(tmp_path):
                     jax.devices()[:2])
     params = jax.device_get(initial_state(trainer, trainer.config)["params"])
     jax.tree.map(np.testing.assert_array_equal, params, saved)
+  # Evaluation's partial restore reads the bare tree too (it used to find no "params" level
+  # and hand back placeholders).
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(tmp_path / "bare" / "checkpoints" / "7" / "state", jax.device_put(saved))
+  replicated = jax.sharding.NamedSharding(jax.sharding.Mesh(jax.devices()[:1], ("d",)),
+                                          jax.sharding.PartitionSpec())
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+                          {"model": saved["model"]})
+  restored = Checkpointer(tmp_path / "bare").restore_params(7, abstract)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), {"model": saved["model"]})
 
 
 def test_init_from_error_paths(tmp_path):
