@@ -214,7 +214,7 @@ class Variant:
     import jax
 
     metrics = jax.device_get(self.metrics)
-    self.loss, self.skipped = float(metrics["loss"]), int(metrics["skipped"])
+    self.loss, self.skipped = float(metrics["loss"]), int(metrics["skipped_steps"])
     self.median = statistics.median(self.times)
     del self.state, self.batches, self.compiled
     print(f"[{self.label}] compile {self.compile_s:.1f} s, median {self.median * 1e3:.1f} "

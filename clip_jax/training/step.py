@@ -240,7 +240,7 @@ def make_train_step(model: MultiTower, objective: Objective, tx: optax.GradientT
     # this step is the schedule at (steps so far) - (steps skipped so far).
     applied_lr = schedule(state["step"] - state["skipped"])
     metrics.update(loss=loss, grad_norm=grad_norm, learning_rate=applied_lr,
-                   skipped=new_state["skipped"], bad_steps=new_state["bad_steps"])
+                   skipped_steps=new_state["skipped"], bad_steps=new_state["bad_steps"])
     return new_state, metrics
 
   return jax.jit(train_step,

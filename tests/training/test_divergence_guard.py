@@ -115,13 +115,13 @@ def test_non_finite_gradients_and_loss_are_skipped_without_touching_the_state():
       assert np.isfinite(metrics["loss"]), (fault, metrics)
       want = np.nan if fault == NAN_EMBEDDING_GRADS else np.inf
       np.testing.assert_equal(metrics["grad_norm"], want)
-    assert int(metrics["skipped"]) == n and int(metrics["bad_steps"]) == n, (fault, metrics)
+    assert int(metrics["skipped_steps"]) == n and int(metrics["bad_steps"]) == n, (fault, metrics)
     assert int(state["step"]) == n + 1
     assert_same(state["params"], good["params"], f"params after fault {fault}")
     assert_same(state["opt_state"], good["opt_state"], f"opt_state after fault {fault}")
 
   state, metrics = step(state, batch(4, CLEAN))
-  assert int(metrics["skipped"]) == 3 and int(metrics["bad_steps"]) == 0
+  assert int(metrics["skipped_steps"]) == 3 and int(metrics["bad_steps"]) == 0
   assert int(state["step"]) == 5
   np.testing.assert_equal(float(metrics["learning_rate"]), float(ref_metrics["learning_rate"]))
   np.testing.assert_equal(float(metrics["loss"]), float(ref_metrics["loss"]))

@@ -149,7 +149,7 @@ def test_consecutive_nan_steps_stop_cleanly(tmp_path, monkeypatch):
   ckpt = Checkpointer(tmp_path, async_save=False)
   assert ckpt.all_steps() == [4]  # nothing written after the divergence began
   lines = [l for l in read_metrics(os.path.join(tmp_path, "metrics.jsonl")) if "loss" in l]
-  assert [l["skipped"] for l in lines if l["step"] in (5, 6, 7)] == [0, 1, 2]
+  assert [l["skipped_steps"] for l in lines if l["step"] in (5, 6, 7)] == [0, 1, 2]
 
 
 def test_single_nan_step_is_skipped_and_training_goes_on(tmp_path, monkeypatch):
@@ -158,8 +158,8 @@ def test_single_nan_step_is_skipped_and_training_goes_on(tmp_path, monkeypatch):
   monkeypatch.setenv(faults.NAN_STEPS_VAR, "3")
   train_and_evaluate(config, str(tmp_path))
   lines = [l for l in read_metrics(os.path.join(tmp_path, "metrics.jsonl")) if "loss" in l]
-  assert np.isnan(lines[2]["loss"]) and lines[2]["skipped"] == 1
-  assert np.isfinite(lines[-1]["loss"]) and lines[-1]["skipped"] == 1
+  assert np.isnan(lines[2]["loss"]) and lines[2]["skipped_steps"] == 1
+  assert np.isfinite(lines[-1]["loss"]) and lines[-1]["skipped_steps"] == 1
   # Every training line says what fraction of its wall time the loop waited for data.
   assert all(0 <= l["data_wait_fraction"] <= 1 for l in lines)
   assert 0 < sum(l["data_wait_fraction"] for l in lines) < len(lines)

@@ -94,10 +94,10 @@ def test_nan_step_is_skipped_and_counted(monkeypatch):
   state, m1 = trainer.train_step(state, trainer.global_batch(batches[0]))
   before = jax.device_get(state["params"])
   state, m2 = trainer.train_step(state, trainer.global_batch(batches[1]))
-  assert int(m2["skipped"]) == 1 and int(m2["bad_steps"]) == 1
+  assert int(m2["skipped_steps"]) == 1 and int(m2["bad_steps"]) == 1
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state["params"]), before)
   state, m3 = trainer.train_step(state, trainer.global_batch(batches[2]))
-  assert int(m3["skipped"]) == 1 and int(m3["bad_steps"]) == 0  # skipped counts in total
+  assert int(m3["skipped_steps"]) == 1 and int(m3["bad_steps"]) == 0  # skipped counts in total
   assert int(state["step"]) == 3
 
 
