@@ -1,0 +1,155 @@
+"""big_vision SigLIP checkpoints: an `.npz` in big_vision's layout, loaded through
+`pretrained.load("big_vision", ...)`, gives the embeddings of transformers' `SiglipModel` with
+the same weights.
+
+big_vision itself does not install here, so the reference is HF's port of its SigLIP: a random
+`SiglipModel` (2 layers of width 64 per tower, 3 x 3 patches of 16 px, 16 text positions) whose
+state dict this test writes into big_vision's parameter tree with its own mapping (`_to_big_vision`,
+from big_vision's Flax module names and kernel shapes), in the plain ("encoderblock_<i>") and the
+scanned ("encoderblock", depth first) layouts. The architecture is read from the file's shapes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clip_jax import convert, fs, pretrained
+from clip_jax.config import saved_config
+from clip_jax.registry import ConfigError
+from tests.pretrained.test_hf import _assert_same_embeddings, _randomise, transformers_lib  # noqa: F401
+
+WIDTH, HEADS = 64, 2
+
+
+def _kernel(w: np.ndarray) -> np.ndarray:
+  """torch Linear weight [out, in] -> Flax Dense kernel [in, out]."""
+  return w.T
+
+
+def _block(hf: dict[str, np.ndarray], t: str, attention: dict[str, np.ndarray],
+           norms: dict[str, str]) -> dict[str, np.ndarray]:
+  """One big_vision block (or MAP head), {relative key: array}: `attention` holds HF's
+  {q,k,v,out}_proj.{weight,bias}; `norms` maps big_vision's LayerNorm names to HF's."""
+  d = WIDTH // HEADS
+  out = {}
+  for name, proj in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+    out[f"MultiHeadDotProductAttention_0/{name}/kernel"] = _kernel(
+        attention[f"{proj}.weight"]).reshape(WIDTH, HEADS, d)
+    out[f"MultiHeadDotProductAttention_0/{name}/bias"] = attention[f"{proj}.bias"].reshape(
+        HEADS, d)
+  out["MultiHeadDotProductAttention_0/out/kernel"] = _kernel(
+      attention["out_proj.weight"]).reshape(HEADS, d, WIDTH)
+  out["MultiHeadDotProductAttention_0/out/bias"] = attention["out_proj.bias"]
+  for bv, ours in norms.items():
+    out[f"{bv}/scale"], out[f"{bv}/bias"] = hf[f"{t}.{ours}.weight"], hf[f"{t}.{ours}.bias"]
+  for dense, fc in (("Dense_0", "fc1"), ("Dense_1", "fc2")):
+    out[f"MlpBlock_0/{dense}/kernel"] = _kernel(hf[f"{t}.mlp.{fc}.weight"])
+    out[f"MlpBlock_0/{dense}/bias"] = hf[f"{t}.mlp.{fc}.bias"]
+  return out
+
+
+def _to_big_vision(hf: dict[str, np.ndarray], layers: int, scanned: bool) -> dict[str, np.ndarray]:
+  """HF SigLIP state dict -> big_vision's flattened two-tower params."""
+  bv = {"params/img/embedding/kernel": hf["vision_model.embeddings.patch_embedding.weight"]
+        .transpose(2, 3, 1, 0),  # [D, C, p, p] -> [p, p, C, D]
+        "params/img/embedding/bias": hf["vision_model.embeddings.patch_embedding.bias"],
+        "params/img/pos_embedding": hf["vision_model.embeddings.position_embedding.weight"][None],
+        "params/txt/Embed_0/embedding": hf["text_model.embeddings.token_embedding.weight"],
+        "params/txt/pos_embedding": hf["text_model.embeddings.position_embedding.weight"][None],
+        "params/txt/head/kernel": _kernel(hf["text_model.head.weight"]),
+        "params/txt/head/bias": hf["text_model.head.bias"],
+        "params/t": hf["logit_scale"], "params/b": hf["logit_bias"],
+        "params/img/MAPHead_0/probe": hf["vision_model.head.probe"]}
+  head = "vision_model.head"
+  in_w, in_b = hf[f"{head}.attention.in_proj_weight"], hf[f"{head}.attention.in_proj_bias"]
+  attention = {f"{p}_proj.{leaf}": part for leaf, whole in (("weight", in_w), ("bias", in_b))
+               for p, part in zip("qkv", np.split(whole, 3))}
+  attention.update({f"out_proj.{leaf}": hf[f"{head}.attention.out_proj.{leaf}"]
+                    for leaf in ("weight", "bias")})
+  bv.update({f"params/img/MAPHead_0/{k}": v for k, v in
+             _block(hf, head, attention, {"LayerNorm_0": "layernorm"}).items()})
+  for tower, encoder, ours, final in (
+      ("img", "Transformer", "vision_model", "vision_model.post_layernorm"),
+      ("txt", "Encoder_0", "text_model", "text_model.final_layer_norm")):
+    blocks = []
+    for i in range(layers):
+      t = f"{ours}.encoder.layers.{i}"
+      attention = {k.removeprefix(f"{t}.self_attn."): v for k, v in hf.items()
+                   if k.startswith(f"{t}.self_attn.")}
+      blocks.append(_block(hf, t, attention, {"LayerNorm_0": "layer_norm1",
+                                               "LayerNorm_1": "layer_norm2"}))
+    prefix = f"params/{tower}/{encoder}"
+    if scanned:
+      bv.update({f"{prefix}/encoderblock/{k}": np.stack([b[k] for b in blocks])
+                 for k in blocks[0]})
+    else:
+      bv.update({f"{prefix}/encoderblock_{i}/{k}": v for i, b in enumerate(blocks)
+                 for k, v in b.items()})
+    bv[f"{prefix}/encoder_norm/scale"] = hf[f"{final}.weight"]
+    bv[f"{prefix}/encoder_norm/bias"] = hf[f"{final}.bias"]
+  return bv
+
+
+@pytest.fixture(scope="module")
+def reference(transformers_lib):  # noqa: F811  (the fixture imported above)
+  """(a random SiglipModel, its state dict as float32 numpy arrays)."""
+  import torch
+  tower = dict(hidden_size=WIDTH, intermediate_size=256, num_hidden_layers=2,
+               num_attention_heads=HEADS)
+  config = transformers_lib.SiglipConfig(
+      vision_config=dict(tower, image_size=48, patch_size=16),
+      text_config=dict(tower, vocab_size=1000, max_position_embeddings=16, bos_token_id=None,
+                       eos_token_id=1, pad_token_id=1))
+  torch.manual_seed(0)
+  model = transformers_lib.SiglipModel(config).eval()
+  _randomise(model)
+  state = {k: v.numpy().astype(np.float32) for k, v in model.state_dict().items()
+           if not k.endswith("position_ids")}
+  return model, state
+
+
+@pytest.mark.parametrize("scanned", [False, True], ids=["plain", "scanned"])
+def test_big_vision_embeddings_match_transformers(reference, tmp_path, scanned):
+  model_ref, state = reference
+  path = tmp_path / "siglip.npz"
+  np.savez(path, **_to_big_vision(state, layers=2, scanned=scanned))
+
+  model, params = pretrained.load("big_vision", "from_shapes", checkpoint=path)
+
+  rng = np.random.default_rng(1)
+  images = rng.normal(size=(3, 48, 48, 3)).astype(np.float32)
+  tokens = np.ones((3, 16), np.int32)  # SigLIP rows: padded with the EOS id 1
+  for row, n in zip(tokens, (5, 14, 16)):
+    row[:n] = rng.integers(2, 1000, n)
+  tokens[0, 2] = tokens[2, -1] = 0  # id 0 is an ordinary token to these towers
+  _assert_same_embeddings(f"big_vision ({'scanned' if scanned else 'plain'})", model_ref, model,
+                          params, images, tokens)
+  assert (model.image_size, model.context_length) == (48, 16)
+  assert model.config.loss.to_dict() == {
+      "name": "sigmoid", "init_scale": pytest.approx(float(state["logit_scale"][0])),
+      "init_bias": pytest.approx(float(state["logit_bias"][0]))}
+  if scanned:  # the converted run's config tokenises as SigLIP does
+    written = convert.convert("big_vision", "from_shapes", path, str(tmp_path / "out"),
+                              tokenizer_path="/models/spiece.model")
+    config = saved_config(fs.read_text(str(tmp_path / "out" / "config.json")))
+    assert config.data.tokenizer.to_dict() == {"name": "siglip", "path": "/models/spiece.model"}
+    assert (config.data.max_len, config.data.preprocess.normalize) == (16, "minus_one_one")
+    assert config.model.to_dict() == written.model.to_dict()
+
+
+def test_big_vision_errors(reference, tmp_path):
+  _, state = reference
+  bv = _to_big_vision(state, layers=2, scanned=False)
+  missing = "params/txt/Encoder_0/encoderblock_1/LayerNorm_1/scale"
+  np.savez(tmp_path / "missing.npz", **{k: v for k, v in bv.items() if k != missing})
+  with pytest.raises(ValueError, match=f"missing keys {missing}$"):
+    pretrained.load("big_vision", "from_shapes", checkpoint=tmp_path / "missing.npz")
+  # A named architecture checks the file (B/16: 12 blocks), a scanned key its depth first.
+  np.savez(tmp_path / "scanned.npz", **_to_big_vision(state, layers=2, scanned=True))
+  key = "params/img/Transformer/encoderblock/LayerNorm_0/bias"
+  with pytest.raises(ValueError, match=f"{key}' has shape .2, 64.*needs the depth 12 first"):
+    pretrained.load("big_vision", "webli_en_b16_224_63724782",
+                    checkpoint=tmp_path / "scanned.npz")
+  with pytest.raises(ConfigError, match="big_vision architecture 'siglip' is not known"):
+    pretrained.load("big_vision", "siglip", checkpoint=tmp_path / "missing.npz")
