@@ -66,8 +66,6 @@ def architecture(name: str) -> hf.SiglipArchitecture | None:
   Raises:
     ConfigError naming the known names.
   """
-  if name == FROM_SHAPES:
-    return None
   return R.lookup({**ARCHITECTURES, FROM_SHAPES: None}, name, "big_vision architecture")
 
 
@@ -92,9 +90,17 @@ def _scanned(state: Mapping[str, np.ndarray], tower: str) -> bool:
   return any(k.startswith(f"{_ENCODERS[tower]}/encoderblock/") for k in state)
 
 
-def _shape(state: Mapping[str, np.ndarray], key: str) -> tuple[int, ...]:
+def _shape(state: Mapping[str, np.ndarray], key: str, ndim: int) -> tuple[int, ...]:
+  """The shape of `state[key]`, which must have `ndim` axes.
+
+  Raises:
+    ValueError naming a missing key or one with another number of axes.
+  """
   if key not in state:
     raise ValueError(f"the checkpoint is not a big_vision SigLIP model: missing key {key}")
+  if state[key].ndim != ndim:
+    raise ValueError(f"checkpoint key {key!r} has shape {state[key].shape}; a big_vision SigLIP "
+                     f"model has {ndim} axes there")
   return state[key].shape
 
 
@@ -112,33 +118,33 @@ def architecture_of(state: Mapping[str, np.ndarray]) -> hf.SiglipArchitecture:
     encoder = _ENCODERS[tower]
     if _scanned(state, tower):
       block = f"{encoder}/encoderblock"
-      depth, width, heads, _ = _shape(state, f"{block}/{_ATTENTION}/query/kernel")
-      mlp = _shape(state, f"{block}/MlpBlock_0/Dense_0/kernel")[2]
+      depth, width, heads, _ = _shape(state, f"{block}/{_ATTENTION}/query/kernel", 4)
+      mlp = _shape(state, f"{block}/MlpBlock_0/Dense_0/kernel", 3)[2]
     else:
       blocks = {int(m.group(1)) for k in state
                 if (m := re.match(rf"{re.escape(encoder)}/encoderblock_(\d+)/", k))}
       depth = max(blocks, default=-1) + 1
-      width, heads, _ = _shape(state, f"{encoder}/encoderblock_0/{_ATTENTION}/query/kernel")
-      mlp = _shape(state, f"{encoder}/encoderblock_0/MlpBlock_0/Dense_0/kernel")[1]
+      width, heads, _ = _shape(state, f"{encoder}/encoderblock_0/{_ATTENTION}/query/kernel", 3)
+      mlp = _shape(state, f"{encoder}/encoderblock_0/MlpBlock_0/Dense_0/kernel", 2)[1]
     sizes[tower] = dict(width=width, layers=depth, heads=heads, mlp_dim=mlp)
-  patch = _shape(state, f"{_IMAGE}/embedding/kernel")[0]
-  grid = int(round(np.sqrt(_shape(state, f"{_IMAGE}/pos_embedding")[1])))
-  if grid * grid != _shape(state, f"{_IMAGE}/pos_embedding")[1]:
-    raise ValueError(f"checkpoint key {_IMAGE}/pos_embedding has shape "
-                     f"{state[f'{_IMAGE}/pos_embedding'].shape}: not a square grid of patches")
-  head = _shape(state, f"{_TEXT}/head/kernel")
-  if head != (sizes[_TEXT]["width"], sizes[_IMAGE]["width"]) or (
-      sizes[_TEXT]["width"] != sizes[_IMAGE]["width"]):
-    raise ValueError(f"checkpoint key {_TEXT}/head/kernel has shape {head}; clip_jax's SigLIP "
-                     "model needs towers of one width, the text head mapping it to itself")
   image, text = sizes[_IMAGE], sizes[_TEXT]
+  patch = _shape(state, f"{_IMAGE}/embedding/kernel", 4)[0]
+  patches = _shape(state, f"{_IMAGE}/pos_embedding", 3)[1]
+  grid = int(round(np.sqrt(patches)))
+  if grid * grid != patches:
+    raise ValueError(f"checkpoint key '{_IMAGE}/pos_embedding' has shape "
+                     f"{state[f'{_IMAGE}/pos_embedding'].shape}: not a square grid of patches")
+  head = _shape(state, f"{_TEXT}/head/kernel", 2)
+  if head != (image["width"], image["width"]):
+    raise ValueError(f"checkpoint key '{_TEXT}/head/kernel' has shape {head}; clip_jax's SigLIP "
+                     "model needs towers of one width, the text head mapping it to itself")
   return hf.SiglipArchitecture(
       image_size=grid * patch, patch_size=patch, vision_width=image["width"],
       vision_layers=image["layers"], vision_heads=image["heads"],
       vision_mlp_dim=image["mlp_dim"], text_width=text["width"], text_layers=text["layers"],
       text_heads=text["heads"], text_mlp_dim=text["mlp_dim"],
-      context_length=_shape(state, f"{_TEXT}/pos_embedding")[1],
-      vocab_size=_shape(state, f"{_TEXT}/Embed_0/embedding")[0])
+      context_length=_shape(state, f"{_TEXT}/pos_embedding", 3)[1],
+      vocab_size=_shape(state, f"{_TEXT}/Embed_0/embedding", 2)[0])
 
 
 def _layer_rules(ours: tuple[str, ...], theirs: str, norms: Mapping[str, str],
@@ -174,12 +180,9 @@ def _block_rules(ours: tuple[str, ...], tower: str, depth: int,
   "encoderblock_<i>/..." or, scanned, row i of "encoderblock/..."."""
   norms = {"LayerNorm_0": "attn_norm", "LayerNorm_1": "mlp_norm"}
   encoder = _ENCODERS[tower]
-  if not scanned:
-    return [rule for i in range(depth) for rule in _layer_rules(
-        ours + (f"block_{i}",), f"{encoder}/encoderblock_{i}", norms, R.same)]
   return [rule for i in range(depth) for rule in _layer_rules(
-      ours + (f"block_{i}",), f"{encoder}/encoderblock", norms,
-      lambda x, i=i: x[i])]
+      ours + (f"block_{i}",), f"{encoder}/encoderblock" + ("" if scanned else f"_{i}"), norms,
+      (lambda x, i=i: x[i]) if scanned else R.same)]
 
 
 def _unbatch(x: np.ndarray) -> np.ndarray:
@@ -236,8 +239,8 @@ def to_params(state: Mapping[str, np.ndarray], arch: hf.SiglipArchitecture
   for key in sorted(state):
     for tower, encoder in _ENCODERS.items():
       if key.startswith(f"{encoder}/encoderblock/") and state[key].shape[:1] != (depths[tower],):
-        raise ValueError(f"checkpoint key {key!r} has shape {state[key].shape}, which does not fit "
-                         f"this architecture ({arch}): a scanned block parameter needs the "
+        raise ValueError(f"checkpoint key {key!r} has shape {state[key].shape}, which does not "
+                         f"fit this architecture ({arch}): a scanned block parameter needs the "
                          f"depth {depths[tower]} first")
   state = {k: v for k, v in state.items() if not k.endswith(f"{_ATTENTION}/key/bias")}
   params = hf.siglip_params(state, _rules(arch, scanned), arch,

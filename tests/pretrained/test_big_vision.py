@@ -3,23 +3,28 @@
 the same weights.
 
 big_vision itself does not install here, so the reference is HF's port of its SigLIP: a random
-`SiglipModel` (2 layers of width 64 per tower, 3 x 3 patches of 16 px, 16 text positions) whose
-state dict this test writes into big_vision's parameter tree with its own mapping (`_to_big_vision`,
-from big_vision's Flax module names and kernel shapes), in the plain ("encoderblock_<i>") and the
-scanned ("encoderblock", depth first) layouts. The architecture is read from the file's shapes.
+`SiglipModel` (test_hf's `small_siglip`: 2 layers of width 64 per tower, 3 x 3 patches of 16 px,
+16 text positions) whose state dict this test writes into big_vision's parameter tree with its
+own mapping (`_to_big_vision`, from big_vision's Flax module names and kernel shapes), in the
+plain ("encoderblock_<i>") and the scanned ("encoderblock", depth first) layouts. The
+architecture is read from the file's shapes.
 """
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
 from clip_jax import convert, fs, pretrained
+from clip_jax.checkpoint import load_params_from
 from clip_jax.config import saved_config
+from clip_jax.sharding import shardings_for
 from clip_jax.registry import ConfigError
-from tests.pretrained.test_hf import _assert_same_embeddings, _randomise, transformers_lib  # noqa: F401
+from tests.pretrained.test_hf import (  # noqa: F401  (transformers_lib: a fixture)
+    _assert_same_embeddings, _randomise, siglip_inputs, small_siglip, transformers_lib)
 
-WIDTH, HEADS = 64, 2
+WIDTH, HEADS = 64, 2  # small_siglip's
 
 
 def _kernel(w: np.ndarray) -> np.ndarray:
@@ -93,16 +98,9 @@ def _to_big_vision(hf: dict[str, np.ndarray], layers: int, scanned: bool) -> dic
 
 @pytest.fixture(scope="module")
 def reference(transformers_lib):  # noqa: F811  (the fixture imported above)
-  """(a random SiglipModel, its state dict as float32 numpy arrays)."""
-  import torch
-  tower = dict(hidden_size=WIDTH, intermediate_size=256, num_hidden_layers=2,
-               num_attention_heads=HEADS)
-  config = transformers_lib.SiglipConfig(
-      vision_config=dict(tower, image_size=48, patch_size=16),
-      text_config=dict(tower, vocab_size=1000, max_position_embeddings=16, bos_token_id=None,
-                       eos_token_id=1, pad_token_id=1))
-  torch.manual_seed(0)
-  model = transformers_lib.SiglipModel(config).eval()
+  """(test_hf's small SiglipModel with random parameters, its state dict as float32 numpy
+  arrays)."""
+  model = small_siglip(transformers_lib)
   _randomise(model)
   state = {k: v.numpy().astype(np.float32) for k, v in model.state_dict().items()
            if not k.endswith("position_ids")}
@@ -117,25 +115,29 @@ def test_big_vision_embeddings_match_transformers(reference, tmp_path, scanned):
 
   model, params = pretrained.load("big_vision", "from_shapes", checkpoint=path)
 
-  rng = np.random.default_rng(1)
-  images = rng.normal(size=(3, 48, 48, 3)).astype(np.float32)
-  tokens = np.ones((3, 16), np.int32)  # SigLIP rows: padded with the EOS id 1
-  for row, n in zip(tokens, (5, 14, 16)):
-    row[:n] = rng.integers(2, 1000, n)
-  tokens[0, 2] = tokens[2, -1] = 0  # id 0 is an ordinary token to these towers
   _assert_same_embeddings(f"big_vision ({'scanned' if scanned else 'plain'})", model_ref, model,
-                          params, images, tokens)
+                          params, *siglip_inputs())
   assert (model.image_size, model.context_length) == (48, 16)
   assert model.config.loss.to_dict() == {
       "name": "sigmoid", "init_scale": pytest.approx(float(state["logit_scale"][0])),
       "init_bias": pytest.approx(float(state["logit_bias"][0]))}
-  if scanned:  # the converted run's config tokenises as SigLIP does
+  if scanned:
+    # The converted run's config tokenises as SigLIP does.
     written = convert.convert("big_vision", "from_shapes", path, str(tmp_path / "out"),
                               tokenizer_path="/models/spiece.model")
     config = saved_config(fs.read_text(str(tmp_path / "out" / "config.json")))
     assert config.data.tokenizer.to_dict() == {"name": "siglip", "path": "/models/spiece.model"}
     assert (config.data.max_len, config.data.preprocess.normalize) == (16, "minus_one_one")
     assert config.model.to_dict() == written.model.to_dict()
+    # config.init_from reads the .npz by name.
+    target = {"model": jax.tree.map(np.zeros_like, params), "loss": {"scale": np.float32(0)}}
+    mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+    loaded = load_params_from(f"big_vision:from_shapes:{path}", target,
+                              shardings_for(target, (), mesh),
+                              ((r"^model/", "load"), (r".*", "init")))
+    assert float(loaded["loss"]["scale"]) == 0
+    for got, want in zip(jax.tree.leaves(loaded["model"]), jax.tree.leaves(params), strict=True):
+      np.testing.assert_array_equal(np.asarray(got), want)
 
 
 def test_big_vision_errors(reference, tmp_path):
