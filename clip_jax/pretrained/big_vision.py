@@ -39,8 +39,8 @@ from clip_jax.pretrained import hf
 from clip_jax.pretrained import rules as R
 
 # big_vision's SigLIP releases, by their file stems (gs://big_vision/siglip/<name>.npz, the names
-# of big_vision's SigLIP colab): (image size, patch, width, depth, heads, MLP) of the ViT, the
-# same of the text tower, text positions.
+# of big_vision's SigLIP colab): image size and patch, then width, depth, heads and MLP size of
+# the ViT and of the text tower (text positions 64 unless given, vocabulary 32000).
 ARCHITECTURES: dict[str, hf.SiglipArchitecture] = {
     "webli_en_b16_224_63724782": hf.SIGLIP_ARCHITECTURES["google/siglip-base-patch16-224"],
     "webli_en_l16_256_60552751": hf.SiglipArchitecture(256, 16, 1024, 24, 16, 4096,
@@ -109,9 +109,9 @@ def architecture_of(state: Mapping[str, np.ndarray]) -> hf.SiglipArchitecture:
   sizes, patch and image size, text positions and vocabulary).
 
   Raises:
-    ValueError naming a key that is missing, or the sizes clip_jax's SigLIP model cannot take
-    (a non-square position grid, a text head that does not map the text width to the image
-    width).
+    ValueError naming a key that is missing or has another number of axes, or the sizes
+    clip_jax's SigLIP model cannot take (a non-square position grid, towers of different widths
+    or a text head that changes the width).
   """
   sizes = {}
   for tower in (_IMAGE, _TEXT):
