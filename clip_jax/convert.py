@@ -72,7 +72,7 @@ def run_config(model_config: ml_collections.ConfigDict,
     base: the config whose other fields are kept (default: `default_run()`); not modified.
     tokenizer_path: the tokenizer's file: `data.tokenizer.merges_path` of "clip_bpe" (CLIP's
       merges; "" = the one of an installed open_clip_torch), `data.tokenizer.path` of
-      "sentencepiece" (SigLIP's spiece.model; required).
+      "siglip" (SigLIP's spiece.model; required).
 
   Returns:
     A new ConfigDict: `base` with `model`, `loss` replaced and `data` updated (its `preprocess`

@@ -13,7 +13,7 @@
 
 Sources ("emoji", "fashion_mnist", "synthetic", the users' own files: "csv", "webdataset",
 "image_folder", and TFDS datasets: "tfds") register in `SOURCES`; `config.data.name` selects one. Tokenizers ("bpe",
-"bytes", "clip_bpe", "sentencepiece", "tokenizer_json") register in `TOKENIZERS`;
+"bytes", "clip_bpe", "sentencepiece", "siglip", "tokenizer_json") register in `TOKENIZERS`;
 `config.data.tokenizer.name` selects one.
 Images are float32 in [-1, 1] unless `config.data.preprocess.normalize` says otherwise
 (`clip_jax.data.preprocess`, which also does the random resized crop and flip).
@@ -22,7 +22,7 @@ Images are float32 in [-1, 1] unless `config.data.preprocess.normalize` says oth
 from clip_jax.data import emoji  # noqa: F401  (registers "emoji")
 from clip_jax.data import fashion_mnist  # noqa: F401  (registers "fashion_mnist")
 from clip_jax.data import image_folder  # noqa: F401  (registers "image_folder")
-from clip_jax.data import spm_tokenizer  # noqa: F401  (registers "sentencepiece")
+from clip_jax.data import spm_tokenizer  # noqa: F401  (registers "sentencepiece", "siglip")
 from clip_jax.data import synthetic  # noqa: F401  (registers "synthetic")
 from clip_jax.data import table  # noqa: F401  (registers "csv")
 from clip_jax.data import tfds_source  # noqa: F401  (registers "tfds")

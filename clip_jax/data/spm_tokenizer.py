@@ -1,5 +1,6 @@
-"""SentencePiece tokenizers ("sentencepiece"): a `.model` file, as big_vision's SigLIP text
-towers use (e.g. its c4_en model), read with the `sentencepiece` library.
+"""SentencePiece tokenizers ("sentencepiece", "siglip"): a `.model` file, as big_vision's SigLIP
+text towers use (e.g. its c4_en model), read with the `sentencepiece` library; "siglip" makes the
+rows those models expect (below).
 
     config.data.tokenizer = dict(name="sentencepiece", path="/models/c4_en.model")
 
@@ -17,6 +18,18 @@ To make a model from captions (deterministic for a given list and settings):
 Its ids: 0 pad, 1 EOS, 2 unknown, no BOS (big_vision's layout), then the pieces.
 
 Config fields: `SentencePieceFields`.
+
+"siglip" is the same library with the rows of Hugging Face's `SiglipTokenizer` (transformers
+5.25), which SigLIP's released text towers (HF's and big_vision's) were trained on:
+
+    config.data.tokenizer = dict(name="siglip", path="/models/siglip/spiece.model")
+    config.data.max_len = 64  # the released models' context length (So400m/14-224: 16)
+
+The text is lowercased, stripped of ASCII punctuation and its whitespace runs made one space
+(`clean_text(text, "siglip")`); rows are [ids..., EOS, EOS...]: padded with the EOS id (HF's pad
+token is "</s>", id 1 of SigLIP's model), a longer text keeping its first max_len - 1 ids. The
+one difference from HF: a caption that spells a special piece ("</s>", "<unk>") is ordinary
+text here, while HF turns it into that id. Fields: `SiglipFields`.
 """
 
 from __future__ import annotations
@@ -131,3 +144,35 @@ def _make(section: Any, *, max_len: int, data_config: Any) -> SentencePieceToken
   del data_config  # needs no training data
   f: SentencePieceFields = TOKENIZERS.parse(section, TOKENIZER_PATH, name="sentencepiece")
   return SentencePieceTokenizer(f.path, max_len, f.clean, f.add_bos)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SiglipFields:
+  """`config.data.tokenizer` of "siglip": path, SigLIP's SentencePiece model (HF's
+  spiece.model; big_vision's c4_en.model)."""
+
+  path: str = schema.field(check=schema.existing_file("a SentencePiece .model file"))
+
+
+class SiglipTokenizer(SentencePieceTokenizer):
+  """The rows of Hugging Face's `SiglipTokenizer(vocab_file=path)(texts, padding="max_length",
+  max_length=max_len, truncation=True)` (module docstring): "siglip" cleaning, EOS last, padded
+  with the EOS id. For text towers that attend to every position and pool the last one, as
+  SigLIP's do (`key_mask=False`, `pooling="last_position"`); a tower that finds the padding by
+  id 0 (`pooling="eos"`, a key mask) would find none in these rows.
+
+  Raises:
+    ConfigError as `SentencePieceTokenizer`.
+  """
+
+  def __init__(self, path: str | Path, max_len: int):
+    super().__init__(path, max_len, clean="siglip")
+    self.pad_id = self.eos_id
+    self.special_tokens = MappingProxyType({"[EOS]": self.eos_id, "[PAD]": self.eos_id})
+
+
+@TOKENIZERS.register("siglip", fields=SiglipFields)
+def _make_siglip(section: Any, *, max_len: int, data_config: Any) -> SiglipTokenizer:
+  del data_config  # needs no training data
+  f: SiglipFields = TOKENIZERS.parse(section, TOKENIZER_PATH, name="siglip")
+  return SiglipTokenizer(f.path, max_len)

@@ -1,7 +1,7 @@
 """Caption cleaning before tokenisation: the modes open_clip's tokenizers offer, by name.
 
 `config.data.tokenizer.clean` of the "sentencepiece" and "tokenizer_json" tokenizers picks one
-("clip_bpe" always cleans with "lower", as CLIP does):
+("clip_bpe" always cleans with "lower", as CLIP does; "siglip" with "siglip"):
 
 * "none": the text as given (a `tokenizer.json` may still normalise it itself, e.g. BERT's
   lowercasing).
@@ -11,6 +11,9 @@
 * "canonicalize": "whitespace", then ASCII punctuation (`string.punctuation`) removed, lowercased
   and whitespace runs made one space again (the canonical form of the "Learning Transferable
   Visual Models" text-deduplication recipe, as open_clip's `canonicalize` option).
+* "siglip": Hugging Face `SiglipTokenizer`'s canonical form (big_vision's): lowercased, ASCII
+  punctuation removed, whitespace runs made one space, the ends trimmed; no mojibake repair or
+  HTML unescaping ("&amp;" becomes "amp").
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import string
 
 import ftfy
 
-CLEAN_MODES = ("none", "whitespace", "lower", "canonicalize")
+CLEAN_MODES = ("none", "whitespace", "lower", "canonicalize", "siglip")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
@@ -32,6 +35,8 @@ def clean_text(text: str, mode: str) -> str:
   """
   if mode == "none":
     return text
+  if mode == "siglip":
+    return " ".join(text.lower().translate(_PUNCTUATION).split())
   if mode not in CLEAN_MODES:
     raise ValueError(f"unknown text cleaning mode {mode!r}; choose one of {CLEAN_MODES}")
   text = " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).split())

@@ -70,7 +70,7 @@ class Tokenizer(abc.ABC):
 
   Attributes:
     max_len: the length L of every encoded row.
-    pad_id: 0.
+    pad_id: 0 ("siglip": its EOS id, as Hugging Face's SiglipTokenizer pads).
     eos_id: the end-of-text id, appended to every text.
     bos_id: the start-of-text id put before every text, or None (no BOS).
     special_tokens: every reserved id, by its name (e.g. "[PAD]" -> 0). `encode` puts these ids
@@ -103,7 +103,7 @@ class Tokenizer(abc.ABC):
     """Encodes texts to int32 [N, max_len].
 
     Each row holds BOS (if any) and the text's tokens, together cut to max_len - 1 ids, then
-    EOS, then pad (0).
+    EOS, then pad_id.
     """
     if isinstance(texts, (str, bytes)):
       raise TypeError("encode takes a sequence of texts, not a single string; use encode([text])")

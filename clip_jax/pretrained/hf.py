@@ -233,11 +233,11 @@ class SiglipArchitecture:
 
   def data_config(self) -> ml_collections.ConfigDict:
     """The `config.data` fields these weights expect: image_size, max_len (the context length;
-    HF pads every row to it), SigLIP's SentencePiece model (its `path` to be set) and the
-    [-1, 1] normalisation (HF's mean = std = 0.5)."""
+    HF pads every row to it), the "siglip" tokenizer (HF's SiglipTokenizer rows; its `path`, the
+    spiece.model, to be set) and the [-1, 1] normalisation (HF's mean = std = 0.5)."""
     return ml_collections.ConfigDict(dict(
         image_size=self.image_size, max_len=self.context_length,
-        tokenizer=dict(name="sentencepiece", path=""),
+        tokenizer=dict(name="siglip", path=""),
         preprocess=dict(normalize="minus_one_one")))
 
   def inputs(self) -> dict[str, jax.ShapeDtypeStruct]:
@@ -350,17 +350,33 @@ def siglip_to_params(state_dict: Mapping[str, Any],
   """
   state = R.split_attention({k: np.asarray(v, np.float32) for k, v in state_dict.items()
                              if not k.endswith("position_ids")})
+  params = siglip_params(state, _siglip_rules(arch), arch,
+                         f"an HF SigLIP model of this architecture ({arch})",
+                         ("logit_scale", "logit_bias"))
+  return params, siglip_loss(state["logit_scale"], state["logit_bias"])
+
+
+def siglip_params(state: Mapping[str, np.ndarray], rules: list[R.Rule], arch: SiglipArchitecture,
+                  model: str, other_keys: tuple[str, ...]) -> dict[str, Any]:
+  """`rules.to_params` for a SigLIP checkpoint (HF's or big_vision's): `rules` cover every
+  parameter but the projections, which are identity matrices.
+
+  Raises:
+    ValueError as `rules.to_params`.
+  """
   _, expected = open_clip.abstract_structure(arch)
-  params = R.to_params(state, _siglip_rules(arch),
-                       {k: v for k, v in expected.items() if k not in _PROJECTIONS},
-                       f"an HF SigLIP model of this architecture ({arch})",
-                       ("logit_scale", "logit_bias"))
+  params = R.to_params(state, rules, {k: v for k, v in expected.items() if k not in _PROJECTIONS},
+                       model, other_keys)
   for modality, _, _ in _PROJECTIONS:
     params[modality]["projection"] = {"kernel": np.eye(arch.vision_width, dtype=np.float32)}
-  loss = ml_collections.ConfigDict(dict(
-      name="sigmoid", init_scale=float(state["logit_scale"].reshape(())),
-      init_bias=float(state["logit_bias"].reshape(()))))
-  return params, loss
+  return params
+
+
+def siglip_loss(scale: np.ndarray, bias: np.ndarray) -> ml_collections.ConfigDict:
+  """The `config.loss` that continues from a SigLIP checkpoint's logit scale t' (logits scaled
+  by exp(t')) and bias (one-element arrays): the sigmoid loss starting there."""
+  return ml_collections.ConfigDict(dict(name="sigmoid", init_scale=float(scale.reshape(())),
+                                        init_bias=float(bias.reshape(()))))
 
 
 def siglip_from_params(params: Mapping[str, Any], arch: SiglipArchitecture, logit_scale: float,

@@ -15,9 +15,10 @@ from clip_jax.registry import ConfigError
 
 T = TypeVar("T")
 
-# One parameter: (our path, their key, theirs -> ours, ours -> theirs).
+# One parameter: (our path, their key, theirs -> ours, ours -> theirs; None for a converter
+# that only imports).
 Rule = tuple[tuple[str, ...], str, Callable[[np.ndarray], np.ndarray],
-             Callable[[np.ndarray], np.ndarray]]
+             Callable[[np.ndarray], np.ndarray] | None]
 
 
 def same(x: np.ndarray) -> np.ndarray:

@@ -120,6 +120,7 @@ def test_fit_sentencepiece_is_deterministic(spm_model_path, tmp_path):
     ("whitespace", "Café & TEA, please!"),
     ("lower", "café & tea, please!"),
     ("canonicalize", "café tea please"),
+    ("siglip", "caf\u00e3\u00a9 ampamp tea please"),  # HF SiglipTokenizer's: no ftfy, no html
 ])
 def test_clean_text_modes(mode, want):
   text = "  Caf\u00c3\u00a9 &amp;amp; TEA,  please!\n"  # mojibake of "Café", a double-escaped &
@@ -132,3 +133,32 @@ def test_clean_option_reaches_the_ids(spm_model_path):
                          clean="canonicalize")
   np.testing.assert_array_equal(canon.encode(["A RED, CAT!"]), plain.encode(["a red cat"]))
   assert not np.array_equal(plain.encode(["A RED, CAT!"]), plain.encode(["a red cat"]))
+
+
+# Texts for "siglip" against HF's SiglipTokenizer: punctuation, capitals, whitespace runs,
+# unicode (accents, CJK, emoji, a non-breaking space, zero-width and line separators), a
+# literal "▁", characters the model has no piece for, the empty string, and a text cut at 64.
+SIGLIP_TEXTS = (
+    "a photo of a cat", "A Photo, of a CAT!!", "", "   ", "!!!", "hello   world\n\tnew line",
+    "café crème brûlée", "日本の猫です", "x▁y", "▁leading piece mark", "émoji 🐱 cat",
+    "it's a dog's life", "tab\there", "non\u00a0breaking space", "ÜBER Straße", "İstanbul",
+    "\u2028line separator", "zero\u200bwidth", "a-b_c (d) [e] {f}", "1/2 + 3 = 4.5%",
+    "&amp; an html entity", "#hashtag @user ~tilde",
+    " ".join(["the quick brown fox jumps over the lazy dog"] * 12))
+
+
+def test_siglip_matches_hf_siglip_tokenizer(tmp_path, parity_missing):
+  try:
+    from transformers import SiglipTokenizer
+  except ImportError:
+    parity_missing("transformers", "pip install transformers==5.25.0")
+  corpus = [clean_text(t, "siglip") for t in SIGLIP_TEXTS] + list(SPM_CAPTIONS)
+  path = str(fit_sentencepiece(corpus, vocab_size=200, path=tmp_path / "siglip.model"))
+  want = SiglipTokenizer(vocab_file=path)(list(SIGLIP_TEXTS), padding="max_length",
+                                          max_length=64, truncation=True)["input_ids"]
+  tok = load_tokenizer("siglip", context_length=64, path=path)
+  got = tok.encode(SIGLIP_TEXTS)
+  np.testing.assert_array_equal(got, np.asarray(want, np.int32))
+  assert (tok.pad_id, tok.eos_id) == (1, 1)
+  assert got[-1, -1] == 1 and (got[-1] != 1).sum() == 63  # cut: 63 ids, then EOS
+  assert tok.decode(got[1]) == "a photo of a cat"

@@ -123,11 +123,10 @@ def test_clip_embeddings_match_transformers(transformers_lib, tmp_path, monkeypa
   _assert_same_params(params, hf.to_params(exported, arch)[0])
 
 
-def test_siglip_embeddings_match_transformers(transformers_lib, tmp_path, monkeypatch):
-  """`SiglipModel` at the B/16-224 family's shape (GELU tanh, epsilon 1e-6, MAP head, text head
-  with bias) with 2 layers of width 64, 3 x 3 patches and 16 text positions; text rows padded
-  with id 1 as HF's tokenizer pads them (the model attends to the pads and pools the last
-  position), one row without padding, ending in id 0."""
+def small_siglip(transformers_lib):
+  """A `SiglipModel` (eval mode, initial parameters of seed 0) at the B/16-224 family's shape
+  with 2 layers of width 64 (2 heads, MLP 256) per tower, images of 3 x 3 patches of 16 px, 16
+  text positions and 1000 ids (EOS and pad id 1)."""
   import torch
   tower = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2)
   config = transformers_lib.SiglipConfig(
@@ -135,7 +134,31 @@ def test_siglip_embeddings_match_transformers(transformers_lib, tmp_path, monkey
       text_config=dict(tower, vocab_size=1000, max_position_embeddings=16, bos_token_id=None,
                        eos_token_id=1, pad_token_id=1))
   torch.manual_seed(0)
-  reference = transformers_lib.SiglipModel(config).eval()
+  return transformers_lib.SiglipModel(config).eval()
+
+
+def siglip_inputs() -> tuple[np.ndarray, np.ndarray]:
+  """(images float32 [3, 48, 48, 3], tokens int32 [3, 16]) for `small_siglip`: rows of 5, 14
+  and 16 random ids padded with id 1, as HF's tokenizer pads them. Id 0 (the <pad> piece) is an
+  ordinary token to SigLIP, also in the last position, where a pad mask or pooling at the last
+  non-0 token would take it for padding."""
+  rng = np.random.default_rng(1)
+  images = rng.normal(size=(3, 48, 48, 3)).astype(np.float32)
+  tokens = np.ones((3, 16), np.int32)
+  for row, n in zip(tokens, (5, 14, 16)):
+    row[:n] = rng.integers(2, 1000, n)
+  tokens[0, 2] = tokens[2, -1] = 0
+  return images, tokens
+
+
+def test_siglip_embeddings_match_transformers(transformers_lib, tmp_path, monkeypatch):
+  """`SiglipModel` at the B/16-224 family's shape (GELU tanh, epsilon 1e-6, MAP head, text head
+  with bias) with 2 layers of width 64, 3 x 3 patches and 16 text positions; text rows padded
+  with id 1 as HF's tokenizer pads them (the model attends to the pads and pools the last
+  position), one row without padding, ending in id 0."""
+  import torch
+  reference = small_siglip(transformers_lib)
+  config = reference.config
   state_dict = _save_random(reference, tmp_path / "model.safetensors")
   arch = hf.siglip_architecture(config.to_dict())
   name = "google/siglip-base-patch16-224"
@@ -143,15 +166,7 @@ def test_siglip_embeddings_match_transformers(transformers_lib, tmp_path, monkey
 
   model, params = pretrained.load("hf", name, checkpoint=tmp_path / "model.safetensors")
 
-  rng = np.random.default_rng(1)
-  images = rng.normal(size=(3, 48, 48, 3)).astype(np.float32)
-  tokens = np.ones((3, 16), np.int32)  # pad (and EOS) id 1
-  for row, n in zip(tokens, (5, 14, 16)):
-    row[:n] = rng.integers(2, 1000, n)
-  # Id 0 (the <pad> piece) is an ordinary token here, also in the last position, where a pad
-  # mask or pooling at the last non-0 token would treat it as padding.
-  tokens[0, 2] = tokens[2, -1] = 0
-  _assert_same_embeddings("HF SigLIP", reference, model, params, images, tokens)
+  _assert_same_embeddings("HF SigLIP", reference, model, params, *siglip_inputs())
   assert model.config.loss.name == "sigmoid"
   assert model.config.loss.init_scale == pytest.approx(reference.logit_scale.item())
   assert model.config.loss.init_bias == pytest.approx(reference.logit_bias.item())
