@@ -11,9 +11,9 @@ averages the features of the tokens before the trailing padding, [CLS] and [SEP]
 As Hugging Face's `BertModel` with every token of type 0 and BERT's attention mask (1 up to the
 last non-pad token), up to float rounding: the attention's key bias is left out unless
 `key_bias` (softmax cancels it exactly, `layers.MultiHeadAttention`), and so is the pooler (a
-dense layer on [CLS] that sentence encoders do not use). Parameters: `token_embedding` [V, D], `pos_embedding` [P, D],
-`type_embedding` [D], `embed_norm`, `transformer/block_<i>` (`attn_norm` after the attention,
-`mlp_norm` after the MLP).
+dense layer on [CLS] that sentence encoders do not use). Parameters: `token_embedding` [V, D],
+`pos_embedding` [P, D], `type_embedding` [D], `embed_norm`, `transformer/block_<i>` (`attn_norm`
+after the attention, `mlp_norm` after the MLP).
 
 Named sizes: `variant="MiniLM-L6"` (all-MiniLM-L6-v2), "MiniLM-L12", "BERT-base", "BERT-large"
 set width, depth, heads and MLP size from `BERT_SIZES`; fields given explicitly override them.
