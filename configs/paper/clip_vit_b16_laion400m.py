@@ -6,7 +6,8 @@ workers each epoch until epoch 26, which may have cost accuracy; clip_jax has no
 reproduce.) Everything else, the arguments and what has no clip_jax equivalent:
 configs/paper/clip_vit_b32_laion400m.py. Parameters: 149,620,737 (open_clip's count).
 
-  python -m clip_jax.train --dry_run --target=8xH100 --config configs/paper/clip_vit_b16_laion400m.py
+  python -m clip_jax.train --dry_run --target=8xH100 \\
+      --config configs/paper/clip_vit_b16_laion400m.py
 """
 
 import importlib.util

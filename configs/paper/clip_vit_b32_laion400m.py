@@ -5,7 +5,7 @@ open_clip): 128 A100-40GB, 256 per GPU, a global batch of 32,768, 32 epochs of L
 (the `_e32` tag; ~407 M pairs per epoch, so ~13 B samples seen), reaching 62.96 %.
 
   python -m clip_jax.train --workdir gs://bucket/b32 \\
-      --config 'configs/paper/clip_vit_b32_laion400m.py:data=gs://bucket/laion400m/{00000..41407}.tar'
+      --config 'configs/paper/clip_vit_b32_laion400m.py:data=gs://b/laion/{00000..41407}.tar'
   python -m clip_jax.train --dry_run --target=64xA100-40 \\
       --config configs/paper/clip_vit_b32_laion400m.py
 
@@ -32,6 +32,7 @@ ImageNet zero-shot (the 62.96 %) is measured on the trained checkpoint with
 """
 
 import math
+import re
 
 import ml_collections
 
@@ -46,9 +47,12 @@ BATCH = 32_768
 def parse_arg(arg: str) -> tuple[dict[str, str], str]:
   """({"data": ..., "eval_data": ...}, the rest of `arg` for `apply_config_arg`)."""
   own, rest = {}, []
-  for pair in (p for p in arg.split(",") if p):
+  for pair in (p for p in re.split(r",(?=[A-Za-z_]\w*=)", arg) if p):  # as apply_config_arg
     key, _, value = pair.partition("=")
-    (own.__setitem__(key, value) if key in ("data", "eval_data") else rest.append(pair))
+    if key in ("data", "eval_data"):
+      own[key] = value
+    else:
+      rest.append(pair)
   return own, ",".join(rest)
 
 

@@ -5,7 +5,8 @@ GPU, a global batch of 38,400, 32 epochs, gradient checkpointing on (here `remat
 72.77 %. Everything else, the arguments and what has no clip_jax equivalent:
 configs/paper/clip_vit_b32_laion400m.py. Parameters: 427,616,513 (open_clip's count).
 
-  python -m clip_jax.train --dry_run --target=v4-512 --config configs/paper/clip_vit_l14_laion400m.py
+  python -m clip_jax.train --dry_run --target=v4-512 \\
+      --config configs/paper/clip_vit_l14_laion400m.py
 """
 
 import importlib.util

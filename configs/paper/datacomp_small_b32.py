@@ -4,7 +4,7 @@ filtered pool for 12.8 M samples seen at batch 4,096 (3,125 steps), AdamW lr 5e-
 decay 0.2, 500 warm-up steps, cosine (the DataComp training defaults for this scale).
 
   python -m clip_jax.train --workdir /runs/dc_small \\
-      --config 'configs/paper/datacomp_small_b32.py:data=/data/datacomp_small/{00000000..00001287}.tar'
+      --config 'configs/paper/datacomp_small_b32.py:data=/data/dc_small/{00000000..00001287}.tar'
 
 The ":" argument as in configs/paper/clip_vit_b32_laion400m.py (`data`, `eval_data`, fields of
 config.data / config); model, loss and optimiser details are that file's (open_clip's ViT-B-32).

@@ -8,8 +8,9 @@ decay 0.01, cosine with 3 % warm-up, gradient clipping at 1.0, the image tower l
 softmax temperature started at 10. The image tower is a ViT-B/16 pre-trained on ImageNet-21k
 (AugReg), class-token pooled; the text tower BERT-base with its own head to 768.
 
+  DATA='gs://bucket/cc12m_yfcc/{00000..09999}.tar' TOK=/models/bert-base-uncased/tokenizer.json
   python -m clip_jax.train --workdir gs://bucket/lit \\
-      --config 'configs/paper/lit_b16b.py:data=gs://bucket/cc12m_yfcc/{00000..09999}.tar,tokenizer=/models/bert-base-uncased/tokenizer.json,init_from=...'
+      --config "configs/paper/lit_b16b.py:data=$DATA,tokenizer=$TOK,init_from=/runs/augreg_b16"
 
 The ":" argument: `data` (webdataset shards; the "mixed" models used CC12M + YFCC100M),
 `eval_data`, `tokenizer` (BERT's tokenizer.json), `init_from` (the locked image tower's

@@ -10,8 +10,9 @@ the batch, schedule length and warm-up are not verified against the paper in thi
 big_vision's configs/proj/image_text/siglip_lit_coco.py is the public minimal example (LiT on
 COCO) and uses the same loss and 16 tokens.
 
+  DATA='gs://bucket/pairs/{00000..99999}.tar' TOK=/models/spm32k.model
   python -m clip_jax.train --workdir gs://bucket/siglip \\
-      --config 'configs/paper/siglip_b16_webli.py:data=gs://bucket/pairs/{00000..99999}.tar,tokenizer=gs://bucket/spm32k.model'
+      --config "configs/paper/siglip_b16_webli.py:data=$DATA,tokenizer=$TOK"
 
 The ":" argument: `data` (webdataset shards of image-text pairs; WebLI itself is not public),
 `eval_data` (held-out shards: retrieval evaluation), `tokenizer` (the SentencePiece model file),
@@ -23,6 +24,7 @@ math); Adafactor (used in the paper for large models; this B/16 uses AdamW).
 """
 
 import math
+import re
 
 import ml_collections
 
@@ -68,9 +70,12 @@ def finish(config: ml_collections.ConfigDict, arg: str, file: str) -> ml_collect
   """Applies the ":" argument: `data`, `eval_data`, `tokenizer` (the tokenizer's file, set on
   whatever field its name reads: `path`), then `apply_config_arg` for the rest."""
   own, rest = {}, []
-  for pair in (p for p in arg.split(",") if p):
+  for pair in (p for p in re.split(r",(?=[A-Za-z_]\w*=)", arg) if p):  # as apply_config_arg
     key, _, value = pair.partition("=")
-    (own.__setitem__(key, value) if key in OWN_KEYS else rest.append(pair))
+    if key in OWN_KEYS:
+      own[key] = value
+    else:
+      rest.append(pair)
   config.data.train_shards = own.get("data", config.data.train_shards)
   config.data.eval_shards = own.get("eval_data", config.data.eval_shards)
   if "tokenizer" in own:

@@ -8,7 +8,7 @@ One config per point of the grid, chosen by the ":" argument:
 
   for loss in sigmoid softmax; do for batch in 512 1024 2048 4096 8192 16384 32768; do
     python -m clip_jax.train --workdir gs://bucket/sweep/$loss-$batch \\
-        --config "configs/paper/siglip_batch_sweep.py:loss=$loss,batch=$batch,data=...,tokenizer=..."
+    --config "configs/paper/siglip_batch_sweep.py:loss=$loss,batch=$batch,data=$DATA,tokenizer=$TOK"
   done; done
 
 Every point sees the same number of examples (900 M here, `EXAMPLES`, so smaller batches take
@@ -20,6 +20,7 @@ is not verified in this repository.
 
 import importlib.util
 import os
+import re
 
 import ml_collections
 
@@ -34,9 +35,12 @@ def get_config(arg: str = "loss=sigmoid,batch=4096") -> ml_collections.ConfigDic
   siglip = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(siglip)
   point, rest = {"loss": "sigmoid", "batch": "4096"}, []
-  for pair in (p for p in arg.split(",") if p):
+  for pair in (p for p in re.split(r",(?=[A-Za-z_]\w*=)", arg) if p):  # as apply_config_arg
     key, _, value = pair.partition("=")
-    (point.__setitem__(key, value) if key in point else rest.append(pair))
+    if key in point:
+      point[key] = value
+    else:
+      rest.append(pair)
   if point["loss"] not in LOSSES or int(point["batch"]) not in BATCHES:
     from clip_jax.registry import ConfigError
     raise ConfigError(f"--config {__file__}:{arg}: loss must be one of {LOSSES} and batch one "
