@@ -9,11 +9,11 @@ averages the features of the tokens before the trailing padding, [CLS] and [SEP]
 (sentence-transformers' mean pooling); "cls" takes the first token's.
 
 As Hugging Face's `BertModel` with every token of type 0 and BERT's attention mask (1 up to the
-last non-pad token), up to float rounding: the attention's key bias is left out (softmax cancels
-it exactly, `layers.MultiHeadAttention`), and so is the pooler (a dense layer on [CLS] that
-sentence encoders do not use). Parameters: `token_embedding` [V, D], `pos_embedding` [P, D],
-`type_embedding` [D], `embed_norm`, `transformer/block_<i>` (`attn_norm` after the attention,
-`mlp_norm` after the MLP).
+last non-pad token), up to float rounding: the attention's key bias is left out unless
+`key_bias` (softmax cancels it exactly, `layers.MultiHeadAttention`), and so is the pooler (a
+dense layer on [CLS] that sentence encoders do not use). Parameters: `token_embedding` [V, D],
+`pos_embedding` [P, D], `type_embedding` [D], `embed_norm`, `transformer/block_<i>` (`attn_norm`
+after the attention, `mlp_norm` after the MLP).
 
 Named sizes: `variant="MiniLM-L6"` (all-MiniLM-L6-v2), "MiniLM-L12", "BERT-base", "BERT-large"
 set width, depth, heads and MLP size from `BERT_SIZES`; fields given explicitly override them.
@@ -81,6 +81,7 @@ class BertEncoder(nnx.Module):
     pooling: "mean" (over the tokens before the trailing padding) or "cls" (the first token).
     norm_eps: the epsilon of every LayerNorm (default BERT's 1e-12).
     activation: the MLPs' nonlinearity, a name in `layers.ACTIVATIONS` (default exact "gelu").
+    key_bias: every attention has a key bias (`layers.MultiHeadAttention`).
     dtype: compute dtype ("float32" | "bfloat16"); params are float32, the output is float32.
     remat: rematerialise each transformer block.
     rngs: the `params` stream draws the initial parameters.
@@ -90,8 +91,8 @@ class BertEncoder(nnx.Module):
                variant: str | None = None, width: int | None = None, depth: int | None = None,
                num_heads: int | None = None, mlp_ratio: float | None = None,
                pooling: str = "mean", norm_eps: float = BERT_NORM_EPS,
-               activation: str = "gelu", dtype: Any = "float32", remat: bool = False,
-               rngs: nnx.Rngs):
+               activation: str = "gelu", key_bias: bool = False, dtype: Any = "float32",
+               remat: bool = False, rngs: nnx.Rngs):
     del inputs  # any length up to context_length
     given = dict(variant=variant, width=width, depth=depth, num_heads=num_heads,
                  mlp_ratio=mlp_ratio)
@@ -106,7 +107,8 @@ class BertEncoder(nnx.Module):
     self.embed_norm = layers.layer_norm(width, dtype, rngs, norm_eps)
     self.transformer = layers.Transformer(width, shape["depth"], shape["num_heads"],
                                           shape["mlp_dim"], dtype, remat, norm_eps=norm_eps,
-                                          activation=activation, post_norm=True, rngs=rngs)
+                                          activation=activation, post_norm=True,
+                                          key_bias=key_bias, rngs=rngs)
 
   @classmethod
   def check_inputs(cls, kwargs: dict[str, Any], field: str, inputs: jax.ShapeDtypeStruct) -> None:

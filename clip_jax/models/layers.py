@@ -98,17 +98,20 @@ class MultiHeadAttention(nnx.Module):
     width: D, the width of the queries and of the output; `num_heads` must divide it.
     num_heads: H.
     dtype: compute dtype.
+    key_bias: give the key projection a bias. q·b_k is the same for every key, so the softmax
+      cancels it and its gradient is exactly zero (Adam would turn float noise in it into
+      full-size steps); it is there only to hold released weights that have one (open_clip,
+      OpenAI, Hugging Face) and give them back as they were.
     rngs: `params` stream for the initialisers.
   """
 
-  def __init__(self, width: int, num_heads: int, dtype: Dtype, *, rngs: nnx.Rngs):
+  def __init__(self, width: int, num_heads: int, dtype: Dtype, *, key_bias: bool = False,
+               rngs: nnx.Rngs):
     if width % num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
     self.num_heads = num_heads
     self.query = dense(width, width, dtype, rngs)
-    # No key bias: q·b_k is the same for every key, so softmax cancels it and its gradient is
-    # exactly zero (Adam would turn float noise in it into full-size steps).
-    self.key = dense(width, width, dtype, rngs, use_bias=False)
+    self.key = dense(width, width, dtype, rngs, use_bias=key_bias)
     self.value = dense(width, width, dtype, rngs)
     self.out = dense(width, width, dtype, rngs)
 
@@ -157,15 +160,16 @@ class EncoderBlock(nnx.Module):
   with `post_norm` post-LN as in BERT (Devlin et al. 2019), LN(x + MHSA(x)) then LN(x + MLP(x))
   (`attn_norm` then follows the attention, `mlp_norm` the MLP).
 
-  `norm_eps`: the LayerNorms' epsilon; `activation`: the MLP's (a name in `ACTIVATIONS`).
+  `norm_eps`: the LayerNorms' epsilon; `activation`: the MLP's (a name in `ACTIVATIONS`);
+  `key_bias`: as in `MultiHeadAttention`.
   """
 
   def __init__(self, width: int, num_heads: int, mlp_dim: int, dtype: Dtype, *,
                norm_eps: float = NORM_EPS, activation: str = ACTIVATION,
-               post_norm: bool = False, rngs: nnx.Rngs):
+               post_norm: bool = False, key_bias: bool = False, rngs: nnx.Rngs):
     self.post_norm = post_norm
     self.attn_norm = layer_norm(width, dtype, rngs, norm_eps)
-    self.attn = MultiHeadAttention(width, num_heads, dtype, rngs=rngs)
+    self.attn = MultiHeadAttention(width, num_heads, dtype, key_bias=key_bias, rngs=rngs)
     self.mlp_norm = layer_norm(width, dtype, rngs, norm_eps)
     self.mlp = Mlp(width, mlp_dim, dtype, activation=activation, rngs=rngs)
 
@@ -197,17 +201,18 @@ class Transformer(nnx.Module):
   Args:
     width: D. num_heads: H (divides D). mlp_dim: the MLP's hidden size.
     dtype: compute dtype; the input is cast to it.
-    norm_eps, activation, post_norm: as in `EncoderBlock`.
+    norm_eps, activation, post_norm, key_bias: as in `EncoderBlock`.
   """
 
   def __init__(self, width: int, depth: int, num_heads: int, mlp_dim: int, dtype: Dtype,
                remat: bool, *, norm_eps: float = NORM_EPS, activation: str = ACTIVATION,
-               post_norm: bool = False, rngs: nnx.Rngs):
+               post_norm: bool = False, key_bias: bool = False, rngs: nnx.Rngs):
     self.depth, self.dtype, self.remat = depth, dtype, remat
     for i in range(depth):
       setattr(self, f"block_{i}", EncoderBlock(width, num_heads, mlp_dim, dtype,
                                                norm_eps=norm_eps, activation=activation,
-                                               post_norm=post_norm, rngs=rngs))
+                                               post_norm=post_norm, key_bias=key_bias,
+                                               rngs=rngs))
 
   def __call__(self, x: Array, mask: Array | None = None, is_causal: bool = False) -> Array:
     """x: [B, L, D]; mask and is_causal as in EncoderBlock. Returns [B, L, D] (compute dtype)."""

@@ -79,15 +79,16 @@ class MAPHead(nnx.Module):
     width: D. num_heads: attention heads (must divide D). mlp_dim: hidden size of the MLP.
     dtype: compute dtype.
     norm_eps: the LayerNorm's epsilon. activation: the MLP's (a name in `layers.ACTIVATIONS`).
+    key_bias: the attention's key projection has a bias (`layers.MultiHeadAttention`).
     rngs: `params` stream for the initialisers.
   """
 
   def __init__(self, width: int, num_heads: int, mlp_dim: int, dtype: Any, *,
                norm_eps: float = layers.NORM_EPS, activation: str = layers.ACTIVATION,
-               rngs: nnx.Rngs):
+               key_bias: bool = False, rngs: nnx.Rngs):
     self.dtype = dtype
     self.probe = layers.embedding((1, 1, width), rngs)
-    self.attn = layers.MultiHeadAttention(width, num_heads, dtype, rngs=rngs)
+    self.attn = layers.MultiHeadAttention(width, num_heads, dtype, key_bias=key_bias, rngs=rngs)
     self.norm = layers.layer_norm(width, dtype, rngs, norm_eps)
     self.mlp = layers.Mlp(width, mlp_dim, dtype, activation=activation, rngs=rngs)
 

@@ -94,7 +94,9 @@ class TransformerFields(TowerFields):
   Its layers: `norm_eps`, the epsilon of every LayerNorm (default 1e-6; open_clip and OpenAI
   CLIP use 1e-5), and `activation`, the MLPs' nonlinearity: "gelu_tanh" (GELU's tanh
   approximation, the default), "gelu" (exact) or "quick_gelu" (x * sigmoid(1.702 x), OpenAI
-  CLIP's).
+  CLIP's). `key_bias`: the attention's key projection has a bias (default False: the softmax
+  cancels it; True holds the key biases of released open_clip, OpenAI and Hugging Face weights,
+  so that they are exported as they were read).
   """
 
   SIZES: ClassVar[Mapping[str, tuple[int, int, int, int]]] = {}
@@ -107,6 +109,7 @@ class TransformerFields(TowerFields):
   mlp_ratio: float | None = schema.field(None, schema.number(low=0, low_open=True))
   norm_eps: float = schema.field(layers.NORM_EPS, schema.number(low=0, low_open=True))
   activation: str = schema.field(layers.ACTIVATION, schema.one_of(*layers.ACTIVATIONS))
+  key_bias: bool = False
 
   def check(self, path: str) -> None:
     resolve_size(vars(self), self.SIZES, path, with_patch=self.WITH_PATCH)

@@ -137,6 +137,7 @@ class TextTransformer(nnx.Module):
     head: a Linear layer D -> D with bias ("head") on the pooled features (SigLIP's text head).
     norm_eps: the epsilon of every LayerNorm.
     activation: the MLPs' nonlinearity, a name in `layers.ACTIVATIONS`.
+    key_bias: every attention has a key bias (`layers.MultiHeadAttention`).
     dtype: compute dtype ("float32" | "bfloat16"); params are float32, the output is float32.
     remat: rematerialise each transformer block.
     rngs: the `params` stream draws the initial parameters.
@@ -150,8 +151,8 @@ class TextTransformer(nnx.Module):
                num_heads: int | None = None, mlp_ratio: float | None = None,
                causal: bool = True, pooling: str = "eos", key_mask: bool = True,
                head: bool = False, norm_eps: float = layers.NORM_EPS,
-               activation: str = layers.ACTIVATION, dtype: Any = "float32",
-               remat: bool = False, rngs: nnx.Rngs):
+               activation: str = layers.ACTIVATION, key_bias: bool = False,
+               dtype: Any = "float32", remat: bool = False, rngs: nnx.Rngs):
     del inputs  # any length up to context_length
     given = dict(variant=variant, width=width, depth=depth, num_heads=num_heads,
                  mlp_ratio=mlp_ratio)
@@ -165,7 +166,7 @@ class TextTransformer(nnx.Module):
     self.pos_embedding = layers.embedding((context_length, width), rngs)
     self.transformer = layers.Transformer(width, shape["depth"], shape["num_heads"],
                                           shape["mlp_dim"], dtype, remat, norm_eps=norm_eps,
-                                          activation=activation, rngs=rngs)
+                                          activation=activation, key_bias=key_bias, rngs=rngs)
     self.final_norm = layers.layer_norm(width, dtype, rngs, norm_eps)
     self.head = layers.dense(width, width, dtype, rngs) if head else None
 

@@ -75,6 +75,7 @@ class VisionTransformer(nnx.Module):
     pre_norm: a LayerNorm ("pre_norm") on the tokens after the position embeddings, before the
       first block (CLIP's ln_pre).
     patch_bias: the patch embedding has a bias (CLIP's has none).
+    key_bias: every attention (blocks and MAP head) has a key bias (`layers.MultiHeadAttention`).
     dtype: compute dtype ("float32" | "bfloat16"); params are float32, the output is float32.
     remat: rematerialise each transformer block.
     rngs: the `params` stream draws the initial parameters.
@@ -88,8 +89,8 @@ class VisionTransformer(nnx.Module):
                depth: int | None = None, num_heads: int | None = None,
                mlp_ratio: float | None = None, pooling: str = "map",
                norm_eps: float = layers.NORM_EPS, activation: str = layers.ACTIVATION,
-               pre_norm: bool = False, patch_bias: bool = True, dtype: Any = "float32",
-               remat: bool = False, rngs: nnx.Rngs):
+               pre_norm: bool = False, patch_bias: bool = True, key_bias: bool = False,
+               dtype: Any = "float32", remat: bool = False, rngs: nnx.Rngs):
     given = dict(variant=variant, patch_size=patch_size, width=width, depth=depth,
                  num_heads=num_heads, mlp_ratio=mlp_ratio)
     shape = resolve_size(given, VIT_SIZES, GENERIC_FIELD, with_patch=True)
@@ -105,11 +106,12 @@ class VisionTransformer(nnx.Module):
     self.pre_norm = layers.layer_norm(width, dtype, rngs, norm_eps) if pre_norm else None
     self.transformer = layers.Transformer(width, shape["depth"], shape["num_heads"],
                                           shape["mlp_dim"], dtype, remat, norm_eps=norm_eps,
-                                          activation=activation, rngs=rngs)
+                                          activation=activation, key_bias=key_bias, rngs=rngs)
     self.final_norm = layers.layer_norm(width, dtype, rngs, norm_eps)
     if pooling == "map":
       self.map_head = pooling_lib.MAPHead(width, shape["num_heads"], shape["mlp_dim"], dtype,
-                                          norm_eps=norm_eps, activation=activation, rngs=rngs)
+                                          norm_eps=norm_eps, activation=activation,
+                                          key_bias=key_bias, rngs=rngs)
 
   @classmethod
   def check_inputs(cls, kwargs: dict[str, Any], field: str, inputs: jax.ShapeDtypeStruct) -> None:

@@ -136,7 +136,7 @@ def from_params(params: Mapping[str, Any], arch: open_clip.Architecture,
                 logit_scale: float) -> dict[str, np.ndarray]:
   """clip_jax params of `arch.model_config()` -> HF `CLIPModel` state dict {key: float32 numpy
   array} (`CLIPModel.load_state_dict` after `torch.from_numpy`, or `safetensors.numpy.save_file`).
-  The attention key biases are zeros; `to_params` of the result gives `params` back exactly.
+  `to_params` of the result gives `params` back exactly (the attention key biases included).
 
   Raises:
     KeyError naming a parameter path that `params` lacks.
@@ -217,7 +217,7 @@ class SiglipArchitecture:
   def model_config(self) -> ml_collections.ConfigDict:
     """The clip_jax `config.model` of this architecture (float32, no remat); embed_dim is the
     width of both towers."""
-    layers = dict(norm_eps=SIGLIP_NORM_EPS, activation=SIGLIP_ACTIVATION)
+    layers = dict(norm_eps=SIGLIP_NORM_EPS, activation=SIGLIP_ACTIVATION, key_bias=True)
     image = dict(name="vit", patch_size=self.patch_size, width=self.vision_width,
                  depth=self.vision_layers, num_heads=self.vision_heads,
                  mlp_ratio=self.vision_mlp_dim / self.vision_width, pooling="map",
@@ -382,8 +382,8 @@ def siglip_loss(scale: np.ndarray, bias: np.ndarray) -> ml_collections.ConfigDic
 def siglip_from_params(params: Mapping[str, Any], arch: SiglipArchitecture, logit_scale: float,
                        logit_bias: float) -> dict[str, np.ndarray]:
   """clip_jax params of `arch.model_config()` -> HF `SiglipModel` state dict {key: float32
-  numpy array}. The attention key biases are zeros; `siglip_to_params` of the result gives
-  `params` back exactly.
+  numpy array}. `siglip_to_params` of the result gives `params` back exactly (the attention key
+  biases included).
 
   Raises:
     ValueError: a projection is not the identity (HF's SigLIP has no projections: keep them
@@ -395,7 +395,7 @@ def siglip_from_params(params: Mapping[str, Any], arch: SiglipArchitecture, logi
       raise ValueError(f"{'/'.join(path)} is not the identity matrix, and HF's SigLIP has no "
                        "projection to put it in; freeze the projections when fine-tuning "
                        "(config.optim.freeze)")
-  state = R.zero_key_biases(R.from_params(params, _siglip_rules(arch)))
+  state = R.from_params(params, _siglip_rules(arch))
   head = {k: v for k, v in state.items() if k.startswith(_MAP_ATTENTION + ".")}
   state = {k: v for k, v in state.items() if k not in head}
   state.update(R.join_attention(head))

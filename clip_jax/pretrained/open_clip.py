@@ -19,9 +19,9 @@ How the layers correspond (all float32; our kernels are [in, out], torch's Linea
 
 * patch embedding: torch's bias-free conv1 [D, C, p, p] is our `patch_embed` Linear over patches
   flattened in (row, column, channel) order, [p*p*C, D] (`patch_bias=False`);
-* attention: torch's in_proj [3D, D] splits into our query, key and value Linears. The key bias
-  is dropped: q·b_k is the same for every key, so the softmax cancels it exactly (the export
-  writes zeros there);
+* attention: torch's in_proj [3D, D] splits into our query, key and value Linears. The towers
+  keep the key bias (`key_bias=True`), although q·b_k is the same for every key and the softmax
+  cancels it, so that the parameter count is open_clip's and the export gives it back;
 * ln_pre is our `pre_norm`, ln_post / ln_final our `final_norm` (the class-token pooling takes
   the first token after it, as open_clip does);
 * text pooling: open_clip takes the token with the largest id ("argmax", the EOS token 49407);
@@ -119,7 +119,7 @@ class Architecture:
   def model_config(self) -> ml_collections.ConfigDict:
     """The clip_jax `config.model` of this architecture (float32, no remat)."""
     layers = dict(norm_eps=NORM_EPS, activation="quick_gelu" if self.quick_gelu else "gelu",
-                  mlp_ratio=4.0)
+                  mlp_ratio=4.0, key_bias=True)
     image = dict(name="vit", patch_size=self.patch_size, width=self.vision_width,
                  depth=self.vision_layers, num_heads=self.vision_heads, pooling="cls",
                  pre_norm=True, patch_bias=False, **layers)
@@ -289,8 +289,8 @@ def from_params(params: Mapping[str, Any], arch: Architecture,
   """clip_jax params of `arch.model_config()` -> open_clip state dict {key: float32 numpy array}
   (what `open_clip.create_model(name).load_state_dict` takes, after `torch.from_numpy`).
 
-  The attention key biases, which clip_jax does not have, are zeros. `to_params` of the result
-  gives `params` back exactly.
+  `to_params` of the result gives `params` back exactly, and `from_params` of `to_params(sd)`
+  gives `sd` back exactly (the attention key biases included).
 
   Raises:
     KeyError naming a parameter path that `params` lacks.

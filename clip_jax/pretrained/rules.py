@@ -63,10 +63,9 @@ def patch_embedding(ours: tuple[str, ...], theirs: str, patch_size: int,
 
 def attention(ours: tuple[str, ...], theirs: str) -> list[Rule]:
   """Attention `<theirs>.{q,k,v,out}_proj` (torch's in_proj split by `split_attention`) as our
-  `<ours>/{query,key,value,out}`. The key bias is not ours: q·b_k is the same for every key, so
-  the softmax cancels it exactly (`to_params` drops it, `from_params` leaves it out)."""
+  `<ours>/{query,key,value,out}`, every projection with its bias (the towers' `key_bias=True`)."""
   return [*linear(ours + ("query",), f"{theirs}.q_proj"),
-          *linear(ours + ("key",), f"{theirs}.k_proj", bias=False),
+          *linear(ours + ("key",), f"{theirs}.k_proj"),
           *linear(ours + ("value",), f"{theirs}.v_proj"),
           *linear(ours + ("out",), f"{theirs}.out_proj")]
 
@@ -103,7 +102,7 @@ def split_attention(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
 
 
 def join_attention(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """The inverse of `split_attention`, with a zero key bias where none is given."""
+  """The inverse of `split_attention`."""
   out = {}
   for key, value in state_dict.items():
     prefix, _, leaf = key.rpartition(".")
@@ -111,20 +110,8 @@ def join_attention(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray
     if proj not in ("q_proj", "k_proj", "v_proj"):
       out[key] = value
     elif proj == "q_proj":
-      parts = [state_dict.get(f"{block}.{n}_proj.{leaf}") for n in "qkv"]
-      if leaf == "bias" and parts[1] is None:
-        parts[1] = np.zeros_like(parts[0])
+      parts = [state_dict[f"{block}.{n}_proj.{leaf}"] for n in "qkv"]
       out[f"{block}.in_proj_{leaf}"] = np.concatenate(parts, axis=0)
-  return out
-
-
-def zero_key_biases(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """`state_dict` with a zero `<prefix>.k_proj.bias` beside every `<prefix>.q_proj.bias` that
-  lacks one (the biases clip_jax leaves out, for libraries whose attention has them)."""
-  out = dict(state_dict)
-  for key, value in state_dict.items():
-    if key.endswith(".q_proj.bias"):
-      out.setdefault(key.removesuffix(".q_proj.bias") + ".k_proj.bias", np.zeros_like(value))
   return out
 
 
@@ -141,13 +128,13 @@ def to_params(state: Mapping[str, np.ndarray], rules: Iterable[Rule],
     other_keys: their keys that are read elsewhere (e.g. the logit scale).
 
   Raises:
-    ValueError naming the missing keys, the keys the model has no place for (attention key
-    biases excepted), or a key whose shape differs from the one the model needs.
+    ValueError naming the missing keys, the keys the model has no place for, or a key whose
+    shape differs from the one the model needs.
   """
   rules = list(rules)
   wanted = {key for _, key, _, _ in rules} | set(other_keys)
   missing = sorted(wanted - set(state))
-  extra = sorted(k for k in set(state) - wanted if not k.endswith("k_proj.bias"))
+  extra = sorted(set(state) - wanted)
   problems = [f"{what} {', '.join(keys[:5])}" + (" ..." if len(keys) > 5 else "")
               for what, keys in (("missing keys", missing), ("keys with no place in it", extra))
               if keys]

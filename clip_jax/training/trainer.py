@@ -14,6 +14,7 @@ an entry the data config does not provide is a ConfigError here, before anything
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Mapping
 
@@ -124,14 +125,9 @@ class Trainer(Embedder):
     # Only what the towers and the objective read goes to the devices.
     self.batch_keys = tuple(k for k in self.batch_spec
                             if k in self.modalities or k in self.objective.batch_keys)
-    init_params = state_lib.make_init_fn(self.init_model, self.objective)
-    abstract_params = jax.eval_shape(init_params, jax.random.key(0))
-    fixed = {"model": jax.tree.map(lambda _: False, abstract_params["model"]),
-             "loss": fixed_mask(self.objective.init_params)}
-    self.frozen = frozen_mask(config.optim, abstract_params, fixed)
-    self.tx, self.schedule = make_optimizer(config.optim, config.total_steps, abstract_params,
-                                            self.frozen)
-    self.make_state = state_lib.make_state_fn(init_params, self.tx, config.seed)
+    optimization = make_optimization(config, self.init_model, self.objective)
+    self.frozen, self.tx = optimization.frozen, optimization.tx
+    self.schedule, self.make_state = optimization.schedule, optimization.make_state
     self.abstract_state, self.state_shardings = state_lib.state_shardings(
         self.make_state, config.sharding_rules, self.mesh)
     self.train_step = make_train_step(
@@ -147,6 +143,38 @@ class Trainer(Embedder):
     entries in `batch_keys`)."""
     return mesh_lib.to_global_batch({k: local_batch[k] for k in self.batch_keys},
                                     self.batch_sharding, self.config.batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimization:
+  """What the optimizer of a config needs, on no mesh.
+
+  Attributes:
+    abstract_params: {"model": ..., "loss": ...} as ShapeDtypeStructs.
+    frozen: bool pytree like the params (True: not updated).
+    tx, schedule: the optax transformation and the learning-rate schedule.
+    make_state: () -> State, to run under jit or `jax.eval_shape`.
+  """
+
+  abstract_params: Any
+  frozen: Any
+  tx: Any
+  schedule: Any
+  make_state: Any
+
+
+def make_optimization(config: ml_collections.ConfigDict, init_model,
+                      objective: Objective) -> Optimization:
+  """The `Optimization` of `config` for the model params `init_model` (rng -> params) and
+  `objective`."""
+  init_params = state_lib.make_init_fn(init_model, objective)
+  abstract_params = jax.eval_shape(init_params, jax.random.key(0))
+  fixed = {"model": jax.tree.map(lambda _: False, abstract_params["model"]),
+           "loss": fixed_mask(objective.init_params)}
+  frozen = frozen_mask(config.optim, abstract_params, fixed)
+  tx, schedule = make_optimizer(config.optim, config.total_steps, abstract_params, frozen)
+  return Optimization(abstract_params, frozen, tx, schedule,
+                      state_lib.make_state_fn(init_params, tx, config.seed))
 
 
 def check_vocab(config: ml_collections.ConfigDict, tokenizer) -> None:

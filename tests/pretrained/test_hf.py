@@ -111,13 +111,12 @@ def test_clip_embeddings_match_transformers(transformers_lib, tmp_path, monkeypa
   _assert_same_embeddings("HF CLIP", reference, model, params, images, tokens)
   assert model.logit_scale == pytest.approx(reference.logit_scale.item())
 
-  # The export gives HF's state dict back, the (cancelling) key biases as zeros; a CLIPModel
-  # loads it strictly, and converting it gives the same parameters.
+  # The export gives HF's state dict back exactly (the key biases included); a CLIPModel loads
+  # it strictly, and converting it gives the same parameters.
   exported = hf.from_params(params, arch, model.logit_scale)
   assert sorted(exported) == sorted(state_dict)
   for key, value in state_dict.items():
-    want = np.zeros_like(value.numpy()) if key.endswith("k_proj.bias") else value.numpy()
-    np.testing.assert_array_equal(exported[key], want, err_msg=key)
+    np.testing.assert_array_equal(exported[key], value.numpy(), err_msg=key)
   transformers_lib.CLIPModel(config).load_state_dict(
       {k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
   _assert_same_params(params, hf.to_params(exported, arch)[0])
@@ -171,18 +170,13 @@ def test_siglip_embeddings_match_transformers(transformers_lib, tmp_path, monkey
   assert model.config.loss.init_scale == pytest.approx(reference.logit_scale.item())
   assert model.config.loss.init_bias == pytest.approx(reference.logit_bias.item())
 
-  # The export gives HF's state dict back with zero key biases (in the MAP head's in_proj_bias,
-  # the middle third); a SiglipModel loads it strictly; converting it gives the same params.
+  # The export gives HF's state dict back exactly (the key biases, the MAP head's in_proj_bias
+  # included); a SiglipModel loads it strictly; converting it gives the same params.
   exported = hf.siglip_from_params(params, arch, model.config.loss.init_scale,
                                    model.config.loss.init_bias)
   assert sorted(exported) == sorted(state_dict)
   for key, value in state_dict.items():
-    want = value.numpy().copy()
-    if key.endswith("k_proj.bias"):
-      want[:] = 0
-    elif key.endswith("in_proj_bias"):
-      want[want.shape[0] // 3:2 * want.shape[0] // 3] = 0
-    np.testing.assert_array_equal(exported[key], want, err_msg=key)
+    np.testing.assert_array_equal(exported[key], value.numpy(), err_msg=key)
   transformers_lib.SiglipModel(config).load_state_dict(
       {k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
   _assert_same_params(params, hf.siglip_to_params(exported, arch)[0])
