@@ -18,9 +18,9 @@ block parameter with the depth as a leading axis; both layouts load, per tower.
 
 The model is `hf.SiglipArchitecture`'s (big_vision's SigLIP is the model HF ported): its layers
 and activations are big_vision's (Flax LayerNorm epsilon 1e-6, tanh GELU), and our kernels are
-theirs with the heads axis folded in. The attention key biases are dropped (the softmax cancels
-them, as in `rules.attention`); the projections are identity matrices (big_vision has none: the
-text head maps to the shared embedding).
+theirs with the heads axis folded in, every attention projection with its bias (the towers'
+`key_bias=True`, as for the HF and open_clip weights); the projections are identity matrices
+(big_vision has none: the text head maps to the shared embedding).
 
     model, params = pretrained.load("big_vision", "webli_en_b16_224_63724782",
                                     checkpoint="webli_en_b16_224_63724782.npz")
@@ -151,7 +151,7 @@ def _layer_rules(ours: tuple[str, ...], theirs: str, norms: Mapping[str, str],
                  take: Callable[[np.ndarray], np.ndarray]) -> list[R.Rule]:
   """The rules of a block (or of the MAP head) under `theirs`: its LayerNorms (`norms`: their
   name -> ours), attention and MLP. `take` picks the block out of a scanned array (or is the
-  identity). The key bias has no rule (the softmax cancels it; `to_params` drops it)."""
+  identity)."""
   def heads_in(x: np.ndarray) -> np.ndarray:  # kernel [D, H, d] -> [D, H*d]; bias [H, d] -> [H*d]
     x = take(x)
     return x.reshape(x.shape[0], -1) if x.ndim == 3 else x.reshape(-1)
@@ -164,8 +164,7 @@ def _layer_rules(ours: tuple[str, ...], theirs: str, norms: Mapping[str, str],
   rules = [(ours + (norm, leaf), f"{theirs}/{name}/{leaf}", take, None)
            for name, norm in norms.items() for leaf in ("scale", "bias")]
   rules += [(ours + ("attn", proj, leaf), f"{a}/{proj}/{leaf}", heads_in, None)
-            for proj, leaf in (("query", "kernel"), ("query", "bias"), ("key", "kernel"),
-                               ("value", "kernel"), ("value", "bias"))]
+            for proj in ("query", "key", "value") for leaf in ("kernel", "bias")]
   rules += [(ours + ("attn", "out", "kernel"), f"{a}/out/kernel", heads_out, None),
             (ours + ("attn", "out", "bias"), f"{a}/out/bias", take, None)]
   rules += [(ours + ("mlp", fc, leaf), f"{theirs}/MlpBlock_0/{dense}/{leaf}", take, None)
@@ -242,7 +241,6 @@ def to_params(state: Mapping[str, np.ndarray], arch: hf.SiglipArchitecture
         raise ValueError(f"checkpoint key {key!r} has shape {state[key].shape}, which does not "
                          f"fit this architecture ({arch}): a scanned block parameter needs the "
                          f"depth {depths[tower]} first")
-  state = {k: v for k, v in state.items() if not k.endswith(f"{_ATTENTION}/key/bias")}
   params = hf.siglip_params(state, _rules(arch, scanned), arch,
                             f"a big_vision SigLIP model of this architecture ({arch})",
                             _OTHER_KEYS)
