@@ -95,8 +95,9 @@ def test_cli_dry_run_needs_no_workdir():
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stdout + result.stderr
   out = result.stdout
-  assert "target 8xH100 (NVIDIA H100 80GB, 8 devices, 1 processes, 80 GiB each)" in out
+  assert "target 8xH100 (NVIDIA H100 80GB, 8 devices, 1 process, 80 GiB each)" in out
   assert "total_params=473858" in out
+  assert "global batch 256, 8 batch shards, local batch 32" in out
   assert "flops_per_step_per_device_xla=" in out
   assert "compiled memory_analysis" in out
   assert "problems: none" in out

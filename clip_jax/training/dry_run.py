@@ -172,6 +172,11 @@ def _shard_bytes(leaf: Any, spec: P, axis_sizes: dict[str, int]) -> int:
   return math.prod(shape) * np.dtype(leaf.dtype).itemsize
 
 
+def _plural(n: int, noun: str) -> str:
+  """"1 process", "8 devices"."""
+  return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("s") else f"{n} {noun}s"
+
+
 def _gib(n: float) -> str:
   return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
 
@@ -266,10 +271,12 @@ def dry_run(config: ml_collections.ConfigDict, *, target: Target | None = None,
   num_devices = target.num_devices if target else len(devices)
   processes = target.processes if target else jax.process_count()
   memory_gib = target.memory_gib if target else _device_memory_gib(devices[0])
-  where = (f"target {target.name} ({target.kind}, {num_devices} devices, {processes} "
-           f"processes, {memory_gib:g} GiB each)" if target else
-           f"{num_devices} {devices[0].device_kind} devices" +
-           (f", {memory_gib:.1f} GiB each" if memory_gib else ""))
+  where = (f"target {target.name} ({target.kind}, {_plural(num_devices, 'device')}, "
+           f"{_plural(processes, 'process')}, {memory_gib:g} GiB each)" if target else
+           f"{_plural(num_devices, devices[0].device_kind + ' device')}" +
+           (f", {memory_gib:.1f} GiB each" if memory_gib else
+            " (memory not known: no per-device limit is checked; give --target to check "
+            "against one)"))
   out(f"dry run: {where}")
   try:
     config_lib.validate_config(config, num_devices=num_devices, process_count=processes)
@@ -313,8 +320,9 @@ def dry_run(config: ml_collections.ConfigDict, *, target: Target | None = None,
 
   try:
     names, sizes = mesh_lib.parse_mesh_shape(config.mesh, num_devices)
-  except ConfigError:
-    return report  # already a problem; there is no layout to analyse
+  except ConfigError:  # already a problem
+    out("no per-device analysis: config.mesh does not fit the devices (see the problem below)")
+    return report
   axis_sizes = dict(zip(names, sizes))
   out(f"mesh={axis_sizes}")
   try:
@@ -331,6 +339,10 @@ def dry_run(config: ml_collections.ConfigDict, *, target: Target | None = None,
   per_device["gradients"] = per_device["params"]
   shards = math.prod(axis_sizes.get(a, 1) for a in config.batch_axes)
   local_batch = max(1, (config.microbatch_size or config.batch_size) // shards)
+  out(f"global batch {config.batch_size}, {_plural(shards, 'batch shard')}, local batch "
+      f"{config.batch_size // shards}" + (f", micro-batch {config.microbatch_size} "
+                                          f"({local_batch} per shard)"
+                                          if config.microbatch_size else ""))
   per_device["activations"] = analytic_activation_bytes(shapes, local_batch, config.batch_size)
   activations_from = "analytic"
 
@@ -339,6 +351,8 @@ def dry_run(config: ml_collections.ConfigDict, *, target: Target | None = None,
   for name, leaf, spec in largest[:5]:
     out(f"  {name} {tuple(leaf.shape)} {leaf.dtype} {spec}")
 
+  if simulate and trainer is None:
+    out("not lowered: the config has problems (below); the per-device figures are analytic")
   if not simulate:
     out(f"not lowered: the target's {num_devices} devices are not simulated here "
         f"({len(devices)} devices; at most {MAX_SIMULATED_DEVICES} are simulated); the "
