@@ -166,8 +166,13 @@ def main(argv: list[str], values: dict[str, flags.FlagHolder]) -> None:
   except (ConfigError, FileNotFoundError, ValueError) as e:
     print(f"Error: {e}", file=sys.stderr)
     sys.exit(2)
-  print(f"Wrote {v['output']}: checkpoint {STEP} and config.json (logit scale "
-        f"t = {math.exp(config.loss.init_scale):.2f}).")
+  print(f"Wrote {v['output']}: checkpoint {STEP} and config.json (logits scaled by "
+        f"{math.exp(config.loss.init_scale):.2f}).")
+  tokenizer = config.data.tokenizer
+  if tokenizer.name != "clip_bpe" and not tokenizer.get("path"):
+    print(f"Before training or evaluating, set data.tokenizer.path in {v['output']}/config.json "
+          f"to the {tokenizer.name!r} tokenizer's file (for SigLIP: the model's spiece.model), "
+          "or convert again with --tokenizer_path.")
 
 
 if __name__ == "__main__":

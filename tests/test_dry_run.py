@@ -82,7 +82,7 @@ def test_a_per_device_estimate_above_the_targets_memory_is_a_problem():
   config.batch_size = 16 * 32768  # ~200 GiB
   report = dry_run_lib.dry_run(config, target=target)
   assert not report.ok
-  assert "exceeds the 32 GiB of a TPU v4" in report.problems[0]
+  assert "exceeds the 32 GiB of one TPU v4" in report.problems[0]
 
 
 def test_cli_dry_run_needs_no_workdir():

@@ -386,7 +386,7 @@ def dry_run(config: ml_collections.ConfigDict, *, target: Target | None = None,
   if memory_gib is not None and total > memory_gib * GIB:
     kind = target.kind if target else devices[0].device_kind
     report.problems.append(
-        f"the per-device estimate {_gib(total)} exceeds the {memory_gib:g} GiB of a {kind}; "
+        f"the per-device estimate {_gib(total)} exceeds the {memory_gib:g} GiB of one {kind}; "
         "shard more (config.mesh fsdp, config.sharding_rules), set config.model.remat = True, "
         "or set config.microbatch_size")
   return report
