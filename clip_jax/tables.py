@@ -285,8 +285,10 @@ def run_table(table_path: str, workdir: str | None = None, out_dir: str = "docs/
   return md, png
 
 
-def main(argv: list[str]) -> None:
-  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+def main(argv: list[str], workdir: str | None, out_dir: str) -> None:
+  """The CLI: `argv` = [program, table config]; exits 0 once the table is written, 1 when a run
+  stopped early, 2 on a usage or config error."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
 
   logging.set_verbosity(logging.WARNING)
   if len(argv) != 2:
@@ -294,7 +296,7 @@ def main(argv: list[str]) -> None:
           "[--out_dir docs/tables]", file=sys.stderr)
     sys.exit(2)
   try:
-    done = run_table(argv[1], flags.FLAGS.workdir, flags.FLAGS.out_dir)
+    done = run_table(argv[1], workdir, out_dir)
   except ConfigError as e:
     print(f"Config error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -304,7 +306,12 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
   from absl import app, flags  # pylint: disable=g-import-not-at-top
 
-  flags.DEFINE_string("workdir", None, "Parent of the runs' workdirs (default "
-                      "/tmp/tables/<name>); a rerun skips finished runs and resumes the rest.")
-  flags.DEFINE_string("out_dir", "docs/tables", "Where <name>.md and <name>.png are written.")
-  app.run(main)
+  # Through the imported module: table configs build clip_jax.tables.Table, not __main__.Table.
+  from clip_jax import tables  # pylint: disable=g-import-not-at-top
+
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Parent of the runs' workdirs (default "
+                                 "/tmp/tables/<name>); a rerun skips finished runs and resumes "
+                                 "the rest.")
+  _OUT_DIR = flags.DEFINE_string("out_dir", "docs/tables",
+                                 "Where <name>.md and <name>.png are written.")
+  app.run(lambda argv: tables.main(argv, _WORKDIR.value, _OUT_DIR.value))
