@@ -58,11 +58,17 @@ def test_table_written_rerun_skips_and_interrupted_run_resumes(tmp_path, monkeyp
   del record["metrics"]
   open(os.path.join(work, "seed_1", tables.RECORD), "w").write(json.dumps(record))
   os.remove(md)
+  metrics_path = os.path.join(work, "seed_1", "metrics.jsonl")
+  lines = open(metrics_path).read().splitlines()
+  assert json.loads(lines[0])["step"] == 1
+  open(metrics_path, "w").write("\n".join([json.dumps({"step": 1, "loss": 123.0})] + lines[1:])
+                                + "\n")
   trained.clear()
   tables.run_table(str(table), work, out, command="CMD")
   assert trained == ["seed_1"] and os.path.exists(md)
-  steps = [json.loads(line)["step"] for line in open(os.path.join(work, "seed_1",
-                                                                   "metrics.jsonl"))]
+  records = [json.loads(line) for line in open(metrics_path)]
+  assert records[0] == {"step": 1, "loss": 123.0}  # kept: the run went on from step 4
+  steps = [r["step"] for r in records]
   assert steps == sorted(steps) and len(steps) == len(set(steps)) + 1  # step 8: train + eval
   # Resumed from step 4 exactly: the same final metrics as the uninterrupted run.
   assert json.load(open(os.path.join(work, "seed_1", "final_metrics.json"))) == pytest.approx(
