@@ -213,6 +213,13 @@ def machine() -> str:
           f"{devices[0].platform} device{'s' if len(devices) > 1 else ''}")
 
 
+def _shown(path: str) -> str:
+  """A config path as the markdown shows it: relative to the current directory when inside it
+  (configs/demo/emoji.py, not /home/me/clip_jax/configs/tables/../demo/emoji.py)."""
+  relative = os.path.relpath(os.path.normpath(path))
+  return path if relative.startswith("..") else relative
+
+
 def _format(value: float | None) -> str:
   return "–" if value is None else f"{value:.3f}"
 
@@ -238,7 +245,7 @@ def markdown(table: Table, records: dict[str, dict[str, Any]], *, command: str, 
             "overrides):", ""]
   for run in table.runs:
     flags = " ".join(shlex.quote(f"--config.{k}={v}") for k, v in run.overrides.items())
-    lines.append(f"- {run.label}: `--config {run.config} {flags}`")
+    lines.append(f"- {run.label}: `--config {_shown(run.config)} {flags}`")
   return "\n".join(lines) + "\n"
 
 

@@ -49,7 +49,7 @@ def test_table_written_rerun_skips_and_interrupted_run_resumes(tmp_path, monkeyp
            for r in ("seed_0", "seed_1")}
   assert "`CMD`" in text and "VERDICT seed 0, seed 1" in text and "![Tiny](tiny_table.png)" in text
   assert f"| seed 1 | {first['seed_1']['heldout/i2t_recall@1']:.3f} | " in text
-  assert "`--config " + TINY + " --config.total_steps=8" in text
+  assert "configs/tiny.py --config.total_steps=8 " in text
 
   # Run "seed 1" killed after its step-4 checkpoint; "seed 0" finished.
   os.remove(os.path.join(work, "seed_1", "final_metrics.json"))
