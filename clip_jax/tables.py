@@ -113,6 +113,12 @@ def load_table(path: str) -> Table:
 
 
 def _set(config: ml_collections.ConfigDict, path: str, value: Any, where: str) -> None:
+  """Sets the dotted field `path` of `config` to `value`; errors start with `where`.
+
+  Raises:
+    ConfigError: a section or the field is missing, or the value has another type than the
+      field's.
+  """
   node = config
   *sections, field = path.split(".")
   for key in sections:
@@ -122,8 +128,11 @@ def _set(config: ml_collections.ConfigDict, path: str, value: Any, where: str) -
   if field not in node:
     raise ConfigError(f"{where}: override {path!r} is not a field of the config; see "
                       "the config file for the known fields")
-  with config.unlocked():
-    node[field] = value
+  try:
+    with config.unlocked():
+      node[field] = value
+  except TypeError as e:
+    raise ConfigError(f"{where}: override {path}={value!r}: {e}") from None
 
 
 def run_config(run: Run) -> ml_collections.ConfigDict:
