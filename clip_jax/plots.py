@@ -124,8 +124,12 @@ def plot_metrics(metrics_path: str, out_path: str) -> str:
               **style(ax, len(steps)))
     ax.set_title(f"eval: {group}")
     ax.legend(fontsize="small", loc="best")
-  fig.tight_layout()
+  return _save(fig, out_path)
 
+
+def _save(fig: Any, out_path: str) -> str:
+  """Lays out `fig` and writes it as a PNG to `out_path` (`fs.write_atomic`); returns out_path."""
+  fig.tight_layout()
   png = io.BytesIO()
   fig.savefig(png, format="png", dpi=100)
   fs.makedirs(fs.dirname(fs.resolve(out_path)))
@@ -189,9 +193,4 @@ def plot_table(rows: Sequence[tuple[str, str, float | None, Mapping[str, float]]
     ax.legend(fontsize="small", loc="best")
   if title:
     fig.suptitle(title)
-  fig.tight_layout()
-  png = io.BytesIO()
-  fig.savefig(png, format="png", dpi=100)
-  fs.makedirs(fs.dirname(fs.resolve(out_path)))
-  fs.write_atomic(out_path, png.getvalue())
-  return out_path
+  return _save(fig, out_path)

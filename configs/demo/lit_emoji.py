@@ -42,17 +42,5 @@ def get_config(variant: str = "lit") -> ml_collections.ConfigDict:
   config.ckpt_every_steps = 100
   config.optim.warmup_steps = 30
 
-  config.data.tokenizer = ml_collections.ConfigDict(dict(
-      name="tokenizer_json",
-      path=str(sentence_transformers.model_dir(PRETRAINED) / "tokenizer.json")))
-  arch = sentence_transformers.architecture(PRETRAINED)
-  config.model.embed_dim = arch.width
-  config.model.towers.text.vocab_size = arch.vocab_size
-  if variant == "lit":
-    config.model.towers.text = ml_collections.ConfigDict(dict(
-        name="bert", variant="MiniLM-L6", vocab_size=arch.vocab_size,
-        context_length=arch.context_length, pooling=arch.pooling))
-    config.init_from = f"sentence_transformers:{PRETRAINED}"
-    config.init_from_rules = ((r"^model/text/", "load"), (r".*", "init"))
-    config.optim.freeze = (r"^model/text/.*",)
+  sentence_transformers.lit_text_side(config, PRETRAINED, locked=variant == "lit")
   return config
