@@ -1,12 +1,13 @@
 """PNG plots of a run's metrics.jsonl: training loss and learning rate, and each eval's metrics,
-against step (`plot_metrics`). Paths may be local or on object storage, through `clip_jax.fs`.
+against step (`plot_metrics`); a mini paper table's runs side by side (`plot_table`, for
+`clip_jax.tables`). Paths may be local or on object storage, through `clip_jax.fs`.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -123,10 +124,73 @@ def plot_metrics(metrics_path: str, out_path: str) -> str:
               **style(ax, len(steps)))
     ax.set_title(f"eval: {group}")
     ax.legend(fontsize="small", loc="best")
-  fig.tight_layout()
+  return _save(fig, out_path)
 
+
+def _save(fig: Any, out_path: str) -> str:
+  """Lays out `fig` and writes it as a PNG to `out_path` (`fs.write_atomic`); returns out_path."""
+  fig.tight_layout()
   png = io.BytesIO()
   fig.savefig(png, format="png", dpi=100)
   fs.makedirs(fs.dirname(fs.resolve(out_path)))
   fs.write_atomic(out_path, png.getvalue())
   return out_path
+
+
+def plot_table(rows: Sequence[tuple[str, str, float | None, Mapping[str, float]]],
+               columns: Sequence[tuple[str, str]], out_path: str, *, title: str = "",
+               x_label: str = "") -> str:
+  """Plots a mini paper table (`clip_jax.tables`) to a PNG.
+
+  When every row has an x value: one panel per column, one line per series over x (log-scale
+  x, the x values as ticks). Otherwise one panel of grouped bars: a group per column, a bar per
+  row.
+
+  Args:
+    rows: (label, series, x or None, {metric key: value}) per run, in table order.
+    columns: (metric key, header) of the values to draw; a row lacking a key draws no point.
+    out_path: the PNG to write (local or object storage, written atomically).
+    title: the figure's title.
+    x_label: the x axis's name (plots over x).
+
+  Returns:
+    out_path.
+  """
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+  over_x = bool(rows) and all(x is not None for _, _, x, _ in rows)
+  if over_x:
+    ncols = min(4, max(1, len(columns)))
+    nrows = math.ceil(len(columns) / ncols)
+    fig = Figure(figsize=(4.0 * ncols, 3.2 * nrows + 0.6))
+    FigureCanvasAgg(fig)
+    series = list(dict.fromkeys(s for _, s, _, _ in rows))
+    xs = sorted({x for _, _, x, _ in rows})
+    for i, (key, header) in enumerate(columns):
+      ax = fig.add_subplot(nrows, ncols, i + 1)
+      for j, name in enumerate(series):
+        pts = sorted((x, m[key]) for _, s, x, m in rows if s == name and key in m)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=4,
+                color=f"C{j % 10}", label=name)
+      ax.set_xscale("log", base=2)
+      ax.set_xticks(xs, [f"{x:g}" for x in xs])
+      ax.set_xlabel(x_label)
+      ax.set_title(header, fontsize="medium")
+      ax.grid(True, alpha=0.3)
+      ax.legend(fontsize="small", loc="best")
+  else:
+    fig = Figure(figsize=(max(6.0, 1.2 * len(columns) * max(1, len(rows)) / 2 + 2), 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / max(1, len(rows))
+    for j, (label, _, _, m) in enumerate(rows):
+      positions = [i + (j - (len(rows) - 1) / 2) * width for i in range(len(columns))]
+      ax.bar(positions, [m.get(key, np.nan) for key, _ in columns], width, label=label,
+             color=f"C{j % 10}")
+    ax.set_xticks(range(len(columns)), [h for _, h in columns], fontsize="small")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+  if title:
+    fig.suptitle(title)
+  return _save(fig, out_path)

@@ -47,3 +47,13 @@ def test_plot_metrics_partial_files(tmp_path, lines):
   path.write_text("".join(json.dumps(r) + "\n" for r in lines))
   _check_png(plot_metrics(str(path), str(tmp_path / "out.png")))
   assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl", "out.png"]
+
+
+@pytest.mark.parametrize("over_x", [True, False], ids=["lines over x", "bars"])
+def test_plot_table(tmp_path, over_x):
+  rows = [(f"{s}, {x}", s, x if over_x else None, {"r@1": x / 1000, "gap": 0.5})
+          for s in ("sigmoid", "softmax") for x in (32, 256, 1024)]
+  rows[0] = rows[0][:3] + ({"gap": 0.4},)  # a missing metric draws no point
+  out = plots.plot_table(rows, [("r@1", "R@1"), ("gap", "modality gap")],
+                         str(tmp_path / "t" / "table.png"), title="T", x_label="batch size")
+  _check_png(out)

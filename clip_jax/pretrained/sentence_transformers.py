@@ -116,6 +116,33 @@ def model_dir(name: str = "all-MiniLM-L6-v2") -> Path:
   return Path(spec.submodule_search_locations[0]) / "model"
 
 
+def lit_text_side(config: ml_collections.ConfigDict, name: str = "all-MiniLM-L6-v2", *,
+                  locked: bool = True) -> ml_collections.ConfigDict:
+  """Sets up a training config to pair its image tower with sentence-transformers model `name`
+  (LiT with the text side locked); returns `config`, changed in place.
+
+  Always: the captions are tokenized with the model's tokenizer.json (`config.data.tokenizer`)
+  and the shared space has the model's width (`config.model.embed_dim`). With `locked`, the text
+  tower becomes the model's "bert" tower, initialised from its weights (`init_from`, only
+  model/text/... loaded, the rest fresh) and frozen (`config.optim.freeze`). Without, the
+  config's own text tower stays, trained from scratch, its `vocab_size` set to the tokenizer's.
+
+  Raises:
+    ConfigError: `name` is unknown or its package is not installed.
+  """
+  arch = architecture(name)
+  config.data.tokenizer = ml_collections.ConfigDict(dict(
+      name="tokenizer_json", path=str(model_dir(name) / "tokenizer.json")))
+  config.model.embed_dim = arch.width
+  config.model.towers.text.vocab_size = arch.vocab_size
+  if locked:
+    config.model.towers.text = arch.model_config().towers.text
+    config.init_from = f"sentence_transformers:{name}"
+    config.init_from_rules = ((r"^model/text/", "load"), (r".*", "init"))
+    config.optim.freeze = (r"^model/text/.*",)
+  return config
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """The float32 arrays of a model folder's `model.safetensors` (or of that file given itself),
   read with the `safetensors` package's numpy API; a "bert." key prefix is removed.

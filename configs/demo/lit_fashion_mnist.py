@@ -53,23 +53,10 @@ def get_config(variant: str = "lit") -> ml_collections.ConfigDict:
 
   config.data.heldout_classes = HELDOUT_CLASSES
   config.data.max_len = 16
-  config.data.tokenizer = ml_collections.ConfigDict(dict(
-      name="tokenizer_json",
-      path=str(sentence_transformers.model_dir(PRETRAINED) / "tokenizer.json")))
-
-  arch = sentence_transformers.architecture(PRETRAINED)
-  config.model.embed_dim = arch.width
   # ":scratch" keeps the Fashion-MNIST demo's small text transformer (width 96, 2 layers), on
   # MiniLM's tokenizer: a MiniLM-sized BERT trained from scratch at this budget collapses (every
   # text the same embedding, loss flat from step 30).
-  config.model.towers.text.vocab_size = arch.vocab_size
-  if variant == "lit":
-    config.model.towers.text = ml_collections.ConfigDict(dict(
-        name="bert", variant="MiniLM-L6", vocab_size=arch.vocab_size,
-        context_length=arch.context_length, pooling=arch.pooling))
-    config.init_from = f"sentence_transformers:{PRETRAINED}"
-    config.init_from_rules = ((r"^model/text/", "load"), (r".*", "init"))
-    config.optim.freeze = (r"^model/text/.*",)
+  sentence_transformers.lit_text_side(config, PRETRAINED, locked=variant == "lit")
 
   config.evals = ml_collections.ConfigDict()
   config.evals.unseen_classes = ml_collections.ConfigDict(dict(
