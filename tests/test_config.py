@@ -29,8 +29,10 @@ def documented_specs(path):
   """`path`, plus "path:arg" for every variant `<file name>:arg` that the file's text mentions
   (an arg may be key=value pairs: "csv.py:path=data/train.csv,eval_path=data/val.csv")."""
   with open(path) as f:
-    args = re.findall(rf"\b{re.escape(os.path.basename(path))}:(\w[\w=.,/{{}}*-]*)", f.read())
-  return [path] + [f"{path}:{arg}" for arg in sorted(set(args))]
+    args = re.findall(rf"\b{re.escape(os.path.basename(path))}:([^\s\"'`)\]]+)", f.read())
+  # Not the placeholders of a command line ("$DATA") or of a docstring's pattern ("{variant}:").
+  return [path] + [f"{path}:{arg}" for arg in sorted(set(args))
+                   if "$" not in arg and not arg.startswith("{")]
 
 
 # configs/tables/ holds table configs (clip_jax.tables), checked in tests/test_tables.py.
@@ -47,10 +49,8 @@ def test_config_files_and_variants_are_found():
 
 
 @pytest.mark.parametrize("spec", CONFIG_SPECS, ids=lambda s: os.path.relpath(s, ROOT))
-def test_every_config_file_validates_on_8_devices(spec, request):
-  config = with_defaults(load_config_file(spec))
-  if config.data.tokenizer.name == "clip_bpe":  # CLIP's merges file from the open_clip wheel
-    config.data.tokenizer.merges_path = request.getfixturevalue("clip_merges_path")
+def test_every_config_file_validates_on_8_devices(spec, with_tokenizer_files):
+  config = with_tokenizer_files(with_defaults(load_config_file(spec)))
   validate_config(config, num_devices=8)
   if ":" in spec:  # the variant argument really reaches get_config()
     assert config != with_defaults(load_config_file(spec.split(":")[0]))

