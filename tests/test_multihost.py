@@ -1,6 +1,6 @@
-"""Multi-host: 2 local processes (2 CPU devices each) joined through a coordinator on 127.0.0.1
-train exactly like one process with 4 devices (same global batches, same losses), and evaluate a
-checkpoint to the same metrics."""
+"""Multi-host: 2 local processes (2 CPU devices each; started by launch/local_processes.sh for
+training) joined through a coordinator on 127.0.0.1 train exactly like one process with 4
+devices (same global batches, same losses), and evaluate a checkpoint to the same metrics."""
 
 import json
 import os
@@ -60,10 +60,15 @@ def single(tmp_path_factory):
 
 
 def test_two_processes_match_one_process(single, tmp_path):
+  # Started as a user starts a multi-host run without a cluster: launch/local_processes.sh.
   multi = tmp_path / "multi"
-  outputs = _two_processes("clip_jax.train", "--workdir", str(multi), *ARGS)
-  assert "process 0 of 2: 2 local / 4 global devices" in outputs[0][0]
-  assert "process 1 of 2: 2 local / 4 global devices" in outputs[1][0]
+  env = dict(_env(2), PORT=str(_free_port()), DEVICES_PER_PROCESS="2",
+             PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
+  proc = subprocess.run(["bash", "launch/local_processes.sh", "2", TINY, str(multi), *ARGS[2:]],
+                        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "process 0 of 2: 2 local / 4 global devices" in proc.stdout
+  assert "process 1 of 2: 2 local / 4 global devices" in proc.stdout
 
   single_losses, multi_losses = _losses(single), _losses(multi)
   assert len(single_losses) == len(multi_losses) == 6
