@@ -156,8 +156,10 @@ def run_config(run: Run) -> ml_collections.ConfigDict:
 
 
 def _spec(run: Run) -> dict[str, Any]:
-  """What identifies a run's results: its config file and overrides (JSON-able)."""
-  return {"config": run.config, "overrides": {k: repr(v) for k, v in run.overrides.items()}}
+  """What identifies a run's results: its config file (as `_shown`: relative to the current
+  directory, so another clone run from its root matches) and overrides (JSON-able)."""
+  return {"config": _shown(run.config),
+          "overrides": {k: repr(v) for k, v in run.overrides.items()}}
 
 
 def train_run(run: Run, run_dir: str) -> dict[str, Any] | None:
@@ -239,10 +241,12 @@ def markdown(table: Table, records: dict[str, dict[str, Any]], *, command: str, 
   per run, its columns and wall time), the verdict, the plot and each run's overrides."""
   metrics = {label: r["metrics"] for label, r in records.items()}
   total = sum(r["wall_s"] for r in records.values())
+  seeds = sorted({run_config(run).seed for run in table.runs})
   lines = [f"# {table.title}", "", table.claim, "",
-           f"Made with `{command}` on {date}; machine: {machine_line}. Sweep wall time "
-           f"{total / 60:.1f} min (each run's time includes start-up, compilation and "
-           "evaluation).", "", table.setup, "",
+           f"Made with `{command}` on {date}; machine: {machine_line}. Training time of the "
+           f"runs, summed: {total / 60:.1f} min (each run's time includes start-up, compilation "
+           f"and evaluation). One run per row, seed {', '.join(map(str, seeds))} "
+           "(`config.seed`).", "", table.setup, "",
            "| run | " + " | ".join(h for _, h in table.columns) + " | wall time |",
            "|---|" + "---|" * (len(table.columns) + 1)]
   for run in table.runs:

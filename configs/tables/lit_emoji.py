@@ -32,9 +32,14 @@ def verdict(results: dict[str, dict[str, float]]) -> str:
   category = {label: results[label]["heldout_categories/top1"] for label in (LOCKED, SCRATCH)}
   cat = category[LOCKED] - category[SCRATCH]
   listed = ", ".join(f"{k.split('/')[1]} {v:+.3f}" for k, v in diff.items())
+  widest = max(diff, key=lambda k: abs(diff[k]))
+  spread = (f"; the four disagree, {widest.split('/')[1]} alone {diff[widest]:+.3f}"
+            if abs(diff[widest]) > NOISE and _says(diff[widest], "", "") != _says(mean, "", "")
+            else "")
   return (f"**Verdict.** Locked minus scratch on the held-out emoji: {listed} (mean "
-          f"{mean:+.3f}). On retrieval of the unseen emoji by their names the direction of the "
-          f"claim {_says(mean, 'the locked tower is ahead', 'the scratch tower is ahead')}. "
+          f"{mean:+.3f}). On retrieval of the unseen emoji by their names, judged by that mean, "
+          f"the direction of the claim "
+          f"{_says(mean, 'the locked tower is ahead', 'the scratch tower is ahead')}{spread}. "
           f"On naming their 9 categories zero-shot (6 prompt templates, \"a {{}} emoji.\" and "
           f"others, with the category names) it {_says(cat, 'the locked tower is ahead', 'the scratch tower is ahead')}: "
           f"top-1 {category[LOCKED]:.3f} against {category[SCRATCH]:.3f} (chance 0.11). A "
