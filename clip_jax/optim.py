@@ -62,7 +62,9 @@ def make_schedule(fields: OptimFields, total_steps: int) -> optax.Schedule:
   """Linear warmup then cosine decay (see the module docstring)."""
   if fields.warmup_steps > total_steps:
     raise ConfigError(f"config.optim.warmup_steps = {fields.warmup_steps} must be in "
-                      f"[0, total_steps={total_steps}]")
+                      f"[0, total_steps={total_steps}]; set --config.optim.warmup_steps to at "
+                      f"most {total_steps} (a tenth of the steps is usual) or raise "
+                      "config.total_steps")
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=fields.learning_rate, warmup_steps=fields.warmup_steps,
       decay_steps=max(total_steps, fields.warmup_steps + 1),

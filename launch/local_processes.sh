@@ -3,12 +3,14 @@
 # coordinator on 127.0.0.1: a multi-host run without a cluster (for testing).
 #
 #   launch/local_processes.sh [--print] NUM_PROCESSES CONFIG WORKDIR [overrides...]
-#   launch/local_processes.sh 2 configs/demo/emoji.py /tmp/mh --config.total_steps=20
+#   launch/local_processes.sh 2 configs/demo/emoji.py /tmp/mh --config.total_steps=20 \
+#       --config.optim.warmup_steps=2
 #
 # --print writes the commands instead of running them: one line per process (its environment,
-# coordinator and process id; ending in &), then `wait`. Pasted into bash, they do what the
-# script does. PORT (default: random in 20000-39999) and DEVICES_PER_PROCESS (default 2) are read
-# from the environment.
+# coordinator and process id; ending in &), then a line that waits for each and exits with the
+# status of the last one that failed. Pasted into bash, they do what the script does.
+# PORT (default: random in 20000-39999) and DEVICES_PER_PROCESS (default 2) are read from the
+# environment.
 set -euo pipefail
 PRINT=0
 if [[ ${1:-} == --print ]]; then PRINT=1; shift; fi
@@ -32,7 +34,7 @@ for ((i = 0; i < N; i++)); do
   fi
 done
 if ((PRINT)); then
-  echo wait
+  echo 's=0; for p in $(jobs -p); do wait "$p" || s=$?; done; (exit $s)'
   exit 0
 fi
 status=0

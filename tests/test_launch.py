@@ -24,7 +24,8 @@ ENV_KEYS = ("JAX_PLATFORMS", "XLA_FLAGS", "XLA_PYTHON_CLIENT_MEM_FRACTION")
 RECORD = ("#!/usr/bin/env python3\nimport json, os, sys\n"
           "with open(os.path.join(os.environ['ARGS_DIR'], 'calls'), 'a') as f:\n"
           f"  f.write(json.dumps([sys.argv[1:], {{k: os.environ.get(k) for k in {ENV_KEYS!r}}}])"
-          " + '\\n')\n")
+          " + '\\n')\n"
+          "sys.exit(int(os.environ.get('STUB_EXIT', '0')))\n")
 TRAIN = ["-m", "clip_jax.train"]
 SLURM_ENV = dict(SLURM_JOB_ID="1234", SLURM_JOB_NODELIST="gpu[003-004,010]",
                  SLURM_JOB_NUM_NODES="3")
@@ -137,6 +138,11 @@ def test_local_processes_pass_overrides_unsplit_and_print_the_same(tmp_path):
   assert sorted(_recorded(tmp_path)) == expected
   printed = _run(["bash", "launch/local_processes.sh", "--print", *args], env)
   assert _recorded(tmp_path) == []
-  assert printed.splitlines()[-1] == "wait" and len(printed.splitlines()) == 3
+  assert len(printed.splitlines()) == 3
   _run(["bash", "-c", printed], env)
   assert sorted(_recorded(tmp_path)) == expected
+  # A failed process fails the script, and the printed commands, run by a shell, alike.
+  for command in (["bash", "launch/local_processes.sh", *args], ["bash", "-c", printed]):
+    proc = subprocess.run(command, cwd=ROOT, env=dict(env, STUB_EXIT="3"), capture_output=True,
+                          timeout=60)
+    assert proc.returncode == 3, command[:2]
