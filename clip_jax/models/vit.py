@@ -1,6 +1,6 @@
 """Vision Transformer tower ("vit"): Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words".
 
-images [B, H, W, C] -> patch embeddings [B, N, D] (N = H*W / patch_size**2) -> + learned position
+images [B, H, W, C] -> patch embeddings [B, N, D] (N = (H // p) * (W // p), p = patch_size) -> + position
 embeddings -> (optional LayerNorm, `pre_norm`) -> pre-LN transformer -> final LayerNorm -> pooling
 -> [B, D] float32.
 
@@ -63,7 +63,9 @@ class VisionTransformer(nnx.Module):
     inputs: the shape of the batch entry it reads, [B, H, W, C] (B is not used).
     variant: a named size "<size>/<patch>" (e.g. "B/16", "So400m/14"; sizes in VIT_SIZES), or
       None: then patch_size, width, depth and num_heads must be given.
-    patch_size: side of the square patches; must divide the image height and width.
+    patch_size: side of the square patches. A remainder of the image side is dropped (the last
+      H mod patch_size rows and W mod patch_size columns), as a stride-p convolution without
+      padding drops it: SigLIP So400m/14 at 384 px sees 27 x 27 patches of 378 x 378 px.
     width: D, the token width.
     depth: number of transformer blocks.
     num_heads: attention heads; must divide `width`.
@@ -116,16 +118,16 @@ class VisionTransformer(nnx.Module):
   @classmethod
   def check_inputs(cls, kwargs: dict[str, Any], field: str, inputs: jax.ShapeDtypeStruct) -> None:
     """Raises ConfigError (naming `<field>.<attribute>`) for inputs that are not [B, H, W, C]
-    with H and W divisible by the patch size."""
+    with H and W at least the patch size."""
     shape = resolve_size(kwargs, VIT_SIZES, field, with_patch=True)
     if len(inputs.shape) != 4:
       raise ConfigError(f"{field}: the vit tower expects [B, H, W, C] inputs, got shape "
                         f"{tuple(inputs.shape)}")
     _, height, width_px, _ = inputs.shape
     p = shape["patch_size"]
-    if height % p or width_px % p:
+    if height < p or width_px < p:
       raise ConfigError(
-          f"{field}.patch_size = {p} must divide the input size {height}x{width_px} "
+          f"{field}.patch_size = {p} is larger than the input size {height}x{width_px} "
           "(config.data.image_size for images)")
 
   def __call__(self, images: Array, *, rngs: nnx.Rngs | None = None) -> Array:
@@ -140,6 +142,7 @@ class VisionTransformer(nnx.Module):
     batch, height, width_px, channels = images.shape
     p = self.patch_size
     rows, cols = height // p, width_px // p
+    images = images[:, :rows * p, :cols * p]  # the remainder dropped (a no-op when p divides)
     patches = layers.reshape_keep_batch(images.astype(self.dtype),
                                         (batch, rows, p, cols, p, channels))
     patches = jnp.transpose(patches, (0, 1, 3, 2, 4, 5))  # [B, rows, cols, p, p, C]

@@ -27,9 +27,17 @@ def test_registered_names():
   assert {"vit", "text_transformer"} <= set(TOWERS.names())
 
 
-def test_vit_rejects_image_size_not_divisible_by_patch(tiny):
-  with pytest.raises(ConfigError, match=r"patch_size = 5 .*16x16.*config\.data\.image_size"):
-    _tower(tiny.image_tower(patch_size=5), (1, 16, 16, 3))
+def test_vit_drops_the_remainder_of_a_side_the_patch_does_not_divide(tiny):
+  # As a stride-p convolution without padding (HF's and big_vision's patch embedding; SigLIP
+  # So400m/14 at 384 px): 18 x 19 px with 4 px patches sees the top-left 16 x 16.
+  tower = _tower(tiny.image_tower(patch_size=4), (2, 18, 19, 3))
+  assert tower.pos_embedding[...].shape[0] == 4 * 4 + (tower.pooling == "cls")
+  images = np.random.default_rng(0).normal(size=(2, 18, 19, 3)).astype(np.float32)
+  cropped = _tower(tiny.image_tower(patch_size=4), (2, 16, 16, 3))
+  nnx.update(cropped, nnx.state(tower))
+  np.testing.assert_array_equal(tower(images), cropped(images[:, :16, :16]))
+  with pytest.raises(ConfigError, match=r"patch_size = 5 is larger than .*4x16.*image_size"):
+    _tower(tiny.image_tower(patch_size=5), (1, 4, 16, 3))
 
 
 @pytest.mark.parametrize("causal", [True, False])
