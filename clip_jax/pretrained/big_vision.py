@@ -106,7 +106,9 @@ def _shape(state: Mapping[str, np.ndarray], key: str, ndim: int) -> tuple[int, .
 
 def architecture_of(state: Mapping[str, np.ndarray]) -> hf.SiglipArchitecture:
   """The architecture a big_vision SigLIP checkpoint's shapes give (widths, depths, heads, MLP
-  sizes, patch and image size, text positions and vocabulary).
+  sizes, patch and image size, text positions and vocabulary). The image size is the patch grid
+  times the patch: a model trained at a size the patch does not divide reads as the size its
+  patches cover (So400m/14 at 384 px as 378; load a release by its name to get 384).
 
   Raises:
     ValueError naming a key that is missing or has another number of axes, or the sizes
