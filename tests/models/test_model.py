@@ -239,9 +239,10 @@ def test_a_tower_schema_must_extend_tower_fields():
 
 def test_input_shape_errors_at_init_name_the_field(tiny, batch):
   config = tiny.model_config()
-  config.towers.image.patch_size = 5
+  config.towers.image.patch_size = 2 * batch["image"].shape[1]  # larger than the image
   spec = parse_model_config(config)  # valid on its own: the image size is only known at build
-  with pytest.raises(ConfigError, match=r"config\.model\.towers\.image\.patch_size = 5"):
+  with pytest.raises(ConfigError, match=r"config\.model\.towers\.image\.patch_size = \d+ is "
+                                        r"larger than the input size"):
     MultiTower(spec, batch, rngs=nnx.Rngs(0))
 
   config = tiny.model_config()
