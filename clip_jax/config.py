@@ -15,7 +15,8 @@ import json
 import math
 import os
 import re
-from typing import Any
+import types
+from typing import Any, Sequence
 
 import ml_collections
 
@@ -69,6 +70,22 @@ class RunFields:
 RETIRED_FIELDS = ("debug_nan_steps", "debug_signal")
 
 
+def load_config_module(path: str) -> types.ModuleType:
+  """The Python module of config file `path`, executed (for config files that build on another's
+  functions, e.g. `load_config_module(os.path.join(os.path.dirname(__file__), "emoji.py"))`).
+
+  Raises:
+    ConfigError: the file does not exist.
+  """
+  if not os.path.exists(path):
+    raise ConfigError(f"--config {path!r}: no such file")
+  name = "_clip_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def load_config_file(path: str) -> ml_collections.ConfigDict:
   """Loads `get_config()` from a Python file (for tools and tests; the CLI uses absl flags).
 
@@ -78,14 +95,29 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     ConfigError: the file does not exist or has no get_config().
   """
   file_path, has_arg, arg = path.partition(":")
-  if not os.path.exists(file_path):
-    raise ConfigError(f"--config {file_path!r}: no such file")
-  spec = importlib.util.spec_from_file_location("_clip_jax_config", file_path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = load_config_module(file_path)
   if not hasattr(module, "get_config"):
     raise ConfigError(f"--config {file_path!r} has no get_config() function")
   return module.get_config(arg) if has_arg else module.get_config()
+
+
+def config_arg_pairs(arg: str) -> list[str]:
+  """The "key=value" pairs of a config file's ":arg": a new pair starts only at a comma followed
+  by "<name>=", so a comma inside a value (a brace pattern "shard-{a,b}.tar") stays in it."""
+  return [pair for pair in re.split(r",(?=[A-Za-z_]\w*=)", arg) if pair]
+
+
+def split_config_arg(arg: str, keys: Sequence[str]) -> tuple[dict[str, str], str]:
+  """({key: value} of the ":arg" pairs whose key is one of `keys` (a config file's own
+  arguments, e.g. "data"), the other pairs as an arg for `apply_config_arg`)."""
+  own, rest = {}, []
+  for pair in config_arg_pairs(arg):
+    key, _, value = pair.partition("=")
+    if key in keys:
+      own[key] = value
+    else:
+      rest.append(pair)
+  return own, ",".join(rest)
 
 
 def apply_config_arg(config: ml_collections.ConfigDict, arg: str,
@@ -102,7 +134,7 @@ def apply_config_arg(config: ml_collections.ConfigDict, arg: str,
     ConfigError: naming `file` and the key: an unknown key (listing the known ones), a pair
       without "=", or a value of the wrong type.
   """
-  for pair in (p for p in re.split(r",(?=[A-Za-z_]\w*=)", arg) if p):
+  for pair in config_arg_pairs(arg):
     key, eq, raw = pair.partition("=")
     section = config.data if key in config.data else config
     if not eq or key not in section or isinstance(section[key], ml_collections.ConfigDict):

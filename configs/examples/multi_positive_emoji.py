@@ -13,24 +13,17 @@ batch of 256 rows holds 128 emoji.
       --config.total_steps=20
 """
 
-import importlib.util
 import math
 import os
 
 import ml_collections
 
-
-def _load_demo(name: str):
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo",
-                      f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"_clip_jax_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from clip_jax.config import load_config_file
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = _load_demo("emoji").get_config()  # configs/demo/emoji.py: data, model, optim, evals
+  # configs/demo/emoji.py: data, model, optim, evals
+  config = load_config_file(os.path.join(os.path.dirname(__file__), "..", "demo", "emoji.py"))
   config.data.captions_per_example = 2  # config.batch_size must be a multiple
   # Warm up for a tenth of the run, also when --config.total_steps changes it.
   config.optim.warmup_steps = config.get_ref("total_steps") // 10

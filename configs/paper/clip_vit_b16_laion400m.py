@@ -10,22 +10,14 @@ configs/paper/clip_vit_b32_laion400m.py. Parameters: 149,620,737 (open_clip's co
       --config configs/paper/clip_vit_b16_laion400m.py
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
-
-def recipe():
-  """The module of configs/paper/clip_vit_b32_laion400m.py (`clip_config`, `finish`, `EPOCH`)."""
-  path = os.path.join(os.path.dirname(__file__), "clip_vit_b32_laion400m.py")
-  spec = importlib.util.spec_from_file_location("_clip_vit_b32_laion400m", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from clip_jax.config import load_config_module
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  b32 = recipe()
+  b32 = load_config_module(os.path.join(os.path.dirname(__file__), "clip_vit_b32_laion400m.py"))
   config = b32.clip_config("ViT-B-16", 33_792, b32.EPOCHS * b32.EPOCH, remat=False)
   return b32.finish(config, arg, __file__)

@@ -32,28 +32,15 @@ ImageNet zero-shot (the 62.96 %) is measured on the trained checkpoint with
 """
 
 import math
-import re
 
 import ml_collections
 
-from clip_jax.config import apply_config_arg
+from clip_jax.config import apply_config_arg, split_config_arg
 from clip_jax.pretrained.open_clip import architecture
 
 EPOCH = 407_000_000  # LAION-400M pairs per epoch, as open_clip's runs count them
 EPOCHS = 32
 BATCH = 32_768
-
-
-def parse_arg(arg: str) -> tuple[dict[str, str], str]:
-  """({"data": ..., "eval_data": ...}, the rest of `arg` for `apply_config_arg`)."""
-  own, rest = {}, []
-  for pair in (p for p in re.split(r",(?=[A-Za-z_]\w*=)", arg) if p):  # as apply_config_arg
-    key, _, value = pair.partition("=")
-    if key in ("data", "eval_data"):
-      own[key] = value
-    else:
-      rest.append(pair)
-  return own, ",".join(rest)
 
 
 def clip_config(arch: str, batch_size: int, samples: int, remat: bool) -> ml_collections.ConfigDict:
@@ -91,8 +78,9 @@ def clip_config(arch: str, batch_size: int, samples: int, remat: bool) -> ml_col
 
 
 def finish(config: ml_collections.ConfigDict, arg: str, file: str) -> ml_collections.ConfigDict:
-  """Applies the ":" argument (`parse_arg`) and the evaluation it switches on."""
-  own, rest = parse_arg(arg)
+  """Applies the ":" argument (`data`, `eval_data`, then `apply_config_arg` for the rest) and
+  the evaluation it switches on."""
+  own, rest = split_config_arg(arg, ("data", "eval_data"))
   config.data.train_shards = own.get("data", config.data.train_shards)
   config.data.eval_shards = own.get("eval_data", config.data.eval_shards)
   apply_config_arg(config, rest, file)

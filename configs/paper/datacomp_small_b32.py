@@ -13,20 +13,18 @@ No clip_jax equivalent: DataComp's 38-dataset evaluation suite (evaluate ImageNe
 with their own configs) and the pool filtering itself (done before packing the shards).
 """
 
-import importlib.util
 import os
 
 import ml_collections
+
+from clip_jax.config import load_config_module
 
 BATCH = 4_096
 SAMPLES = 12_800_000
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  path = os.path.join(os.path.dirname(__file__), "clip_vit_b32_laion400m.py")
-  spec = importlib.util.spec_from_file_location("_clip_vit_b32_laion400m", path)
-  b32 = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(b32)
+  b32 = load_config_module(os.path.join(os.path.dirname(__file__), "clip_vit_b32_laion400m.py"))
   config = b32.clip_config("ViT-B-32", BATCH, SAMPLES, remat=False)
   config.optim.warmup_steps = 500
   config.eval_every_steps = 1_000

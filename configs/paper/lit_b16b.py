@@ -25,18 +25,16 @@ clip_jax always projects each tower (a bias-free Linear), so the image projectio
 here (as in the LiT paper's B16B row with `img_head`, 72.1 %).
 """
 
-import importlib.util
 import math
 import os
 
 import ml_collections
 
+from clip_jax.config import load_config_module
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  path = os.path.join(os.path.dirname(__file__), "siglip_b16_webli.py")
-  spec = importlib.util.spec_from_file_location("_siglip_b16_webli", path)
-  siglip = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(siglip)
+  siglip = load_config_module(os.path.join(os.path.dirname(__file__), "siglip_b16_webli.py"))
   config = siglip.siglip_config(16_384, 60_000 * 16_384)
   config.data.max_len = 16
   config.data.tokenizer = ml_collections.ConfigDict(dict(name="tokenizer_json", path=""))

@@ -24,11 +24,10 @@ math); Adafactor (used in the paper for large models; this B/16 uses AdamW).
 """
 
 import math
-import re
 
 import ml_collections
 
-from clip_jax.config import apply_config_arg
+from clip_jax.config import apply_config_arg, split_config_arg
 
 OWN_KEYS = ("data", "eval_data", "tokenizer")
 
@@ -69,18 +68,12 @@ def siglip_config(batch_size: int, examples: int) -> ml_collections.ConfigDict:
 def finish(config: ml_collections.ConfigDict, arg: str, file: str) -> ml_collections.ConfigDict:
   """Applies the ":" argument: `data`, `eval_data`, `tokenizer` (the tokenizer's file, set on
   whatever field its name reads: `path`), then `apply_config_arg` for the rest."""
-  own, rest = {}, []
-  for pair in (p for p in re.split(r",(?=[A-Za-z_]\w*=)", arg) if p):  # as apply_config_arg
-    key, _, value = pair.partition("=")
-    if key in OWN_KEYS:
-      own[key] = value
-    else:
-      rest.append(pair)
+  own, rest = split_config_arg(arg, OWN_KEYS)
   config.data.train_shards = own.get("data", config.data.train_shards)
   config.data.eval_shards = own.get("eval_data", config.data.eval_shards)
   if "tokenizer" in own:
     config.data.tokenizer.path = own["tokenizer"]
-  apply_config_arg(config, ",".join(rest), file)
+  apply_config_arg(config, rest, file)
   if config.data.eval_shards:
     config.evals.heldout = ml_collections.ConfigDict(dict(name="retrieval", split="heldout"))
   return config

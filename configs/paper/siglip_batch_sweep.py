@@ -18,11 +18,11 @@ shared initial temperature) with no bias. The paper's exact number of examples s
 is not verified in this repository.
 """
 
-import importlib.util
 import os
-import re
 
 import ml_collections
+
+from clip_jax.config import load_config_module, split_config_arg
 
 LOSSES = ("sigmoid", "softmax")
 BATCHES = (512, 1024, 2048, 4096, 8192, 16384, 32768)
@@ -30,17 +30,9 @@ EXAMPLES = 900_000_000
 
 
 def get_config(arg: str = "loss=sigmoid,batch=4096") -> ml_collections.ConfigDict:
-  path = os.path.join(os.path.dirname(__file__), "siglip_b16_webli.py")
-  spec = importlib.util.spec_from_file_location("_siglip_b16_webli", path)
-  siglip = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(siglip)
-  point, rest = {"loss": "sigmoid", "batch": "4096"}, []
-  for pair in (p for p in re.split(r",(?=[A-Za-z_]\w*=)", arg) if p):  # as apply_config_arg
-    key, _, value = pair.partition("=")
-    if key in point:
-      point[key] = value
-    else:
-      rest.append(pair)
+  siglip = load_config_module(os.path.join(os.path.dirname(__file__), "siglip_b16_webli.py"))
+  given, rest = split_config_arg(arg, ("loss", "batch"))
+  point = {"loss": "sigmoid", "batch": "4096", **given}
   if point["loss"] not in LOSSES or int(point["batch"]) not in BATCHES:
     from clip_jax.registry import ConfigError
     raise ConfigError(f"--config {__file__}:{arg}: loss must be one of {LOSSES} and batch one "
@@ -48,4 +40,4 @@ def get_config(arg: str = "loss=sigmoid,batch=4096") -> ml_collections.ConfigDic
   config = siglip.siglip_config(int(point["batch"]), EXAMPLES)
   if point["loss"] == "softmax":
     config.loss = ml_collections.ConfigDict(dict(name="softmax", init_scale=config.loss.init_scale))
-  return siglip.finish(config, ",".join(rest), __file__)
+  return siglip.finish(config, rest, __file__)

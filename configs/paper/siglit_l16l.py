@@ -15,17 +15,15 @@ are assumptions, not numbers read from the paper in this repository.
 No clip_jax equivalent: Adafactor, the paper's chunked sigmoid implementation (same math here).
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
+from clip_jax.config import load_config_module
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  path = os.path.join(os.path.dirname(__file__), "siglip_b16_webli.py")
-  spec = importlib.util.spec_from_file_location("_siglip_b16_webli", path)
-  siglip = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(siglip)
+  siglip = load_config_module(os.path.join(os.path.dirname(__file__), "siglip_b16_webli.py"))
   config = siglip.siglip_config(32_768, 3_000_000_000)
   config.model.embed_dim = 1024
   config.model.remat = True
