@@ -30,13 +30,14 @@ def transformers_lib(parity_missing):
   return transformers
 
 
-def _randomise(model) -> None:
-  """Every parameter of a torch model drawn at random around its initial value."""
+def _randomise(model, scale: float = 0.1) -> None:
+  """Every parameter of a torch model drawn at random around its initial value (normal noise of
+  std `scale` added)."""
   import torch
   generator = torch.Generator().manual_seed(0)
   with torch.no_grad():
     for param in model.parameters():
-      param.add_(0.1 * torch.randn(param.shape, generator=generator))
+      param.add_(scale * torch.randn(param.shape, generator=generator))
 
 
 def clip_rows(rng: np.random.Generator, lengths: tuple[int, ...], length: int = 77) -> np.ndarray:
@@ -48,11 +49,11 @@ def clip_rows(rng: np.random.Generator, lengths: tuple[int, ...], length: int = 
   return rows
 
 
-def _save_random(reference, path) -> dict:
-  """Draws the torch model's parameters at random, saves its state dict as a .safetensors file
-  at `path` and returns it."""
+def _save_random(reference, path, scale: float = 0.1) -> dict:
+  """Draws the torch model's parameters at random (`_randomise`), saves its state dict as a
+  .safetensors file at `path` and returns it."""
   from safetensors.torch import save_file
-  _randomise(reference)
+  _randomise(reference, scale)
   state_dict = {k: v.contiguous() for k, v in reference.state_dict().items()}
   save_file(state_dict, str(path))
   return state_dict
@@ -80,6 +81,17 @@ def _assert_same_embeddings(what: str, reference, model: pretrained.PretrainedMo
         f"text {np.abs(got_text - want_text).max():.2e}")
   np.testing.assert_allclose(got_image, want_image, rtol=0, atol=atol)
   np.testing.assert_allclose(got_text, want_text, rtol=0, atol=atol)
+
+
+def _assert_exact_export(exported: dict, state_dict: dict, model_class, config) -> None:
+  """`exported` (a converter's export) is the reference's `state_dict` exactly, and a fresh
+  `model_class(config)` loads it strictly."""
+  import torch
+  assert sorted(exported) == sorted(state_dict)
+  for key, value in state_dict.items():
+    np.testing.assert_array_equal(exported[key], value.numpy(), err_msg=key)
+  model_class(config).load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()},
+                                      strict=True)
 
 
 def _assert_same_params(a, b) -> None:
@@ -114,11 +126,7 @@ def test_clip_embeddings_match_transformers(transformers_lib, tmp_path, monkeypa
   # The export gives HF's state dict back exactly (the key biases included); a CLIPModel loads
   # it strictly, and converting it gives the same parameters.
   exported = hf.from_params(params, arch, model.logit_scale)
-  assert sorted(exported) == sorted(state_dict)
-  for key, value in state_dict.items():
-    np.testing.assert_array_equal(exported[key], value.numpy(), err_msg=key)
-  transformers_lib.CLIPModel(config).load_state_dict(
-      {k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
+  _assert_exact_export(exported, state_dict, transformers_lib.CLIPModel, config)
   _assert_same_params(params, hf.to_params(exported, arch)[0])
 
 
@@ -155,7 +163,6 @@ def test_siglip_embeddings_match_transformers(transformers_lib, tmp_path, monkey
   with bias) with 2 layers of width 64, 3 x 3 patches and 16 text positions; text rows padded
   with id 1 as HF's tokenizer pads them (the model attends to the pads and pools the last
   position), one row without padding, ending in id 0."""
-  import torch
   reference = small_siglip(transformers_lib)
   config = reference.config
   state_dict = _save_random(reference, tmp_path / "model.safetensors")
@@ -174,11 +181,7 @@ def test_siglip_embeddings_match_transformers(transformers_lib, tmp_path, monkey
   # included); a SiglipModel loads it strictly; converting it gives the same params.
   exported = hf.siglip_from_params(params, arch, model.config.loss.init_scale,
                                    model.config.loss.init_bias)
-  assert sorted(exported) == sorted(state_dict)
-  for key, value in state_dict.items():
-    np.testing.assert_array_equal(exported[key], value.numpy(), err_msg=key)
-  transformers_lib.SiglipModel(config).load_state_dict(
-      {k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
+  _assert_exact_export(exported, state_dict, transformers_lib.SiglipModel, config)
   _assert_same_params(params, hf.siglip_to_params(exported, arch)[0])
 
 
@@ -190,7 +193,6 @@ def test_full_size_siglip_matches_transformers(transformers_lib, tmp_path, name)
   initialisation, loaded under the name from a safetensors file; opt-in like the open_clip
   full-size test (`python -m pytest -m full_size tests/pretrained/`)."""
   import torch
-  from safetensors.torch import save_file
   arch = hf.SIGLIP_ARCHITECTURES[name]
   tower = lambda width, layers, heads, mlp: dict(  # noqa: E731
       hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
@@ -206,12 +208,7 @@ def test_full_size_siglip_matches_transformers(transformers_lib, tmp_path, name)
   assert hf.siglip_architecture(config.to_dict()) == arch
   torch.manual_seed(0)
   reference = transformers_lib.SiglipModel(config).eval()
-  generator = torch.Generator().manual_seed(0)
-  with torch.no_grad():
-    for param in reference.parameters():
-      param.add_(0.02 * torch.randn(param.shape, generator=generator))
-  save_file({k: v.contiguous() for k, v in reference.state_dict().items()},
-            str(tmp_path / "model.safetensors"))
+  _save_random(reference, tmp_path / "model.safetensors", scale=0.02)  # near init at full size
   model, params = pretrained.load("hf", name, checkpoint=tmp_path / "model.safetensors")
   rng = np.random.default_rng(1)
   images = rng.normal(size=(2, arch.image_size, arch.image_size, 3)).astype(np.float32)

@@ -124,13 +124,14 @@ def _small(config: dict) -> dict:
           "text_cfg": {**text, "layers": 2, "width": 64, "heads": 2}}
 
 
-def _randomise(model) -> None:
-  """Every parameter of a torch model drawn at random around its initial value."""
+def _randomise(model, scale: float = 0.1) -> None:
+  """Every parameter of a torch model drawn at random around its initial value (normal noise of
+  std `scale` added)."""
   import torch
   generator = torch.Generator().manual_seed(0)
   with torch.no_grad():
     for param in model.parameters():
-      param.add_(0.1 * torch.randn(param.shape, generator=generator))
+      param.add_(scale * torch.randn(param.shape, generator=generator))
 
 
 # One checkpoint format per architecture, so each reader runs once.
@@ -257,16 +258,11 @@ def test_full_size_embeddings_match_open_clip(open_clip_lib, open_clip_wheel, cl
   tests/pretrained/`, about 4 GB of memory and a few minutes on 2 cores), outside the default
   run (pytest.ini deselects the `full_size` mark)."""
   import torch
-  from safetensors.torch import save_file
   config = _open_clip_config(open_clip_wheel, name)
   torch.manual_seed(0)
   reference = open_clip_lib.CLIP(**config).eval()
-  generator = torch.Generator().manual_seed(0)
-  with torch.no_grad():  # LayerNorms and biases away from 1 and 0, weights a little off init
-    for param in reference.parameters():
-      param.add_(0.02 * torch.randn(param.shape, generator=generator))
-  path = tmp_path / "model.safetensors"
-  save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(path))
+  _randomise(reference, 0.02)  # LayerNorms and biases away from 1 and 0, weights near init
+  path = _write_checkpoint(reference, tmp_path / "model", "safetensors")
 
   model, params = pretrained.load("open_clip", name, checkpoint=path)
   got, want = _embeddings(model, params, reference, converter.ARCHITECTURES[name].image_size,
