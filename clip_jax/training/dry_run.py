@@ -297,9 +297,11 @@ def dry_run(config: ml_collections.ConfigDict, *, target: Target | None = None,
           config, state_lib.make_model_init_fn(model_spec, sample),
           make_objective(config.loss, axis_name=tuple(config.batch_axes)))
       frozen = optimization.frozen
-      # The state's layout without building the model again: its params are given.
-      given = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), optimization.abstract_params)
-      abstract = jax.eval_shape(state_lib.make_state_fn(lambda _: given, optimization.tx,
+      # The state's layout without building the model again: its params are given, as zeros
+      # made inside eval_shape (traced: nothing allocated, whatever the model's size).
+      given = lambda _: jax.tree.map(  # noqa: E731
+          lambda a: jnp.zeros(a.shape, a.dtype), optimization.abstract_params)
+      abstract = jax.eval_shape(state_lib.make_state_fn(given, optimization.tx,
                                                         config.seed))
   except ConfigError as e:
     if str(e) not in report.problems:
