@@ -84,6 +84,9 @@ class BertEncoder(nnx.Module):
     key_bias: every attention has a key bias (`layers.MultiHeadAttention`).
     dtype: compute dtype ("float32" | "bfloat16"); params are float32, the output is float32.
     remat: rematerialise each transformer block.
+    remat_policy: what a rematerialised block saves (a name in `layers.REMAT_POLICIES`).
+    attention_impl: every attention's implementation (None, or a name in
+      `layers.ATTENTION_IMPLS`).
     rngs: the `params` stream draws the initial parameters.
   """
 
@@ -92,7 +95,8 @@ class BertEncoder(nnx.Module):
                num_heads: int | None = None, mlp_ratio: float | None = None,
                pooling: str = "mean", norm_eps: float = BERT_NORM_EPS,
                activation: str = "gelu", key_bias: bool = False, dtype: Any = "float32",
-               remat: bool = False, rngs: nnx.Rngs):
+               remat: bool = False, remat_policy: str = layers.REMAT_POLICY,
+               attention_impl: str | None = None, rngs: nnx.Rngs):
     del inputs  # any length up to context_length
     given = dict(variant=variant, width=width, depth=depth, num_heads=num_heads,
                  mlp_ratio=mlp_ratio)
@@ -106,9 +110,11 @@ class BertEncoder(nnx.Module):
     self.type_embedding = layers.embedding((width,), rngs)
     self.embed_norm = layers.layer_norm(width, dtype, rngs, norm_eps)
     self.transformer = layers.Transformer(width, shape["depth"], shape["num_heads"],
-                                          shape["mlp_dim"], dtype, remat, norm_eps=norm_eps,
+                                          shape["mlp_dim"], dtype, remat,
+                                          remat_policy=remat_policy, norm_eps=norm_eps,
                                           activation=activation, post_norm=True,
-                                          key_bias=key_bias, rngs=rngs)
+                                          key_bias=key_bias,
+                                          attention_impl=attention_impl, rngs=rngs)
 
   @classmethod
   def check_inputs(cls, kwargs: dict[str, Any], field: str, inputs: jax.ShapeDtypeStruct) -> None:
@@ -122,7 +128,7 @@ class BertEncoder(nnx.Module):
     x = text_lib.embedding_lookup(self.token_embedding[...], tokens)  # [B, L, D] float32
     x = x + self.type_embedding[...] + self.pos_embedding[:tokens.shape[1]][None]
     x = self.embed_norm(x.astype(self.dtype))
-    return self.transformer(x, text_lib.key_mask(tokens, text_lib.PAD_ID))
+    return self.transformer(x, pooling_lib.token_lengths(tokens, text_lib.PAD_ID))
 
   def __call__(self, tokens: Array, *, rngs: nnx.Rngs | None = None) -> Array:
     """tokens: [B, L] int (pad 0, L <= context_length). Returns [B, width] float32 features.

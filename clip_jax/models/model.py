@@ -50,7 +50,8 @@ class TowerSpec:
   Attributes:
     name: the registered tower name. cls: its class.
     kwargs: the constructor's keyword arguments: the section's fields, declared defaults filled
-      in, and `dtype` (a jnp dtype) and `remat`.
+      in, and `dtype` (a jnp dtype), `remat`, `remat_policy` (a name in
+      `layers.REMAT_POLICIES`) and `attention_impl` (None or a name in `layers.ATTENTION_IMPLS`).
     field: "config.model.towers.<modality>", named in errors.
   """
 
@@ -64,8 +65,14 @@ class TowerSpec:
 
     Raises:
       ConfigError naming the field for inputs the tower cannot take (e.g. an image size its
-      patch size does not divide); TypeError for a tower class without `out_features`.
+      patch size does not divide) and for `attention_impl = "cudnn"` when JAX's default backend
+      is not a GPU; TypeError for a tower class without `out_features`.
     """
+    if self.kwargs["attention_impl"] == "cudnn" and jax.default_backend() != "gpu":
+      raise ConfigError(
+          f"{self.field}.attention_impl = 'cudnn' (or config.model.attention_impl) needs a GPU; "
+          f"JAX's backend here is {jax.default_backend()!r}: leave attention_impl unset (None) "
+          "or set 'xla'")
     check_inputs = getattr(self.cls, "check_inputs", None)
     if check_inputs is not None:
       check_inputs(self.kwargs, self.field, inputs)
@@ -86,28 +93,51 @@ class ModelSpec:
 
 
 def resolve_tower(modality: str, tower_config: Any, dtype: Any = "float32",
-                  remat: bool = False) -> TowerSpec:
+                  remat: bool = False, remat_policy: str | None = None,
+                  attention_impl: str | None = None) -> TowerSpec:
   """Looks up and checks the tower for `config.model.towers.<modality>`.
 
   Args:
     modality: the batch key the tower reads.
     tower_config: ConfigDict/mapping with `name` (a registered tower) and the tower's fields;
-      it may override the model's `dtype` and `remat` for this tower.
-    dtype: the model's compute dtype (used unless the tower config sets its own).
-    remat: the model's remat flag (used unless the tower config sets its own).
+      it may override any of the model's `dtype`, `remat`, `remat_policy` and `attention_impl`
+      for this tower.
+    dtype, remat, remat_policy, attention_impl: the model's (`ModelFields`), used unless the
+      tower config sets its own.
 
   Raises:
     ConfigError naming `config.model.towers.<modality>.<field>` for an unknown tower name, an
-    unknown or missing field, or an invalid value.
+    unknown or missing field, or an invalid value; naming the fields that clash (the tower's or
+    the model's, whichever set them) for a remat policy without remat, or attention_impl
+    "cudnn" with a float32 compute dtype.
   """
   field = f"config.model.towers.{modality}"
   name = TOWERS.select(tower_config, field)
   fields = TOWERS.parse(tower_config, field)
   kwargs = {f.name: getattr(fields, f.name) for f in dataclasses.fields(fields)}
-  if kwargs["dtype"] is None:
-    kwargs["dtype"] = canonical_dtype(dtype, f"{field}.dtype")
-  if kwargs["remat"] is None:
-    kwargs["remat"] = schema.boolean()(remat, f"{field}.remat")
+  model_values = dict(dtype=dtype, remat=remat, remat_policy=remat_policy,
+                      attention_impl=attention_impl)
+  # Where each model-wide value comes from, for errors: the tower's field or the model's.
+  source = {key: f"{field}.{key}" if kwargs[key] is not None else f"config.model.{key}"
+            for key in model_values}
+  for key, value in model_values.items():
+    if kwargs[key] is None:
+      kwargs[key] = value
+  kwargs["dtype"] = canonical_dtype(kwargs["dtype"], source["dtype"])
+  kwargs["remat"] = schema.boolean()(kwargs["remat"], source["remat"])
+  if kwargs["remat_policy"] is None:
+    kwargs["remat_policy"] = layers.REMAT_POLICY
+  elif not kwargs["remat"] and kwargs["remat_policy"] != layers.REMAT_POLICY:
+    raise ConfigError(
+        f"{source['remat_policy']} = {kwargs['remat_policy']!r} applies only to rematerialised "
+        f"blocks, but {source['remat']} = False; set {source['remat']} = True or leave "
+        f"{source['remat_policy']} unset")
+  if kwargs["attention_impl"] == "cudnn" and kwargs["dtype"] != jnp.bfloat16:
+    raise ConfigError(
+        f"{source['attention_impl']} = 'cudnn' needs a bfloat16 compute dtype (cuDNN's fused "
+        f"attention takes no float32), but {source['dtype']} = "
+        f"{jnp.dtype(kwargs['dtype']).name!r}; set it to 'bfloat16', or attention_impl to "
+        "'xla'")
   return TowerSpec(name, TOWERS.get(name), kwargs, field)
 
 
@@ -120,12 +150,19 @@ class ModelFields:
     dtype: the compute dtype ("float32" | "bfloat16"; params are float32), unless a tower
       sets its own.
     remat: rematerialise every tower's blocks in the backward pass, unless a tower sets its own.
+    remat_policy: what a rematerialised block saves for the backward pass (a name in
+      `layers.REMAT_POLICIES`; None: "full", only the block's input), unless a tower sets its
+      own. Needs remat.
+    attention_impl: `jax.nn.dot_product_attention`'s implementation, "xla" or "cudnn" (GPU and
+      bfloat16 only); None: JAX's choice (XLA's). Unless a tower sets its own.
     towers: {modality: ConfigDict(name=<registered tower>, **its fields)}.
   """
 
   embed_dim: int = schema.field(check=schema.integer(low=1))
   dtype: Any = schema.field("float32", canonical_dtype)
   remat: bool = False
+  remat_policy: str | None = schema.field(None, schema.one_of(*layers.REMAT_POLICIES))
+  attention_impl: str | None = schema.field(None, schema.one_of(*layers.ATTENTION_IMPLS))
   towers: Any = schema.field()
 
 
@@ -133,8 +170,9 @@ def parse_model_config(model_config: Any) -> ModelSpec:
   """Checks the whole `config.model` at start-up, before any input shape is known.
 
   Args:
-    model_config: ConfigDict with embed_dim, dtype ("float32" | "bfloat16"), remat (bool) and
-      towers ({modality: ConfigDict(name=<registered tower>, **tower fields)}).
+    model_config: ConfigDict with embed_dim, dtype ("float32" | "bfloat16"), remat (bool),
+      remat_policy, attention_impl (`ModelFields`) and towers ({modality:
+      ConfigDict(name=<registered tower>, **tower fields)}).
 
   Raises:
     ConfigError naming the offending field (e.g. `config.model.towers.image.pooling`) and the
@@ -152,7 +190,8 @@ def parse_model_config(model_config: Any) -> ModelSpec:
       raise ConfigError(f"config.model.towers.{modality}: the modality name must be a Python "
                         "identifier that is not an attribute of the model (e.g. 'image', "
                         "'text', 'audio')")
-    specs[modality] = resolve_tower(modality, tower_config, model.dtype, model.remat)
+    specs[modality] = resolve_tower(modality, tower_config, model.dtype, model.remat,
+                                    model.remat_policy, model.attention_impl)
   return ModelSpec(model.embed_dim, specs)
 
 

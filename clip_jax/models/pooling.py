@@ -80,15 +80,18 @@ class MAPHead(nnx.Module):
     dtype: compute dtype.
     norm_eps: the LayerNorm's epsilon. activation: the MLP's (a name in `layers.ACTIVATIONS`).
     key_bias: the attention's key projection has a bias (`layers.MultiHeadAttention`).
+    attention_impl: the attention's implementation (None, or a name in
+      `layers.ATTENTION_IMPLS`).
     rngs: `params` stream for the initialisers.
   """
 
   def __init__(self, width: int, num_heads: int, mlp_dim: int, dtype: Any, *,
                norm_eps: float = layers.NORM_EPS, activation: str = layers.ACTIVATION,
-               key_bias: bool = False, rngs: nnx.Rngs):
+               key_bias: bool = False, attention_impl: str | None = None, rngs: nnx.Rngs):
     self.dtype = dtype
     self.probe = layers.embedding((1, 1, width), rngs)
-    self.attn = layers.MultiHeadAttention(width, num_heads, dtype, key_bias=key_bias, rngs=rngs)
+    self.attn = layers.MultiHeadAttention(width, num_heads, dtype, key_bias=key_bias,
+                                          attention_impl=attention_impl, rngs=rngs)
     self.norm = layers.layer_norm(width, dtype, rngs, norm_eps)
     self.mlp = layers.Mlp(width, mlp_dim, dtype, activation=activation, rngs=rngs)
 

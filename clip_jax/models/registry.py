@@ -3,7 +3,8 @@
 A tower is a Flax NNX module class, registered with its config fields and their defaults
 (`@TOWERS.register("my_tower", fields={"width": REQUIRED, ...})`). The model builds it eagerly as
 
-    cls(inputs, **fields, dtype=compute_dtype, remat=bool, rngs=nnx.Rngs)
+    cls(inputs, **fields, dtype=compute_dtype, remat=bool, remat_policy=str,
+        attention_impl=str | None, rngs=nnx.Rngs)
 
 where `inputs` is the `jax.ShapeDtypeStruct` of the batch entry it reads (`[B, ...]`; B is not
 used) and `fields` are the section's values, declared defaults filled in. A tower
@@ -19,7 +20,9 @@ used) and `fields` are the section's values, declared defaults filled in. A towe
 A tower's fields are a schema dataclass that extends `TowerFields` (`clip_jax.schema`: types,
 defaults, checks, and a cross-field `check(self, path)` such as `resolve_size` for named sizes
 like `variant="B/16"`), or a plain {field: default or REQUIRED} mapping (those fields are not
-type-checked). Every tower also takes `dtype` and `remat`, which default to config.model's.
+type-checked). Every tower also takes `dtype`, `remat`, `remat_policy` and `attention_impl`
+(`TowerFields`), which default to config.model's; a tower without attention or blocks to
+rematerialise may ignore the last two.
 `parse_model_config` reads each tower section against its schema at start-up. A tower class may
 also define a classmethod `check_inputs(kwargs: dict, field: str, inputs)` that raises
 `ConfigError` for input shapes it cannot take; `TowerSpec.build` calls it before building.
@@ -68,13 +71,20 @@ class TowerFields:
   Attributes:
     dtype: the tower's compute dtype ("float32" | "bfloat16"); None: config.model.dtype.
     remat: rematerialise the tower's blocks in the backward pass; None: config.model.remat.
+    remat_policy: what a rematerialised block saves for the backward pass, a name in
+      `layers.REMAT_POLICIES` ("full": only its input); None: config.model.remat_policy.
+    attention_impl: the attention's implementation, "xla" or "cudnn" (`layers.ATTENTION_IMPLS`);
+      None: config.model.attention_impl.
   """
 
   dtype: Any = schema.field(None, canonical_dtype)
   remat: Any = schema.field(None, schema.boolean())
+  remat_policy: Any = schema.field(None, schema.one_of(*layers.REMAT_POLICIES))
+  attention_impl: Any = schema.field(None, schema.one_of(*layers.ATTENTION_IMPLS))
 
 
-# Fields every tower takes that default to the model's settings (config.model.dtype / remat).
+# Fields every tower takes that default to the model's settings (config.model.dtype, remat,
+# remat_policy, attention_impl).
 MODEL_WIDE_FIELDS = tuple(schema.defaults(TowerFields))
 
 TOWERS: Registry[type] = Registry("tower", "config.model.towers.<modality>.name",

@@ -63,12 +63,6 @@ class TextFields(TransformerFields):
   head: bool = False
 
 
-def key_mask(tokens: Array, pad_id: int = PAD_ID) -> Array:
-  """Bool mask [B, 1, 1, L] (True = a query may attend to this key) for tokens [B, L]: the
-  trailing pad tokens are masked out as keys."""
-  return pooling_lib.valid_tokens(tokens, pad_id)[:, None, None, :]
-
-
 def embedding_lookup(table: Array, ids: Array) -> Array:
   """table [V, D], ids [B, L] -> [B, L, D].
 
@@ -140,6 +134,9 @@ class TextTransformer(nnx.Module):
     key_bias: every attention has a key bias (`layers.MultiHeadAttention`).
     dtype: compute dtype ("float32" | "bfloat16"); params are float32, the output is float32.
     remat: rematerialise each transformer block.
+    remat_policy: what a rematerialised block saves (a name in `layers.REMAT_POLICIES`).
+    attention_impl: every attention's implementation (None, or a name in
+      `layers.ATTENTION_IMPLS`).
     rngs: the `params` stream draws the initial parameters.
 
   The model checks the config (`TextFields`) and the input shape (`check_inputs`) before it
@@ -152,7 +149,9 @@ class TextTransformer(nnx.Module):
                causal: bool = True, pooling: str = "eos", key_mask: bool = True,
                head: bool = False, norm_eps: float = layers.NORM_EPS,
                activation: str = layers.ACTIVATION, key_bias: bool = False,
-               dtype: Any = "float32", remat: bool = False, rngs: nnx.Rngs):
+               dtype: Any = "float32", remat: bool = False,
+               remat_policy: str = layers.REMAT_POLICY, attention_impl: str | None = None,
+               rngs: nnx.Rngs):
     del inputs  # any length up to context_length
     given = dict(variant=variant, width=width, depth=depth, num_heads=num_heads,
                  mlp_ratio=mlp_ratio)
@@ -165,8 +164,10 @@ class TextTransformer(nnx.Module):
     self.token_embedding = layers.embedding((vocab_size, width), rngs)
     self.pos_embedding = layers.embedding((context_length, width), rngs)
     self.transformer = layers.Transformer(width, shape["depth"], shape["num_heads"],
-                                          shape["mlp_dim"], dtype, remat, norm_eps=norm_eps,
-                                          activation=activation, key_bias=key_bias, rngs=rngs)
+                                          shape["mlp_dim"], dtype, remat,
+                                          remat_policy=remat_policy, norm_eps=norm_eps,
+                                          activation=activation, key_bias=key_bias,
+                                          attention_impl=attention_impl, rngs=rngs)
     self.final_norm = layers.layer_norm(width, dtype, rngs, norm_eps)
     self.head = layers.dense(width, width, dtype, rngs) if head else None
 
@@ -181,8 +182,9 @@ class TextTransformer(nnx.Module):
     check_ids(tokens, self.vocab_size)
     x = embedding_lookup(self.token_embedding[...].astype(self.dtype), tokens)  # [B, L, D]
     x = x + self.pos_embedding[:tokens.shape[1]].astype(self.dtype)[None]
-    mask = key_mask(tokens) if self.key_mask else None
-    x = self.transformer(x, mask, is_causal=self.causal)
+    # The trailing pads are masked as keys by length (cuDNN's attention takes that form).
+    lengths = pooling_lib.token_lengths(tokens, PAD_ID) if self.key_mask else None
+    x = self.transformer(x, lengths, is_causal=self.causal)
     return self.final_norm(x)
 
   def __call__(self, tokens: Array, *, rngs: nnx.Rngs | None = None) -> Array:

@@ -80,6 +80,9 @@ class VisionTransformer(nnx.Module):
     key_bias: every attention (blocks and MAP head) has a key bias (`layers.MultiHeadAttention`).
     dtype: compute dtype ("float32" | "bfloat16"); params are float32, the output is float32.
     remat: rematerialise each transformer block.
+    remat_policy: what a rematerialised block saves (a name in `layers.REMAT_POLICIES`).
+    attention_impl: every attention's implementation (None, or a name in
+      `layers.ATTENTION_IMPLS`).
     rngs: the `params` stream draws the initial parameters.
 
   The model checks the config (`ViTFields`) and the input shape (`check_inputs`) before it
@@ -92,7 +95,9 @@ class VisionTransformer(nnx.Module):
                mlp_ratio: float | None = None, pooling: str = "map",
                norm_eps: float = layers.NORM_EPS, activation: str = layers.ACTIVATION,
                pre_norm: bool = False, patch_bias: bool = True, key_bias: bool = False,
-               dtype: Any = "float32", remat: bool = False, rngs: nnx.Rngs):
+               dtype: Any = "float32", remat: bool = False,
+               remat_policy: str = layers.REMAT_POLICY, attention_impl: str | None = None,
+               rngs: nnx.Rngs):
     given = dict(variant=variant, patch_size=patch_size, width=width, depth=depth,
                  num_heads=num_heads, mlp_ratio=mlp_ratio)
     shape = resolve_size(given, VIT_SIZES, GENERIC_FIELD, with_patch=True)
@@ -107,13 +112,16 @@ class VisionTransformer(nnx.Module):
     self.pos_embedding = layers.embedding((num_tokens, width), rngs)
     self.pre_norm = layers.layer_norm(width, dtype, rngs, norm_eps) if pre_norm else None
     self.transformer = layers.Transformer(width, shape["depth"], shape["num_heads"],
-                                          shape["mlp_dim"], dtype, remat, norm_eps=norm_eps,
-                                          activation=activation, key_bias=key_bias, rngs=rngs)
+                                          shape["mlp_dim"], dtype, remat,
+                                          remat_policy=remat_policy, norm_eps=norm_eps,
+                                          activation=activation, key_bias=key_bias,
+                                          attention_impl=attention_impl, rngs=rngs)
     self.final_norm = layers.layer_norm(width, dtype, rngs, norm_eps)
     if pooling == "map":
       self.map_head = pooling_lib.MAPHead(width, shape["num_heads"], shape["mlp_dim"], dtype,
                                           norm_eps=norm_eps, activation=activation,
-                                          key_bias=key_bias, rngs=rngs)
+                                          key_bias=key_bias, attention_impl=attention_impl,
+                                          rngs=rngs)
 
   @classmethod
   def check_inputs(cls, kwargs: dict[str, Any], field: str, inputs: jax.ShapeDtypeStruct) -> None:

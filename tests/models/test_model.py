@@ -25,8 +25,9 @@ class _MeanTower(nnx.Module):
   [B, T, F] -> [B, width].
   """
 
-  def __init__(self, inputs, *, width, dtype=jnp.float32, remat=False, rngs):
-    del remat
+  def __init__(self, inputs, *, width, dtype=jnp.float32, remat=False, remat_policy="full",
+               attention_impl=None, rngs):
+    del remat, remat_policy, attention_impl
     self.out_features = width
     self.dense = nnx.Linear(inputs.shape[-1], width, dtype=dtype, rngs=rngs)
 

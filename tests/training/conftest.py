@@ -20,12 +20,16 @@ class FlatTower(nnx.Module):
   their time). Like the real towers it computes in `dtype` (params float32) and with `remat`
   rematerialises its layer (`nnx.remat`).
 
+  It has no attention and one layer, so it ignores `attention_impl` and `remat_policy`.
+
   With `dropout` > 0 (a stochastic tower), dropout on the flattened inputs when the call gets
   `rngs` (training).
   """
 
   def __init__(self, inputs: jax.ShapeDtypeStruct, *, width: int, dropout: float = 0.0,
-               dtype: Any = "float32", remat: bool = False, rngs: nnx.Rngs):
+               dtype: Any = "float32", remat: bool = False, remat_policy: str = "full",
+               attention_impl: str | None = None, rngs: nnx.Rngs):
+    del remat_policy, attention_impl
     self.out_features, self.dtype, self.remat = width, jnp.dtype(dtype), remat
     self.dropout = nnx.Dropout(dropout)
     self.dense = nnx.Linear(int(np.prod(inputs.shape[1:])), width, dtype=self.dtype,
