@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import collections
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,8 +58,8 @@ def test_attention_matches_reference_and_ignores_masked_keys():
 
 
 def test_causal_self_attention_matches_reference():
-  """`is_causal` with a key mask (the text tower's attention) is softmax(QK^T / sqrt(d)) V over
-  the keys j <= i that the mask keeps."""
+  """`is_causal` with a key mask (the text towers' attention) is softmax(QK^T / sqrt(d)) V over
+  the keys j <= i that the mask keeps, by mask, by key lengths, and with attention_impl "xla"."""
   rng = np.random.default_rng(3)
   x = rng.normal(size=(2, 5, 8)).astype(np.float32)
   key_mask = np.array([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]], bool)
@@ -65,6 +68,15 @@ def test_causal_self_attention_matches_reference():
   mask = key_mask[:, None, :] & np.tril(np.ones((5, 5), bool))[None]  # [B, L, S]
   np.testing.assert_allclose(np.asarray(out), _reference_attention(
       nnx.to_pure_dict(nnx.state(attn)), x, x, mask, 2), rtol=1e-4, atol=1e-5)
+  # The trailing keys masked by length (the text towers' form, which cuDNN takes), and
+  # attention_impl "xla" (JAX's default): the same numbers.
+  lengths = jnp.array([4, 2], jnp.int32)
+  by_length = attn(x, x, is_causal=True, key_lengths=lengths)
+  np.testing.assert_array_equal(np.asarray(by_length), np.asarray(out))
+  attn_xla = layers.MultiHeadAttention(8, num_heads=2, dtype=jnp.float32, attention_impl="xla",
+                                       rngs=nnx.Rngs(0))
+  np.testing.assert_array_equal(
+      np.asarray(attn_xla(x, x, is_causal=True, key_lengths=lengths)), np.asarray(out))
 
 
 def test_attention_with_all_keys_masked_is_finite():
@@ -108,3 +120,38 @@ def test_map_head_pools_to_one_vector_and_respects_mask():
   changed[:, 3:] += 5.0
   np.testing.assert_array_equal(np.asarray(head(changed, mask)), np.asarray(masked_out))
   assert not np.allclose(np.asarray(head(changed)), np.asarray(out), atol=1e-3)
+
+
+def test_remat_policies_keep_loss_and_gradients_and_save_what_they_name(capsys):
+  """Every remat policy gives the loss and gradients of no remat (float32, one block, causal
+  with padding), and keeps for the backward pass what it names: "full" only the block's input,
+  "attention" the q/k/v and attention outputs, "attention_mlp" those and the MLP hidden layer;
+  "dots" keeps more than "dots_no_batch" (the attention's batched matmuls too)."""
+  x = np.random.default_rng(4).normal(size=(2, 6, 16)).astype(np.float32)
+  lengths = jnp.array([6, 3], jnp.int32)
+
+  def loss_and_params(remat: bool, policy: str):
+    model = layers.Transformer(16, 1, 2, 24, jnp.float32, remat, remat_policy=policy,
+                               rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    return lambda p: jnp.sum(jnp.sin(nnx.merge(graphdef, p)(x, lengths, True))), params
+
+  loss, params = loss_and_params(False, "full")
+  want_loss, want_grads = jax.jit(jax.value_and_grad(loss))(params)
+  saved = {}
+  for policy in layers.REMAT_POLICIES:
+    loss, params = loss_and_params(True, policy)
+    got_loss, got_grads = jax.jit(jax.value_and_grad(loss))(params)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=policy)
+    jax.ad_checkpoint.print_saved_residuals(loss, params)
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if line and "from the argument" not in line]
+    names = collections.Counter(re.findall(r"named '(\w+)'", "\n".join(lines)))
+    saved[policy] = (len(lines), names)
+  assert saved["full"][1] == {}
+  assert saved["attention"][1] == {layers.QKV: 3, layers.ATTENTION_OUT: 1}
+  assert saved["attention_mlp"][1] == {layers.QKV: 3, layers.ATTENTION_OUT: 1,
+                                       layers.MLP_HIDDEN: 1}
+  assert saved["full"][0] < saved["dots_no_batch"][0] < saved["dots"][0], saved

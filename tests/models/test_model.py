@@ -14,7 +14,8 @@ from flax import nnx
 
 from jax.sharding import PartitionSpec as P
 
-from clip_jax.models import TOWERS, MultiTower, make_model, parse_model_config, split_params
+from clip_jax.models import (TOWERS, MultiTower, layers, make_model, parse_model_config,
+                             split_params)
 from clip_jax.models.registry import REQUIRED, ConfigError
 
 
@@ -126,6 +127,22 @@ def test_remat_gives_same_outputs_and_gradients(tiny, batch):
   assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(g1))
 
 
+def test_attention_impl_reaches_every_attention_and_cudnn_needs_a_gpu(tiny, batch):
+  """config.model.attention_impl reaches every attention (ViT blocks, MAP head, text blocks);
+  "cudnn" on a CPU is a ConfigError at build, not a failure inside XLA."""
+  config = tiny.model_config(attention_impl="xla")
+  model = nnx.eval_shape(lambda: make_model(config, batch, rngs=nnx.Rngs(0)))
+  impls = [m.attention_impl for _, m in nnx.iter_graph(model)
+           if isinstance(m, layers.MultiHeadAttention)]
+  assert impls == ["xla"] * (config.towers.image.depth + 1 + config.towers.text.depth)
+
+  config.dtype, config.attention_impl = "bfloat16", "cudnn"
+  with pytest.raises(ConfigError, match=r"config\.model\.towers\.image\.attention_impl = "
+                                        r"'cudnn' \(or config\.model\.attention_impl\) needs "
+                                        r"a GPU; JAX's backend here is 'cpu'"):
+    make_model(config, batch, rngs=nnx.Rngs(0))
+
+
 def test_third_tower_by_config_only(tiny, batch):
   config = tiny.model_config()
   config.towers.audio = ml_collections.ConfigDict(dict(
@@ -192,6 +209,16 @@ def _typo(config):
      r"config\.model\.towers\.image\.widht is not a field of tower 'vit'; did you mean 'width'"),
     (_set("towers.image.width", 30),
      r"config\.model\.towers\.image\.width = 30 .*config\.model\.towers\.image\.num_heads = 4"),
+    (_set("remat_policy", "dots"),
+     r"config\.model\.remat_policy = 'dots' applies only to rematerialised blocks, but "
+     r"config\.model\.remat = False; set config\.model\.remat = True"),
+    (_set("towers.image.remat_policy", "qkv"),
+     r"config\.model\.towers\.image\.remat_policy must be one of 'full', 'dots'"),
+    (_set("towers.text.attention_impl", "cudnn"),
+     r"config\.model\.towers\.text\.attention_impl = 'cudnn' needs a bfloat16 compute dtype"
+     r".*config\.model\.dtype = 'float32'; set it to 'bfloat16'"),
+    (_set("attention_impl", "flash"),
+     r"config\.model\.attention_impl must be one of 'xla', 'cudnn'; got 'flash'"),
     (_set("towers.image.dtype", "float16"),
      r"config\.model\.towers\.image\.dtype = 'float16' .*'float32', 'bfloat16'"),
     (_set("dtype", "fp16"), r"config\.model\.dtype = 'fp16' .*'float32', 'bfloat16'"),
@@ -215,13 +242,21 @@ def test_config_errors_name_the_field(tiny, edit, pattern):
 
 def test_towers_take_dtype_and_remat_from_the_model_unless_they_set_their_own(tiny):
   config = tiny.model_config()
-  config.dtype, config.remat = "bfloat16", True
+  config.dtype, config.remat, config.remat_policy = "bfloat16", True, "dots"
+  config.attention_impl = "xla"
   # A tower registered with a plain mapping of fields takes them too.
-  config.towers.sensor = ml_collections.ConfigDict(dict(name="_test_mean_tower", width=8,
-                                                        dtype="float32"))
+  config.towers.sensor = ml_collections.ConfigDict(dict(
+      name="_test_mean_tower", width=8, remat_policy="attention", attention_impl="cudnn"))
+  config.towers.text.dtype = "float32"  # "xla" takes float32
   towers = parse_model_config(config).towers
-  assert (towers["image"].kwargs["dtype"], towers["image"].kwargs["remat"]) == (jnp.bfloat16, True)
-  assert (towers["sensor"].kwargs["dtype"], towers["sensor"].kwargs["remat"]) == (jnp.float32, True)
+
+  def model_wide(modality):
+    return tuple(towers[modality].kwargs[key]
+                 for key in ("dtype", "remat", "remat_policy", "attention_impl"))
+
+  assert model_wide("image") == (jnp.bfloat16, True, "dots", "xla")
+  assert model_wide("text") == (jnp.float32, True, "dots", "xla")
+  assert model_wide("sensor") == (jnp.bfloat16, True, "attention", "cudnn")
   config.towers.sensor.remat = "no"
   with pytest.raises(ConfigError,
                      match=r"config\.model\.towers\.sensor\.remat must be True or False"):
