@@ -122,34 +122,24 @@ def test_map_head_pools_to_one_vector_and_respects_mask():
   assert not np.allclose(np.asarray(head(changed)), np.asarray(out), atol=1e-3)
 
 
-def test_remat_policies_keep_loss_and_gradients_and_save_what_they_name(capsys):
-  """Every remat policy gives the loss and gradients of no remat (float32, one block, causal
-  with padding), and keeps for the backward pass what it names: "full" only the block's input,
+def test_remat_policies_save_what_they_name(capsys):
+  """What a rematerialised block keeps for the backward pass, by policy: "full" only its input,
   "attention" the q/k/v and attention outputs, "attention_mlp" those and the MLP hidden layer;
-  "dots" keeps more than "dots_no_batch" (the attention's batched matmuls too)."""
-  x = np.random.default_rng(4).normal(size=(2, 6, 16)).astype(np.float32)
+  "dots" more than "dots_no_batch" (the attention's batched matmuls too). Tracing only: the
+  gradients of "full" and "attention_mlp" are checked in test_model.py's remat test."""
+  x = jnp.zeros((2, 6, 16))
   lengths = jnp.array([6, 3], jnp.int32)
-
-  def loss_and_params(remat: bool, policy: str):
-    model = layers.Transformer(16, 1, 2, 24, jnp.float32, remat, remat_policy=policy,
-                               rngs=nnx.Rngs(0))
-    graphdef, params = nnx.split(model)
-    return lambda p: jnp.sum(jnp.sin(nnx.merge(graphdef, p)(x, lengths, True))), params
-
-  loss, params = loss_and_params(False, "full")
-  want_loss, want_grads = jax.jit(jax.value_and_grad(loss))(params)
   saved = {}
   for policy in layers.REMAT_POLICIES:
-    loss, params = loss_and_params(True, policy)
-    got_loss, got_grads = jax.jit(jax.value_and_grad(loss))(params)
-    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=policy)
-    jax.ad_checkpoint.print_saved_residuals(loss, params)
+    model = layers.Transformer(16, 1, 2, 24, jnp.float32, True, remat_policy=policy,
+                               rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    jax.ad_checkpoint.print_saved_residuals(
+        lambda p: jnp.sum(nnx.merge(graphdef, p)(x, lengths, True) ** 2), params)
     lines = [line for line in capsys.readouterr().out.splitlines()
              if line and "from the argument" not in line]
-    names = collections.Counter(re.findall(r"named '(\w+)'", "\n".join(lines)))
-    saved[policy] = (len(lines), names)
+    saved[policy] = (len(lines), collections.Counter(re.findall(r"named '(\w+)'",
+                                                                "\n".join(lines))))
   assert saved["full"][1] == {}
   assert saved["attention"][1] == {layers.QKV: 3, layers.ATTENTION_OUT: 1}
   assert saved["attention_mlp"][1] == {layers.QKV: 3, layers.ATTENTION_OUT: 1,

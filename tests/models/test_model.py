@@ -102,10 +102,13 @@ def test_bfloat16_compute_is_close_to_float32(tiny, batch):
 
 
 def test_remat_gives_same_outputs_and_gradients(tiny, batch):
+  """Remat gives the outputs and gradients of no remat, with the default policy "full" (text
+  tower) and with one that saves named outputs, "attention_mlp" (set for the image tower)."""
   config = tiny.model_config()
   config.towers.image.depth = config.towers.text.depth = 1  # compile time; remat is per block
   model, params = _build(config, batch)
   config.remat = True
+  config.towers.image.remat_policy = "attention_mlp"
   model_remat, params_remat = jax.eval_shape(lambda: _build(config, batch))
   assert jax.tree.structure(params) == jax.tree.structure(params_remat)
 
