@@ -13,6 +13,13 @@ including the data iterator's position. The workdir may be local or on object st
 (`gs://bucket/run`): every file goes through `clip_jax.fs`. What is trained is assembled in
 `clip_jax.training.trainer`; this module runs it: `restore_or_init`, then per step the train
 step, `_Run.log_step`, `_Run.evaluate` and `_Run.checkpoint`.
+
+The loop keeps the devices busy: the batch of step N + 1 is sent to the devices right after step
+N is dispatched (its transfer overlaps the steps running), and the host reads step N's results
+(the divergence check, `_Run.check_divergence`) only once step N + 1 is dispatched, except at the
+steps that log, evaluate or checkpoint, which wait for their own step. So while the devices run a
+step the next one is queued and the batch after it on its way; the host waits once per step, for
+the step before the last one dispatched, which bounds the batches on the devices to three.
 """
 
 from __future__ import annotations
@@ -163,7 +170,11 @@ class _Run:
     return metrics
 
   def check_divergence(self, metrics: dict[str, jax.Array], step: int) -> int:
-    """The consecutive non-finite steps up to `step`.
+    """The consecutive non-finite steps up to `step` (waits for that step to finish).
+
+    The loop calls it for every step once the next one is dispatched, and for the step itself
+    before a checkpoint, so a run stops after its `max_bad_steps`-th consecutive non-finite step
+    N, during step N + 1 (or at N when N checkpoints), and no checkpoint is written from N on.
 
     Raises:
       FloatingPointError: `max_bad_steps` of them, naming the last good checkpoint.
@@ -178,36 +189,42 @@ class _Run:
     return bad
 
   def checkpoint(self, step: int, state: state_lib.State, metrics: dict[str, jax.Array],
-                 stop: bool) -> bool:
+                 data_state: dict[str, Any], stop: bool) -> bool:
     """Every `ckpt_every_steps`, and when stopping (then waiting until it is on disk): saves the
-    state and the data position unless the step is non-finite (a checkpoint of a diverging run
-    must never rotate out the good ones). Returns whether a checkpoint was written."""
+    state and `data_state` (the data iterator's position after this step's batch) unless the
+    step is non-finite (a checkpoint of a diverging run must never rotate out the good ones).
+    Returns whether a checkpoint was written."""
     if not (self.due(step, self.trainer.config.ckpt_every_steps) or stop):
       return False
     if self.check_divergence(metrics, step):
       return False
-    saved = self.ckpt.save(step, state, self.data_iter.get_state(), force=True, wait=stop)
+    saved = self.ckpt.save(step, state, data_state, force=True, wait=stop)
     self.writer.sync()  # object storage: the bucket's metrics.jsonl reaches this step
     return saved
 
 
 def _train(run: _Run, state: state_lib.State, start: int) -> tuple[int, dict[str, float]]:
   """Trains from step `start` to config.total_steps, or until a stop signal (SIGTERM/SIGINT,
-  see `preemption`); returns (the last step, the last eval metrics)."""
+  see `preemption`); returns (the last step, the last eval metrics). The order of each step is
+  the module docstring's."""
   config, trainer = run.trainer.config, run.trainer
   step, previous, final = start, None, {}
+  batch = trainer.global_batch(run.next_batch()) if step < config.total_steps else None
   with PreemptionGuard() as guard:
     while step < config.total_steps:
-      state, metrics = trainer.train_step(state, trainer.global_batch(run.next_batch()))
+      state, metrics = trainer.train_step(state, batch)
       step += 1
-      if previous is not None:  # one step behind: no stall of the dispatch pipeline
+      data_state = run.data_iter.get_state()  # after this step's batch: where a resume starts
+      if step < config.total_steps:  # the next batch travels while this step runs
+        batch = trainer.global_batch(run.next_batch())
+      if previous is not None:  # one step behind: the devices still have this step to run
         run.check_divergence(*previous)
       previous = (metrics, step)
       run.log_step(step, metrics)
       final = run.evaluate(step, state) or final
       faults.signal_after(step)
       stop = guard.should_stop()
-      saved = run.checkpoint(step, state, metrics, stop)
+      saved = run.checkpoint(step, state, metrics, data_state, stop)
       if stop:
         where = (f"checkpoint written to {run.ckpt.directory}/{step}" if saved else
                  f"no checkpoint written (non-finite steps); the latest is step "
