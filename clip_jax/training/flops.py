@@ -41,13 +41,13 @@ from clip_jax.tree_paths import path_to_str
 # (GPUs report the CUDA device name; a TPU device is one chip). Sources: NVIDIA's H100 and H200
 # datasheets (H100 SXM5 and H200 SXM: 1,979 TFLOP/s bf16 with 2:4 sparsity, half of it dense),
 # the A100 datasheet (312 TFLOP/s bf16 dense, SXM4 and PCIe, 40 and 80 GB), and Cloud TPU's
-# system architecture pages (https://cloud.google.com/tpu/docs/system-architecture-tpu-vm:
-# v4 275, v5e 197, v5p 459, v6e 918 TFLOP/s bf16 per chip). The TPU kinds are the strings JAX
+# pages of each version, "Peak compute per chip (bf16)" (https://cloud.google.com/tpu/docs/v4,
+# .../v5e, .../v5p, .../v6e: 275, 197, 459, 918 TFLOP/s). The TPU kinds are the strings JAX
 # reports, as its own test utilities match them (`jax._src.test_util.is_device_tpu`: v5e is
 # "TPU v5 lite", v5p "TPU v5", v6e "TPU v6 lite").
 PEAK_FLOPS_PER_DEVICE: dict[str, float] = {
     "NVIDIA H100 80GB HBM3": 989e12,  # H100 SXM5
-    "NVIDIA H200": 989e12,
+    "NVIDIA H200": 989e12,  # H200 SXM; the H200 NVL (835) reports the same name
     "NVIDIA A100-SXM4-80GB": 312e12,
     "NVIDIA A100-SXM4-40GB": 312e12,
     "NVIDIA A100 80GB PCIe": 312e12,
