@@ -58,6 +58,9 @@ class RunFields:
   ckpt_keep_period: int = 0      # ... plus every M-th step (0: none)
   ckpt_async: bool = True        # write checkpoints in the background
   max_bad_steps: int = 5         # stop after this many consecutive non-finite steps
+  # Peak dense bf16 TFLOP/s of one device, for the logged mfu; 0: from the device kind
+  # (clip_jax.training.flops.PEAK_FLOPS_PER_DEVICE; no mfu for an unknown kind, e.g. a CPU).
+  peak_tflops_per_device: float = schema.field(0.0, schema.number(low=0.0))
   init_from: str = ""            # params-only initialisation from another checkpoint, or
                                  # released weights: "<source>:<name>[:<checkpoint>]"
   init_from_rules: Any = ()      # ((regex, "load"|"init"), ...) for init_from

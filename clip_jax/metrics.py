@@ -160,14 +160,23 @@ _SHORT_NAMES = {
 }
 
 
-def format_metrics(metrics: Mapping[str, Any], max_items: int = 6) -> str:
-  """A compact one-line summary: `loss=0.6931 lr=1.00e-03 ex/s=12.3k`.
+# Shown first in the progress bar, in this order (names without a "train/" prefix).
+_FIRST = ("loss", "learning_rate", "examples_per_sec", "mfu")
 
-  A "train/" prefix is dropped, a few long names are shortened, numbers get 4 significant digits
-  (thousands/millions as k/M), and at most `max_items` entries are shown.
+
+def format_metrics(metrics: Mapping[str, Any], max_items: int = 6) -> str:
+  """A compact one-line summary: `loss=0.6931 lr=1.00e-03 ex/s=12.3k mfu=41.2%`.
+
+  A "train/" prefix is dropped, a few long names are shortened, the names in `_FIRST` come
+  first, numbers get 4 significant digits (thousands/millions as k/M; `mfu`, a fraction, as a
+  percentage), and at most `max_items` entries are shown.
   """
+  def rank(name: str) -> int:
+    short = str(name).removeprefix("train/")
+    return _FIRST.index(short) if short in _FIRST else len(_FIRST)
+
   parts = []
-  for name, value in list(metrics.items())[:max_items]:
+  for name, value in sorted(metrics.items(), key=lambda kv: rank(kv[0]))[:max_items]:
     short = str(name).removeprefix("train/")
     short = _SHORT_NAMES.get(short, short)
     try:
@@ -177,6 +186,8 @@ def format_metrics(metrics: Mapping[str, Any], max_items: int = 6) -> str:
       continue
     if not math.isfinite(v):
       text = str(v)
+    elif short == "mfu":
+      text = f"{100 * v:.1f}%"
     elif short in ("lr",) or (v != 0 and abs(v) < 1e-3):
       text = f"{v:.2e}"
     elif abs(v) >= 1e6:

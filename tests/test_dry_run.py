@@ -27,19 +27,22 @@ CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(str(ROOT / "configs
 UNSIMULATED = dry_run_lib.parse_target("v4-4096")
 
 
-@pytest.mark.parametrize("config_file,expected", [
-    # open_clip's own counts of these models (logit_scale included).
-    ("configs/paper/clip_vit_b32_laion400m.py", 151_277_313),
-    ("configs/paper/clip_vit_b16_laion400m.py", 149_620_737),
-    ("configs/paper/clip_vit_l14_laion400m.py", 427_616_513),
+@pytest.mark.parametrize("config_file,expected,gflops", [
+    # open_clip's own counts of these models (logit_scale included), and its model profile's
+    # GFLOPs per image-text pair x 3 (forward and backward; the similarities are not counted).
+    ("configs/paper/clip_vit_b32_laion400m.py", 151_277_313, 44.3),
+    ("configs/paper/clip_vit_b16_laion400m.py", 149_620_737, 123.3),
+    ("configs/paper/clip_vit_l14_laion400m.py", 427_616_513, None),
 ])
-def test_paper_clip_configs_have_open_clips_parameter_counts(config_file, expected,
+def test_paper_clip_configs_have_open_clips_parameter_counts(config_file, expected, gflops,
                                                            with_tokenizer_files):
   config = with_tokenizer_files(load_config_file(str(ROOT / config_file)))
   report = dry_run_lib.dry_run(config, target=UNSIMULATED)
   assert report.total_params == expected
   assert f"total_params={expected}" in report.text()
   assert sum(report.tower_params.values()) + 1 == expected  # + the loss's scale
+  if gflops:  # no remat in these configs: 3 x forward
+    assert report.flops_analytic / config.batch_size / 1e9 == pytest.approx(gflops, rel=0.005)
 
 
 @pytest.mark.parametrize("config_file", CONFIGS)

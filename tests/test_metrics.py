@@ -127,6 +127,10 @@ def test_format_metrics_is_compact():
                          "examples_per_sec": 12345.6, "grad_norm": jnp.asarray(1.5)})
   assert text == "loss=0.6931 lr=1.25e-03 ex/s=12.3k gnorm=1.5"
   assert format_metrics({"loss": float("nan")}) == "loss=nan"
+  # The loss, rate, throughput and MFU come first, whatever the order of the step's metrics.
+  text = format_metrics({"bad_steps": 0, "bias": -10.0, "grad_norm": 1.5, "learning_rate": 1e-3,
+                         "loss": 0.5, "scale": 10.0, "examples_per_sec": 900.0, "mfu": 0.4123})
+  assert text == "loss=0.5 lr=1.00e-03 ex/s=900 mfu=41.2% bad_steps=0 bias=-10"
 
 
 def test_progress_bar_updates_and_disables():

@@ -18,16 +18,8 @@ The report (`Report.text`):
   parameters of each tower (its encoder and projection);
 * FLOPs per step: XLA's `cost_analysis()` of the lowered step (the whole program; the loss's
   shard_map body is counted for one shard) and, when compiled, of the compiled per-device
-  program; and the analytic count (`analytic_flops`):
-    3 x forward (4 x for a rematerialised tower, 1 x for a locked one: its encoder frozen, as
-    in LiT, so no backward pass), forward = sum over towers of
-      2 x B x (T x P_token + P_example) + 4 x B x depth x T^2 x D
-    + 2 x B^2 x E per pair of modalities (the similarity matrix),
-  where B is the global batch, T a tower's tokens per example (patches (+ class token), or the
-  text length), P_token its matmul parameters applied to every token (the blocks' kernels, the
-  patch embedding, a MAP head's key and value), P_example those applied once per example (the
-  projection, the rest of a MAP head, a text head), D its width and E the embedding size.
-  Embedding lookups, LayerNorms, activations and the softmax are not counted;
+  program; and the analytic count (`clip_jax.training.flops.analytic_flops`: its module
+  docstring gives the formula);
 * per device: parameters, optimizer state and gradients (float32, each sharded as the
   `config.sharding_rules` give: shard shapes from the PartitionSpecs) and activations: the
   compiled program's temporaries (`memory_analysis()`, which also hold the gradients) when
@@ -61,11 +53,11 @@ from clip_jax import config as config_lib
 from clip_jax import mesh as mesh_lib
 from clip_jax.data import train_batch_spec
 from clip_jax.losses.registry import make_objective
-from clip_jax.models import ModelSpec, parse_model_config
-from clip_jax.models.registry import TOWERS, TransformerFields, resolve_size
+from clip_jax.models import parse_model_config
 from clip_jax.registry import ConfigError
 from clip_jax.sharding import param_partition_specs
 from clip_jax.training import state as state_lib
+from clip_jax.training.flops import analytic_flops, tower_shapes
 from clip_jax.training.trainer import Trainer, make_optimization
 from clip_jax.tree_paths import path_to_str
 
@@ -181,40 +173,6 @@ def _gib(n: float) -> str:
   return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
 
 
-def _tower_shapes(config: ml_collections.ConfigDict, spec: ModelSpec, params: dict[str, Any],
-                  frozen: dict[str, Any],
-                  batch_spec: dict[str, jax.ShapeDtypeStruct]) -> dict[str, dict[str, Any]]:
-  """{modality: {tokens T, depth, width D, heads H (1 for a tower that is not a transformer),
-  per_token and per_example matmul params, remat, locked (its encoder is frozen), bytes e per
-  element, map_head}} of every tower, read from its abstract params, frozen mask and config."""
-  shapes = {}
-  for modality, tower in spec.towers.items():
-    flat = [(path_to_str(p), leaf) for p, leaf in
-            jax.tree_util.tree_flatten_with_path(params[modality])[0]]
-    per_token = sum(math.prod(x.shape) for name, x in flat if name.endswith("kernel") and (
-        "/transformer/" in name or "patch_embed" in name or
-        re.search(r"map_head/attn/(key|value)/", name)))
-    per_example = sum(math.prod(x.shape) for name, x in flat
-                      if name.endswith("kernel")) - per_token
-    depth = len({m.group(1) for name, _ in flat
-                 for m in [re.search(r"/transformer/(block_\d+)/", name)] if m})
-    pos = dict(flat).get("encoder/pos_embedding")
-    entry = batch_spec[modality].shape
-    tokens = pos.shape[0] if len(entry) == 4 and pos is not None else (
-        entry[1] if len(entry) == 2 else 1)
-    fields = TOWERS.parse(config.model.towers[modality], tower.field)
-    heads = (resolve_size(vars(fields), fields.SIZES, tower.field, fields.WITH_PATCH)["num_heads"]
-             if isinstance(fields, TransformerFields) else 1)
-    width = getattr(params[modality].get("projection", {}).get("kernel"), "shape", (0,))[0]
-    shapes[modality] = dict(tokens=tokens, depth=depth, width=width, heads=heads,
-                            per_token=per_token, per_example=per_example,
-                            remat=bool(tower.kwargs["remat"]),
-                            locked=all(jax.tree.leaves(frozen[modality]["encoder"])),
-                            bytes=np.dtype(tower.kwargs["dtype"]).itemsize,
-                            map_head="map_head" in params[modality]["encoder"])
-  return shapes
-
-
 def _device_memory_gib(device: jax.Device) -> float | None:
   """The memory JAX may use on `device` (its `memory_stats()` bytes_limit), None where the
   backend does not say (CPU)."""
@@ -223,18 +181,6 @@ def _device_memory_gib(device: jax.Device) -> float | None:
   except Exception:  # noqa: BLE001  (backends without memory stats raise their own types)
     return None
   return stats["bytes_limit"] / GIB if stats and "bytes_limit" in stats else None
-
-
-def analytic_flops(shapes: dict[str, dict[str, Any]], batch: int, embed_dim: int) -> float:
-  """Training FLOPs of one step (see the module docstring)."""
-  total = 0.0
-  for s in shapes.values():
-    t, d = s["tokens"], s["width"]
-    forward = 2 * batch * (t * s["per_token"] + s["per_example"])
-    forward += 4 * batch * s["depth"] * t * t * d + (4 * batch * t * d if s["map_head"] else 0)
-    total += (1 if s["locked"] else 4 if s["remat"] else 3) * forward
-  pairs = len(shapes) * (len(shapes) - 1) // 2
-  return total + 3 * pairs * 2 * batch * batch * embed_dim
 
 
 def analytic_activation_bytes(shapes: dict[str, dict[str, Any]], local_batch: int,
@@ -316,7 +262,7 @@ def dry_run(config: ml_collections.ConfigDict, *, target: Target | None = None,
     out(f"params[{modality}]={report.tower_params[modality]}")
   out(f"params[loss]={_count(params['loss'])}")
 
-  shapes = _tower_shapes(config, model_spec, params["model"], frozen["model"], batch_spec)
+  shapes = tower_shapes(config, model_spec, params["model"], frozen["model"], batch_spec)
   report.flops_analytic = analytic_flops(shapes, config.batch_size, model_spec.embed_dim)
   out(f"flops_per_step_analytic={report.flops_analytic:.4g}")
 

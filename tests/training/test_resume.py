@@ -20,6 +20,7 @@ from clip_jax.checkpoint import Checkpointer
 from clip_jax.config import load_config_file
 from clip_jax.metrics import read_metrics
 from clip_jax.training import faults
+from clip_jax.training.flops import model_flops_per_example
 from clip_jax.training.loop import train_and_evaluate
 from clip_jax.training.trainer import Trainer
 
@@ -155,6 +156,7 @@ def test_consecutive_nan_steps_stop_cleanly(tmp_path, monkeypatch):
 def test_single_nan_step_is_skipped_and_training_goes_on(tmp_path, monkeypatch):
   config = load_config_file(TINY)
   config.total_steps = 8
+  config.peak_tflops_per_device = 0.002  # a CPU's peak is not known: given, so mfu is logged
   monkeypatch.setenv(faults.NAN_STEPS_VAR, "3")
   train_and_evaluate(config, str(tmp_path))
   lines = [l for l in read_metrics(os.path.join(tmp_path, "metrics.jsonl")) if "loss" in l]
@@ -163,6 +165,11 @@ def test_single_nan_step_is_skipped_and_training_goes_on(tmp_path, monkeypatch):
   # Every training line says what fraction of its wall time the loop waited for data.
   assert all(0 <= l["data_wait_fraction"] <= 1 for l in lines)
   assert 0 < sum(l["data_wait_fraction"] for l in lines) < len(lines)
+  # ... and its throughput: examples/s in all and per device (8), and the MFU.
+  flops = model_flops_per_example(Trainer(config))
+  for l in lines:
+    assert l["examples_per_sec_per_device"] == pytest.approx(l["examples_per_sec"] / 8)
+    assert l["mfu"] == pytest.approx(flops * l["examples_per_sec"] / (0.002e12 * 8))
   assert json.load(open(os.path.join(tmp_path, "final_metrics.json")))
 
 
@@ -181,6 +188,7 @@ def test_rerunning_a_finished_run_keeps_its_results(tmp_path):
   final = json.load(open(os.path.join(tmp_path, "final_metrics.json")))
   assert final["heldout/num_images"] > 0
   lines = read_metrics(os.path.join(tmp_path, "metrics.jsonl"))
+  assert not any("mfu" in l for l in lines)  # the CPU's peak FLOP/s is not known
   train_and_evaluate(config, str(tmp_path))
   assert json.load(open(os.path.join(tmp_path, "final_metrics.json"))) == final
   assert read_metrics(os.path.join(tmp_path, "metrics.jsonl")) == lines
