@@ -52,7 +52,9 @@ fi
 export PYTHONUNBUFFERED=1
 # JAX and PyTorch share the GPU: JAX allocates as it goes (no 75 % up front), up to 90 %.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_PYTHON_CLIENT_MEM_FRACTION=0.9
-export XLA_FLAGS="${XLA_FLAGS:-} ${GPU_SESSION_XLA_FLAGS:-}"
+if [[ -n ${GPU_SESSION_XLA_FLAGS:-} ]]; then
+  export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }$GPU_SESSION_XLA_FLAGS"
+fi
 
 {
   echo "# clip_jax vs open_clip training throughput, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -69,7 +71,7 @@ import jax
 print("devices", jax.devices())
 EOF
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 || true
-  echo "XLA_FLAGS=$XLA_FLAGS"
+  echo "XLA_FLAGS=${XLA_FLAGS:-}"
   echo '```'
 } >"$MD" 2>>"$LOG"
 

@@ -384,7 +384,7 @@ def max_batch_per_device(config: ml_collections.ConfigDict, devices: list[Any], 
   fixed = used[0] - slope * PROBES[0]
   best = int((FILL * memory_bytes - fixed) / slope) if slope > 0 else PROBES[1]
   print(f"memory per device: {fixed / 2**20:.1f} MiB + {slope / 2**20:.3f} MiB x batch; "
-        f"{best} fits {FILL:.0%} of {memory_bytes / 2**30:.2f} GiB", file=sys.stderr, flush=True)
+        f"{best} fits {FILL:.0%} of {memory_bytes / 2**20:,.1f} MiB", file=sys.stderr, flush=True)
   return max(8, best // 8 * 8)
 
 

@@ -110,6 +110,7 @@ def test_open_clip_peer_starts_where_clip_jax_does(open_clip_lib):
 
   tt, peer_lib = _throughput_module()
   config = load_config_module(DEMO).get_config("tiny")
+  config.loss.init_bias = 0.0  # at b = -10 every model's loss is about 10: the check is weak
   devices = jax.devices()[:1]
   batch = tt.random_batch(config, np.random.default_rng(0), False)
   trainer = Trainer(config, devices=devices, batch_spec=tt._batch_spec(config, False))
@@ -123,30 +124,33 @@ def test_open_clip_peer_starts_where_clip_jax_does(open_clip_lib):
   images, texts = peer.batches[0]
   with FlopCounterMode(display=False) as counter:
     peer.loss_fn(**peer.model(images, texts))
-  # The analytic count also applies the patch embedding to the class token (2 x B x p^2 C x D
-  # per forward); torch's counter does not.
-  cls_token = 2 * config.batch_size * 8 * 8 * 3 * 32
-  analytic = tt.analytic_per_example(tt.analytic_shapes(trainer), config.batch_size)
-  assert counter.get_total_flops() + cls_token == pytest.approx(
-      analytic * config.batch_size / 3, rel=1e-9)
+  # torch's counter sees the matmuls and the patch convolution, not the attention inside
+  # nn.MultiheadAttention (4 x B x T^2 x D per layer: T = 5 image tokens, 8 text tokens, D = 32);
+  # the analytic count also applies the patch embedding to the class token (2 x B x p^2 C x D).
+  n = config.batch_size
+  attention = 4 * n * (5**2 + 8**2) * 32
+  cls_token = 2 * n * 8 * 8 * 3 * 32
+  analytic = tt.analytic_per_example(tt.analytic_shapes(trainer), n)
+  assert counter.get_total_flops() + attention + cls_token == analytic * n / 3
   peer.step(timed=False)
   loss = float(metrics["loss"])
   print(f"step-0 loss: clip_jax {loss:.7f}, open_clip {peer.first_loss:.7f}")
   assert peer.first_loss == pytest.approx(loss, abs=1e-5)
-  assert abs(loss - 10.0) > 0.01  # not the value of any model at the sigmoid loss's init
 
 
 @pytest.mark.parametrize("config,gflops", [("clip_vit_b32_laion400m.py", 44.3),
                                            ("clip_vit_b16_laion400m.py", 123.3)])
-def test_analytic_flops_of_vit_b(config, gflops):
+def test_analytic_flops_of_vit_b(config, gflops, clip_merges_path):
   """open_clip's profile of ViT-B/32 and B/16 (224 px, text 77): 3 x forward GFLOP per pair,
-  from abstract shapes only."""
+  from abstract shapes only (the paper configs build without their ":data=" argument; their
+  clip_bpe tokenizer needs CLIP's merges file, which an installed open_clip_torch has)."""
   from clip_jax.config import load_config_module
   from clip_jax.training.trainer import Trainer
 
   tt, _ = _throughput_module()
   base = load_config_module(os.path.join(ROOT, "configs", "paper", config)).get_config()
   base = tt.with_batch(base, 256, 1)
+  base.data.tokenizer.merges_path = clip_merges_path
   trainer = Trainer(base, devices=jax.devices()[:1], batch_spec=tt._batch_spec(base, False))
   assert tt.analytic_per_example(tt.analytic_shapes(trainer), 256) / 1e9 == pytest.approx(
       gflops, abs=0.05)
