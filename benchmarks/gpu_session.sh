@@ -20,17 +20,18 @@
 # benchmarks/configs/demo_scale.py:tiny, one max-batch run with --memory_gib, open_clip eager,
 # one step, no wheels installed.
 #
-# Wheels the device image lacks (KINDS.md's package list): open_clip_torch (needs torch,
-# torchvision, regex, ftfy, tqdm, huggingface-hub, safetensors, timm: all there but ftfy),
-# ml_collections (clip_jax's configs), ftfy and its wcwidth (clip_jax's clip_bpe tokenizer and
-# open_clip's), tensorboardX (clip_jax's metric writer; needs numpy, packaging, protobuf: there),
-# braceexpand (clip_jax's shard lists). Fetch them here, at the repository root:
-#   echo /.whl/ >> .git/info/exclude   # .gitignore has it already
+# Wheels the device image lacks (KINDS.md's package list; what the benchmark imports, checked
+# with sys.modules after importing it): open_clip_torch (its needs torch, torchvision, regex,
+# tqdm, huggingface-hub, safetensors and timm are there; ftfy is not), ml_collections (configs),
+# ftfy and its wcwidth (the clip_bpe tokenizer), braceexpand (shard lists), grain and its
+# array_record and portpicker (the data pipeline, imported by the trainer). Fetch them here, at
+# the repository root (.gitignore has /.whl/; about 7 MB, grain and array_record binary):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-#     --platform manylinux2014_x86_64 -d .whl open_clip_torch==3.3.0 ml_collections==1.1.0 \
-#     ftfy==6.3.1 wcwidth==0.2.13 tensorboardX==2.6.4 braceexpand==0.1.7
-# (all pure-Python wheels, about 2 MB; keep one version of each in .whl/).
+#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+#     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     open_clip_torch==3.3.0 ml_collections==1.1.0 ftfy==6.3.1 wcwidth==0.7.0 \
+#     braceexpand==0.1.7 grain==0.2.18 array_record==0.8.6 portpicker==1.6.0
+# (keep one version of each in .whl/; a clip_benchmark wheel there is installed too, harmlessly).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_session}
