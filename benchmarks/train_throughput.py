@@ -66,7 +66,6 @@ import contextlib
 import datetime
 import glob
 import json
-import math
 import os
 import re
 import statistics

@@ -57,7 +57,7 @@ def test_train_throughput_prints_table():
   assert "step-0 loss" not in proc.stdout  # no open_clip peer unless asked
   rows = table_rows(proc.stdout, ("all_gather",))
   assert [r[3] for r in rows] == ["off", "8"]  # the micro-batch column
-  (impl, dtype, remat, micro, per_device, compile_s, ms, speed, rel, peer, temp, row_flops,
+  (impl, dtype, remat, _, per_device, compile_s, ms, speed, rel, peer, temp, row_flops,
    mfu) = rows[0]
   assert (impl, dtype, remat, per_device, rel, peer, mfu) == (
       "all_gather", "float32", "off", "8", "1.00x", "-", "n/a")
@@ -102,7 +102,6 @@ def _throughput_module():
 def test_open_clip_peer_starts_where_clip_jax_does(open_clip_lib):
   """Same weights, batch, architecture and loss: the step-0 losses, parameter counts and model
   FLOPs of clip_jax's trainer and the open_clip peer agree (float32, CPU)."""
-  import torch
   from torch.utils.flop_counter import FlopCounterMode
 
   from clip_jax.config import load_config_module
