@@ -10,12 +10,12 @@ beforehand (no data loading in the timed loop): `--warmup` steps, then `--steps`
 timed to completion. The table gives the median ms/step, examples/s, and examples/s relative to
 the first variant.
 
-FLOPs come from XLA (`compiled.cost_analysis()["flops"]`, which counts one device's program;
-times the devices, divided by the batch). XLA counts a while loop's body once, so a program with
-loops (the ring loss) is undercounted (marked †). The model FLOPs per example used for MFU are
-therefore taken from the all_gather variant without remat (compiled for that purpose if it is not
-among the variants): forward, backward and optimizer update, summed over devices. With
-`--peak_tflops` (the peak of ONE device; no default), MFU = model FLOP/s / (peak x devices).
+XLA's FLOPs (`compiled.cost_analysis()["flops"]`, which counts one device's program; times
+the devices, divided by the batch) are the cross-check column. XLA counts a while loop's body
+once, so a program with loops (the ring loss) is undercounted (marked †); the header's XLA model
+FLOPs therefore come from the all_gather variant without remat (compiled for that purpose if it
+is not among the variants): forward, backward and optimizer update, summed over devices. The
+"memory" column is the compiled step's temporaries (open_clip: CUDA's peak allocation).
 
   python benchmarks/train_throughput.py --steps 20
   python benchmarks/train_throughput.py --devices 8 --steps 20 --dtypes float32,bfloat16
@@ -37,9 +37,9 @@ fastest open_clip row's. open_clip is imported when installed, else from --open_
 with torchvision stood in for.
 
 MFU uses the analytic model FLOPs (clip_jax.training.dry_run.analytic_flops: 3 x forward, no
-remat recomputation; 44.3 GFLOP per example for ViT-B/32 at 224 px, 123.3 for ViT-B/16):
-MFU = FLOPs per example x examples/s / (--peak_tflops x devices). XLA's count (below) stays as
-the cross-check column.
+remat recomputation; 44.3 GFLOP per example for ViT-B/32 at 224 px, 123.3 for ViT-B/16), the
+same for a clip_jax and an open_clip row of one batch: MFU = FLOPs per example x examples/s /
+(--peak_tflops x devices), n/a without --peak_tflops (the peak of ONE device; H100 SXM: 989).
 
 `--batch_per_device N` sets config.batch_size = N x devices; `max` takes the largest that
 fits: for each clip_jax variant, two compiles (64 and 128 per device) give its memory
