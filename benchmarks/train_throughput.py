@@ -10,18 +10,49 @@ beforehand (no data loading in the timed loop): `--warmup` steps, then `--steps`
 timed to completion. The table gives the median ms/step, examples/s, and examples/s relative to
 the first variant.
 
-FLOPs come from XLA (`compiled.cost_analysis()["flops"]`, which counts one device's program;
-times the devices, divided by the batch). XLA counts a while loop's body once, so a program with
-loops (the ring loss) is undercounted (marked †). The model FLOPs per example used for MFU are
-therefore taken from the all_gather variant without remat (compiled for that purpose if it is not
-among the variants): forward, backward and optimizer update, summed over devices. With
-`--peak_tflops` (the peak of ONE device; no default), MFU = model FLOP/s / (peak x devices).
+XLA's FLOPs (`compiled.cost_analysis()["flops"]`, which counts one device's program; times
+the devices, divided by the batch) are the cross-check column. XLA counts a while loop's body
+once, so a program with loops (the ring loss) is undercounted (marked †); the header's XLA model
+FLOPs therefore come from the all_gather variant without remat (compiled for that purpose if it
+is not among the variants): forward, backward and optimizer update, summed over devices. The
+"memory" column is the compiled step's temporaries (open_clip: CUDA's peak allocation).
 
   python benchmarks/train_throughput.py --steps 20
   python benchmarks/train_throughput.py --devices 8 --steps 20 --dtypes float32,bfloat16
   python benchmarks/train_throughput.py --config configs/demo/emoji_softmax.py \
       --config.batch_size=512 --remat off,on --peak_tflops 989
   python benchmarks/train_throughput.py --impls config --microbatch 0,64 --steps 20
+  python benchmarks/train_throughput.py --config benchmarks/configs/demo_scale.py --devices 1 \
+      --impls all_gather --open_clip eager,compile --steps 10
+
+The open_clip peer (`--open_clip eager,compile`; default none): open_clip 3.3.0's CLIP on
+PyTorch, the same architecture, initial weights (exported from the first clip_jax variant's
+state), random batches, loss and AdamW settings (benchmarks/open_clip_peer.py), one row per mode
+x dtype (float32, or amp_bf16 for bfloat16) x remat (grad checkpointing), timed in turns with
+the clip_jax variants. It needs an open_clip-shaped config (`open_clip.Architecture`:
+configs/paper/clip_vit_b32_laion400m.py, clip_vit_b16_laion400m.py,
+benchmarks/configs/demo_scale.py). Both step-0 losses are printed: in float32 they agree (the
+models, losses and weights are the same). "vs open_clip best" divides a row's examples/s by the
+fastest open_clip row's. open_clip is imported when installed, else from --open_clip_wheel
+with torchvision stood in for.
+
+MFU uses the analytic model FLOPs (clip_jax.training.dry_run.analytic_flops: 3 x forward, no
+remat recomputation; 44.3 GFLOP per example for ViT-B/32 at 224 px, 123.3 for ViT-B/16), the
+same for a clip_jax and an open_clip row of one batch: MFU = FLOPs per example x examples/s /
+(--peak_tflops x devices), n/a without --peak_tflops (the peak of ONE device; H100 SXM: 989).
+
+`--batch_per_device N` sets config.batch_size = N x devices; `max` takes the largest that
+fits: for each clip_jax variant, two compiles (64 and 128 per device) give its memory
+(`memory_analysis()`: arguments + outputs - aliased + temporaries) as a line in the batch, solved
+for 90 % of the device's memory (--memory_gib, else `memory_stats()['bytes_limit']`), rounded
+down to a multiple of 8; a run that still runs out of memory backs off to 85 % (three tries).
+open_clip starts at clip_jax's batch of the same dtype and remat and halves on
+torch.OutOfMemoryError. With `max`, the variants run one after another (--nointerleave is
+implied), open_clip first (PyTorch frees its cache after each), so each has the device to itself.
+
+`--json PATH` writes every row's raw numbers with the versions (jax, jaxlib, torch, open_clip),
+device kind and date. benchmarks/gpu_session.sh runs the GPU comparison (ViT-B/32 and B/16) in
+one call.
 
 `--devices N` uses the first N devices; on the CPU backend it first makes N simulated devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=N, set before the flags are parsed: parsing
@@ -31,6 +62,10 @@ simulated devices share its cores, so their numbers show program costs, not scal
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import glob
+import json
 import os
 import re
 import statistics
@@ -47,8 +82,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from clip_jax.cli import define_config_flag, parse_flags_or_exit  # noqa: E402
 from clip_jax.registry import ConfigError  # noqa: E402
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "demo", "emoji.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(ROOT, "configs", "demo", "emoji.py")
+# The open_clip_torch wheel to fall back on (as tests/conftest.py finds it).
+WHEEL = os.environ.get("CLIP_JAX_OPEN_CLIP_WHEEL") or ([""] + sorted(
+    glob.glob(os.path.join(ROOT, ".whl", "open_clip_torch-*.whl"))))[-1]
 
 _CONFIG = define_config_flag(f"Path to a get_config() file (default {DEFAULT_CONFIG}).")
 _DEVICES = flags.DEFINE_integer("devices", 0, "Number of devices (0: all). On CPU, simulated.")
@@ -69,9 +107,28 @@ _INTERLEAVE = flags.DEFINE_bool(
     "another.")
 _INSTANCE_IDS = flags.DEFINE_bool("instance_ids", False,
                                   "Add batch['instance_id'] (for multi_positive losses).")
+_OPEN_CLIP = flags.DEFINE_list("open_clip", ["none"],
+                               "open_clip peer modes: eager, compile, or none.")
+_OPEN_CLIP_WHEEL = flags.DEFINE_string(
+    "open_clip_wheel", WHEEL, "open_clip_torch wheel to import open_clip from when `import "
+    "open_clip` fails (default $CLIP_JAX_OPEN_CLIP_WHEEL, else the newest "
+    ".whl/open_clip_torch-*.whl).")
+_BATCH = flags.DEFINE_string("batch_per_device", "",
+                             "Per-device batch: N, or 'max' (the largest that fits); '' keeps "
+                             "config.batch_size.")
+_MEMORY_GIB = flags.DEFINE_float("memory_gib", None,
+                                 "Device memory for --batch_per_device=max, instead of the "
+                                 "device's bytes_limit (needed where the backend reports none: "
+                                 "CPU).")
+_JSON = flags.DEFINE_string("json", "", "Write the rows' raw numbers to this JSON file.")
 
 IMPLS = ("ring", "all_gather", "config")
 LOOP = re.compile(r"\bwhile\(")
+# --batch_per_device=max: the per-device batches of the two probe compiles, the share of the
+# device's memory to fill, and the back-off factor after an out-of-memory error.
+PROBES = (64, 128)
+FILL = 0.9
+BACK_OFF = 0.85
 
 
 def _simulate_devices(argv: list[str]) -> None:
@@ -140,7 +197,9 @@ def random_batch(config: ml_collections.ConfigDict, rng: np.random.Generator,
   """A host batch of `config.batch_size` random examples with the model's input shapes.
 
   "vit" towers get float32 `[B, S, S, 3]` in [-1, 1] (S = config.data.image_size);
-  "text_transformer" towers int32 `[B, context_length]` ids, padded with 0 after 2 to L tokens.
+  "text_transformer" towers int32 `[B, context_length]` ids, 2 to L tokens padded with 0,
+  each text ending with the largest id (vocab_size - 1, as CLIP's EOS: open_clip pools the token
+  of the largest id, clip_jax the last non-pad token).
   """
   n = config.batch_size
   batch = {}
@@ -150,8 +209,9 @@ def random_batch(config: ml_collections.ConfigDict, rng: np.random.Generator,
       batch[modality] = rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32)
     elif tower.name == "text_transformer":
       length = tower.context_length
-      tokens = rng.integers(1, tower.vocab_size, (n, length)).astype(np.int32)
+      tokens = rng.integers(1, tower.vocab_size - 1, (n, length)).astype(np.int32)
       lengths = rng.integers(2, length + 1, n)
+      tokens[np.arange(n), lengths - 1] = tower.vocab_size - 1
       tokens[np.arange(length)[None, :] >= lengths[:, None]] = 0  # pad after each text
       batch[modality] = tokens
     else:
@@ -170,20 +230,91 @@ def _flops(compiled) -> float | None:
   return float(flops) if flops and flops > 0 else None
 
 
+def _memory_bytes(compiled) -> int | None:
+  """One device's memory for a compiled step: arguments + outputs - aliased + temporaries."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return None
+  return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes +
+          m.temp_size_in_bytes)
+
+
+def _is_oom(error: Exception) -> bool:
+  text = str(error)
+  return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
+def host_batches(config: ml_collections.ConfigDict, with_ids: bool) -> list[dict[str, np.ndarray]]:
+  """`--batches` random host batches of `config` (seed 0: every variant of a batch size gets
+  the same ones)."""
+  rng = np.random.default_rng(0)
+  return [random_batch(config, rng, with_ids) for _ in range(max(1, _BATCHES.value))]
+
+
+def _batch_spec(config: ml_collections.ConfigDict,
+                with_ids: bool) -> dict[str, Any]:
+  """ShapeDtypeStructs of `random_batch(config)`'s entries (global batch)."""
+  import jax
+
+  one = random_batch(with_batch(config, 1, 1), np.random.default_rng(0), with_ids)
+  return {k: jax.ShapeDtypeStruct((config.batch_size, *v.shape[1:]), v.dtype)
+          for k, v in one.items()}
+
+
+def initial_params(config: ml_collections.ConfigDict, devices: list[Any],
+                   with_ids: bool) -> dict[str, Any]:
+  """The initial params {"model", "loss"} (numpy) of `config`'s trainer state: every variant's
+  (they differ in dtype, remat, loss impl and batch only; the seed is the config's)."""
+  import jax
+
+  from clip_jax.training.trainer import Trainer
+
+  trainer = Trainer(config, devices=devices, batch_spec=_batch_spec(config, with_ids))
+  state = trainer.init_state()
+  params = jax.device_get(state["params"])
+  del state
+  return params
+
+
+def with_batch(config: ml_collections.ConfigDict, per_device: int,
+               devices: int) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.batch_size = per_device * devices
+  return config
+
+
+def analytic_shapes(trainer) -> tuple[dict[str, dict[str, Any]], int]:
+  """The trainer's tower shapes for `analytic_flops` without remat's recomputation (model
+  FLOPs), and its embedding size; abstract only."""
+  from clip_jax.training.dry_run import _tower_shapes
+
+  shapes = _tower_shapes(trainer.config, trainer.model_spec,
+                         trainer.abstract_state["params"]["model"], trainer.frozen["model"],
+                         trainer.batch_spec)
+  return {m: dict(s, remat=False) for m, s in shapes.items()}, trainer.model_spec.embed_dim
+
+
+def analytic_per_example(shapes: tuple[dict[str, dict[str, Any]], int], batch: int) -> float:
+  """Model FLOPs per example of a training step at global batch `batch` (3 x forward)."""
+  from clip_jax.training.dry_run import analytic_flops
+
+  return analytic_flops(shapes[0], batch, shapes[1]) / batch
+
+
 class Variant:
   """One variant's trainer, state, pre-built global batches and compiled step."""
 
   def __init__(self, label: str, config: ml_collections.ConfigDict, devices: list[Any],
-               with_ids: bool, seed: int = 0):
+               with_ids: bool):
     import jax
 
     from clip_jax.training.trainer import Trainer
 
-    self.label = label
-    rng = np.random.default_rng(seed)
-    local = [random_batch(config, rng, with_ids) for _ in range(max(1, _BATCHES.value))]
+    self.label, self.kind = label, "clip_jax"
+    local = host_batches(config, with_ids)
     trainer = Trainer(config, devices=devices, batch_spec={
         k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in local[0].items()})
+    self.shapes = analytic_shapes(trainer)
     self.state = trainer.init_state()
     self.batches = [trainer.global_batch(b) for b in local]
     start = time.perf_counter()
@@ -195,6 +326,7 @@ class Variant:
     self.devices, self.batch_size = len(devices), trainer.config.batch_size
     self.times: list[float] = []
     self.metrics = None
+    self.first_loss = None
     self.steps_run = 0
 
   def step(self, timed: bool) -> None:
@@ -205,9 +337,11 @@ class Variant:
     self.state, self.metrics = self.compiled(self.state,
                                              self.batches[self.steps_run % len(self.batches)])
     jax.block_until_ready((self.state, self.metrics))
-    self.steps_run += 1
     if timed:
       self.times.append(time.perf_counter() - start)
+    if self.steps_run == 0:
+      self.first_loss = float(jax.device_get(self.metrics["loss"]))
+    self.steps_run += 1
 
   def finish(self) -> None:
     """Frees the state and batches; keeps the measurements."""
@@ -218,33 +352,147 @@ class Variant:
     self.median = statistics.median(self.times)
     del self.state, self.batches, self.compiled
     print(f"[{self.label}] compile {self.compile_s:.1f} s, median {self.median * 1e3:.1f} "
-          f"ms/step, last loss {self.loss:.4f}, skipped steps {self.skipped}", file=sys.stderr,
+          f"ms/step, first loss {self.first_loss:.6f}, last loss {self.loss:.4f}, skipped steps "
+          f"{self.skipped}", file=sys.stderr, flush=True)
+
+
+def max_batch_per_device(config: ml_collections.ConfigDict, devices: list[Any], with_ids: bool,
+                         memory_bytes: float) -> int:
+  """The per-device batch whose compiled step fills `FILL` of `memory_bytes`, from two probe
+  compiles (`PROBES`) whose memory is taken as linear in the batch; a multiple of 8, >= 8.
+
+  Raises:
+    ConfigError: the backend gives no memory analysis.
+  """
+  import jax
+
+  from clip_jax.training.trainer import Trainer
+
+  used = []
+  for per_device in PROBES:
+    probe = with_batch(config, per_device, len(devices))
+    trainer = Trainer(probe, devices=devices, batch_spec=_batch_spec(probe, with_ids))
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_sharding)
+             for k, v in trainer.batch_spec.items() if k in trainer.batch_keys}
+    compiled = trainer.train_step.lower(trainer.abstract_state, batch).compile()
+    used.append(_memory_bytes(compiled))
+    if used[-1] is None:
+      raise ConfigError("--batch_per_device=max: this backend gives no memory analysis of the "
+                        "compiled step; give a number")
+  slope = (used[1] - used[0]) / (PROBES[1] - PROBES[0])
+  fixed = used[0] - slope * PROBES[0]
+  best = int((FILL * memory_bytes - fixed) / slope) if slope > 0 else PROBES[1]
+  print(f"memory per device: {fixed / 2**20:.1f} MiB + {slope / 2**20:.3f} MiB x batch; "
+        f"{best} fits {FILL:.0%} of {memory_bytes / 2**20:,.1f} MiB", file=sys.stderr, flush=True)
+  return max(8, best // 8 * 8)
+
+
+def build_clip_jax(label: str, config: ml_collections.ConfigDict, devices: list[Any],
+                   with_ids: bool, per_device: int | None, memory_bytes: float | None) -> Variant:
+  """The Variant at `per_device` (None: the config's batch; with `memory_bytes`, the start of
+  the search for the largest batch: backs off by `BACK_OFF` on out-of-memory errors)."""
+  for attempt in range(3 if memory_bytes else 1):
+    batched = config if per_device is None else with_batch(config, per_device, len(devices))
+    print(f"[{label}] compiling (global batch {batched.batch_size}) ...", file=sys.stderr,
           flush=True)
+    try:
+      variant = Variant(label, batched, devices, with_ids)
+      if memory_bytes:
+        variant.step(timed=False)  # an out-of-memory error shows here, not in the timed loop
+      return variant
+    except Exception as e:  # noqa: BLE001  (XLA's runtime error type varies by version)
+      if not (memory_bytes and _is_oom(e) and attempt < 2):
+        raise
+      per_device = max(8, int(per_device * BACK_OFF) // 8 * 8)
+      print(f"[{label}] out of memory; backing off to {per_device} per device", file=sys.stderr,
+            flush=True)
+  raise AssertionError("unreachable")
 
 
-def measure(variants: list[tuple[str, ml_collections.ConfigDict]], devices: list[Any],
-            with_ids: bool, warmup: int, steps: int, interleave: bool) -> list[Variant]:
-  """Builds and times the (label, config) variants, in turns or one after another."""
-  def make(label, config):
-    print(f"[{label}] compiling ...", file=sys.stderr, flush=True)
-    return Variant(label, config, devices, with_ids)
+def build_open_clip(label: str, open_clip: Any, config: ml_collections.ConfigDict,
+                    params: dict[str, Any], with_ids: bool, per_device: int | None,
+                    search: bool, **kwargs: Any):
+  """The open_clip peer (one device) at `per_device` (None: the config's batch); with `search`,
+  halves the batch on torch.OutOfMemoryError (its first step runs here)."""
+  import torch
 
-  if not interleave:
-    done = []
-    for label, config in variants:
-      v = make(label, config)
+  from open_clip_peer import OpenClipVariant
+
+  while True:
+    batched = config if per_device is None else with_batch(config, per_device, 1)
+    try:
+      peer = OpenClipVariant(label, open_clip, batched, params, host_batches(batched, with_ids),
+                             **kwargs)
+      if search:
+        peer.step(timed=False)
+      return peer
+    except torch.OutOfMemoryError:
+      if not search or per_device <= 8:
+        raise
+    peer = None  # its tensors go, and the error's frames went with the except block
+    torch.cuda.empty_cache()
+    per_device //= 2
+    print(f"[{label}] out of memory; halving to {per_device}", file=sys.stderr, flush=True)
+
+
+def _run(variants: list[Any], warmup: int, steps: int, interleave: bool) -> None:
+  """Times `variants` (each with step/finish), in turns or one after another."""
+  if interleave:
+    for i in range(warmup + steps):
+      for v in variants:
+        v.step(timed=i >= warmup)
+  else:
+    for v in variants:
       for i in range(warmup + steps):
         v.step(timed=i >= warmup)
       v.finish()
-      done.append(v)
-    return done
-  built = [make(label, config) for label, config in variants]
-  for i in range(warmup + steps):
-    for v in built:
-      v.step(timed=i >= warmup)
-  for v in built:
+    return
+  for v in variants:
     v.finish()
-  return built
+
+
+def measure(variants: list[tuple[str, ml_collections.ConfigDict]], devices: list[Any],
+            with_ids: bool, warmup: int, steps: int, interleave: bool,
+            peers: list[tuple[str, dict[str, Any], str, bool]] = (), open_clip: Any = None,
+            per_device: int | str | None = None, memory_bytes: float | None = None) -> list[Any]:
+  """Builds and times the (label, config) clip_jax variants and the open_clip peers (label,
+  OpenClipVariant keywords, the clip_jax dtype and remat they match, per `peers`), in turns or
+  one after another; the clip_jax rows first.
+
+  `per_device`: None (the configs' batches), a number, or "max" (then `memory_bytes` is one
+  device's memory, and everything runs one after another, open_clip first).
+  """
+  search = per_device == "max"
+  sizes = {label: (max_batch_per_device(config, devices, with_ids, memory_bytes) if search
+                   else per_device) for label, config in variants}
+  params = initial_params(variants[0][1], devices, with_ids) if peers else None
+
+  def peer(label, kwargs, dtype, remat):
+    start = per_device
+    if search:  # clip_jax's batch of the same dtype and remat
+      start = next((sizes[l] for l, c in variants
+                    if c.model.dtype == dtype and c.model.remat == remat), max(sizes.values()))
+    return build_open_clip(label, open_clip, variants[0][1], params, with_ids, start, search,
+                           **kwargs)
+
+  def clip_jax(label, config):
+    return build_clip_jax(label, config, devices, with_ids, sizes[label],
+                          memory_bytes if search else None)
+
+  if interleave and not search:
+    built = [clip_jax(*v) for v in variants] + [peer(*p) for p in peers]
+    _run(built, warmup, steps, True)
+    return built
+  done = {}
+  # With `search`, open_clip first: PyTorch frees its cache after each, JAX keeps its pool.
+  order = [("clip_jax", variants), ("open_clip", peers)]
+  for kind, items in (order[::-1] if search else order):
+    done[kind] = []
+    for item in items:
+      v = clip_jax(*item) if kind == "clip_jax" else peer(*item)
+      _run([v], warmup, steps, False)
+      done[kind].append(v)
+  return done["clip_jax"] + done["open_clip"]
 
 
 def _si(value: float) -> str:
@@ -252,6 +500,15 @@ def _si(value: float) -> str:
     if abs(value) >= scale:
       return f"{value / scale:.3g} {unit}"
   return f"{value:.3g} "
+
+
+def _per_device(value: str) -> int | str | None:
+  if value in ("", "max"):
+    return value or None
+  if not value.isdigit() or int(value) < 1:
+    raise ConfigError(f"--batch_per_device={value}: give a number >= 1, 'max', or '' (the "
+                      "config's batch)")
+  return int(value)
 
 
 def main(argv: list[str]) -> None:
@@ -262,18 +519,36 @@ def main(argv: list[str]) -> None:
     impls = _choices("impls", _IMPLS.value, IMPLS)
     dtypes = _choices("dtypes", _DTYPES.value, ("float32", "bfloat16"))
     remats = [v == "on" for v in _choices("remat", _REMAT.value, ("off", "on"))]
+    modes = [m for m in _choices("open_clip", _OPEN_CLIP.value, ("eager", "compile", "none"))
+             if m != "none"]
     if not _MICRO.value or not all(v.isdigit() for v in _MICRO.value):
       raise ConfigError(f"--microbatch={','.join(_MICRO.value)}: give sizes >= 0 (0: off)")
     if _STEPS.value < 1 or _WARMUP.value < 0:
       raise ConfigError("--steps must be >= 1 and --warmup >= 0")
-    run(impls, dtypes, remats, [int(v) for v in _MICRO.value])
+    with contextlib.ExitStack() as stack:
+      run(impls, dtypes, remats, [int(v) for v in _MICRO.value], modes,
+          _per_device(_BATCH.value), stack)
   except ConfigError as e:
     print(f"Config error: {e}", file=sys.stderr)
     sys.exit(2)
 
 
-def run(impls: list[str], dtypes: list[str], remats: list[bool], micros: list[int]) -> None:
-  """Measures every (impl, dtype, remat, micro-batch) variant and prints the markdown table."""
+def _versions(open_clip: Any) -> dict[str, str]:
+  import jax
+  import jaxlib
+
+  versions = {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
+  if open_clip is not None:
+    import torch
+    versions.update(torch=torch.__version__, open_clip=open_clip.__version__,
+                    cuda_torch=str(torch.version.cuda))
+  return versions
+
+
+def run(impls: list[str], dtypes: list[str], remats: list[bool], micros: list[int],
+        modes: list[str], per_device: int | str | None, stack: contextlib.ExitStack) -> None:
+  """Measures every (impl, dtype, remat, micro-batch) variant and the open_clip `modes` (x dtype
+  x remat), and prints the markdown table (and writes --json)."""
   import jax
   from ml_collections import config_flags
 
@@ -283,55 +558,120 @@ def run(impls: list[str], dtypes: list[str], remats: list[bool], micros: list[in
                       f"{len(available)} devices")
   devices = available[:_DEVICES.value or len(available)]
   base = _CONFIG.value
+  memory_bytes = None
+  if per_device == "max":
+    stats = None
+    try:
+      stats = devices[0].memory_stats()
+    except Exception:  # noqa: BLE001  (backends without memory stats raise their own types)
+      pass
+    memory_bytes = (_MEMORY_GIB.value * 2**30 if _MEMORY_GIB.value else
+                    (stats or {}).get("bytes_limit"))
+    if not memory_bytes:
+      raise ConfigError(f"--batch_per_device=max: {devices[0].device_kind} does not report its "
+                        "memory; give --memory_gib")
+  open_clip = None
+  peers = []
+  if modes:
+    from open_clip_peer import PRECISIONS, architecture_of, load_open_clip
+
+    architecture_of(base)  # the config error before any compile
+    open_clip = load_open_clip(_OPEN_CLIP_WHEEL.value, stack)
+    peers = [(f"{mode} {PRECISIONS[dtype]} ckpt={'on' if remat else 'off'}",
+              dict(mode=mode, precision=PRECISIONS[dtype], grad_checkpointing=remat), dtype,
+              remat) for mode in modes for dtype in dtypes for remat in remats]
   specs = [(impl, dtype, remat, micro) for impl in impls for dtype in dtypes for remat in remats
            for micro in micros]
   label = lambda impl, dtype, remat, micro: (f"{impl} {dtype} remat={'on' if remat else 'off'} "
                                              f"micro={micro or 'off'}")
+  interleave = _INTERLEAVE.value and per_device != "max"
   rows = measure([(label(*spec), variant_config(base, *spec)) for spec in specs], devices,
-                 _INSTANCE_IDS.value, _WARMUP.value, _STEPS.value, _INTERLEAVE.value)
+                 _INSTANCE_IDS.value, _WARMUP.value, _STEPS.value, interleave,
+                 [(f"open_clip {l}", *rest) for l, *rest in peers], open_clip, per_device,
+                 memory_bytes)
+  jax_rows, peer_rows = rows[:len(specs)], rows[len(specs):]
 
-  # Model FLOPs: from a loop-free program (all_gather loss) without remat's recomputation.
-  reference = next((r for r, (impl, _, remat, _) in zip(rows, specs)
+  # XLA's model FLOPs: from a loop-free program (all_gather loss) without remat's recomputation.
+  reference = next((r for r, (impl, _, remat, _) in zip(jax_rows, specs)
                     if impl == "all_gather" and not remat and not r.loops), None)
   if reference is None:
-    print("compiling the all_gather float32 variant for the model FLOPs ...", file=sys.stderr,
+    print("compiling the all_gather float32 variant for XLA's model FLOPs ...", file=sys.stderr,
           flush=True)
-    reference = Variant("model FLOPs", variant_config(base, "all_gather", "float32", False),
-                        devices, _INSTANCE_IDS.value)
-  model_flops = None
+    reference = Variant("model FLOPs", variant_config(
+        with_batch(base, jax_rows[0].batch_size // len(devices), len(devices)), "all_gather",
+        "float32", False, 0), devices, _INSTANCE_IDS.value)
+  xla_flops = None
   if reference.flops and not reference.loops:
-    model_flops = reference.flops * len(devices) / reference.batch_size
+    xla_flops = reference.flops * len(devices) / reference.batch_size
   del reference
+  shapes = jax_rows[0].shapes
+  peak = _PEAK.value
 
   path = config_flags.get_config_filename(flags.FLAGS["config"])
-  batch_size = rows[0].batch_size
-  base_speed = batch_size / rows[0].median
+  base_speed = jax_rows[0].batch_size / jax_rows[0].median
+  best_peer = max((r.batch_size / r.median for r in peer_rows), default=None)
+  batch_size = jax_rows[0].batch_size
   print(f"\n### Training-step throughput: {os.path.relpath(path)}\n")
   print(f"backend {jax.default_backend()}, {len(devices)} device(s) "
-        f"({devices[0].device_kind}), global batch {batch_size}; median of {_STEPS.value} "
+        f"({devices[0].device_kind}), global batch "
+        f"{'max per variant' if per_device == 'max' else batch_size}; median of {_STEPS.value} "
         f"steps after {_WARMUP.value} warm-up, variants "
-        f"{'in turns' if _INTERLEAVE.value else 'one after another'}; model FLOPs per example "
-        f"(XLA, all_gather, fwd + bwd + optimizer, all devices): "
-        f"{_si(model_flops) + 'FLOP' if model_flops else 'n/a'}; peak "
-        f"{f'{_PEAK.value:g} TFLOP/s per device' if _PEAK.value else 'n/a'}\n")
-  print("| loss impl | dtype | remat | micro-batch | compile s | ms/step | examples/s | vs first | "
-        "temp MiB/device | XLA FLOP/example | MFU |")
-  print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-  for r, (impl, dtype, remat, micro) in zip(rows, specs):
+        f"{'in turns' if interleave else 'one after another'}; model FLOPs per example "
+        f"(analytic, 3 x forward): {_si(analytic_per_example(shapes, batch_size))}FLOP; XLA "
+        f"(all_gather, fwd + bwd + optimizer, all devices): "
+        f"{_si(xla_flops) + 'FLOP' if xla_flops else 'n/a'}; peak "
+        f"{f'{peak:g} TFLOP/s per device' if peak else 'n/a'}\n")
+  print("| loss impl / peer | dtype | remat | micro-batch | batch/device | compile s | ms/step | "
+        "examples/s | vs first | vs open_clip best | memory MiB/device | XLA FLOP/example | "
+        "MFU |")
+  print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+  records = []
+  described = [(r, impl, dtype, remat, micro) for r, (impl, dtype, remat, micro)
+               in zip(jax_rows, specs)]
+  described += [(r, f"open_clip {kwargs['mode']}", kwargs["precision"],
+                 kwargs["grad_checkpointing"], 0) for r, (_, kwargs, _, _) in zip(peer_rows, peers)]
+  for r, name, dtype, remat, micro in described:
     speed = r.batch_size / r.median
-    flops = (f"{_si(r.flops * r.devices / r.batch_size)}{' †' if r.loops else ''}"
-             if r.flops else "n/a")
-    mfu = (f"{100 * model_flops * speed / (_PEAK.value * 1e12 * r.devices):.2f}%"
-           if model_flops and _PEAK.value else "n/a")
-    temp = f"{r.temp_bytes / 2**20:.1f}" if r.temp_bytes is not None else "n/a"
-    print(f"| {impl} | {dtype} | {'on' if remat else 'off'} | {micro or 'off'} | "
-          f"{r.compile_s:.1f} | "
-          f"{r.median * 1e3:.1f} | {speed:,.0f} | {speed / base_speed:.2f}x | {temp} | {flops} | "
-          f"{mfu} |")
-  if any(r.loops for r in rows):
+    per_example = analytic_per_example(shapes, r.batch_size)
+    mfu = per_example * speed / (peak * 1e12 * r.devices) if peak else None
+    if r.kind == "clip_jax":
+      memory = r.temp_bytes
+      xla = r.flops * r.devices / r.batch_size if r.flops else None
+      cells_xla = f"{_si(xla)}{' †' if r.loops else ''}" if xla else "n/a"
+    else:
+      memory, xla, cells_xla = r.peak_bytes, None, "-"
+    records.append(dict(
+        variant=name, framework=r.kind, dtype=dtype, remat=bool(remat), microbatch=micro,
+        devices=r.devices, global_batch=r.batch_size, batch_per_device=r.batch_size // r.devices,
+        compile_s=r.compile_s, step_ms=[t * 1e3 for t in r.times], median_ms=r.median * 1e3,
+        examples_per_s=speed, examples_per_s_per_device=speed / r.devices,
+        vs_open_clip_best=speed / best_peer if best_peer else None,
+        memory_bytes_per_device=memory, xla_flops_per_example=xla,
+        analytic_flops_per_example=per_example, mfu=mfu, first_loss=r.first_loss,
+        last_loss=r.loss))
+    print(f"| {name} | {dtype} | {'on' if remat else 'off'} | {micro or 'off'} | "
+          f"{r.batch_size // r.devices} | "
+          f"{f'{r.compile_s:.1f}' if r.compile_s is not None else '-'} | {r.median * 1e3:.1f} | "
+          f"{speed:,.0f} | {speed / base_speed:.2f}x | "
+          f"{f'{speed / best_peer:.2f}x' if best_peer else '-'} | "
+          f"{f'{memory / 2**20:.1f}' if memory is not None else 'n/a'} | {cells_xla} | "
+          f"{f'{100 * mfu:.2f}%' if mfu is not None else 'n/a'} |")
+  if any(r.kind == "clip_jax" and r.loops for r in jax_rows):
     print("\n† the program has while loops (the ring loss, micro-batches); XLA counts a loop "
-          "body once, so this count is too low. MFU uses the model FLOPs above for every "
-          "variant.")
+          "body once, so this count is too low.")
+  if peer_rows:
+    print("\nmemory: clip_jax's compiled temporaries; open_clip's peak CUDA allocation (n/a on "
+          "the CPU). compile s: open_clip compile's first step.")
+    print(f"\nstep-0 loss: clip_jax {jax_rows[0].first_loss:.6f}, open_clip "
+          f"{peer_rows[0].first_loss:.6f} (same weights and batch: equal in float32)")
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(dict(config=os.path.relpath(path), date=datetime.datetime.now(
+          datetime.timezone.utc).isoformat(timespec="seconds"), backend=jax.default_backend(),
+          device_kind=devices[0].device_kind, devices=len(devices), steps=_STEPS.value,
+          warmup=_WARMUP.value, interleaved=interleave, peak_tflops=peak,
+          versions=_versions(open_clip), rows=records), f, indent=1)
+
 
 if __name__ == "__main__":
   app.run(main, flags_parser=_parse_flags)

@@ -97,6 +97,19 @@ def open_clip_wheel(parity_missing) -> pathlib.Path:
   return _reference_wheel("open_clip_torch", "CLIP_JAX_OPEN_CLIP_WHEEL", parity_missing)
 
 
+@pytest.fixture(scope="module")
+def open_clip_lib(open_clip_wheel, parity_missing, tmp_path_factory):
+  """The open_clip package of the wheel, imported with torchvision stood in for
+  (`clip_jax.pretrained.open_clip.open_clip_from_wheel`); it leaves sys.modules afterwards."""
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    parity_missing("PyTorch", "pip install torch==2.13.0 && " + OPEN_CLIP_SETUP)
+  from clip_jax.pretrained.open_clip import open_clip_from_wheel
+  with open_clip_from_wheel(open_clip_wheel, tmp_path_factory.mktemp("open_clip_package")) as lib:
+    yield lib
+
+
 @pytest.fixture(scope="session")
 def clip_benchmark_wheel(parity_missing) -> pathlib.Path:
   """The clip_benchmark wheel (its class-name and template files): $CLIP_JAX_CLIP_BENCHMARK_WHEEL,

@@ -1,10 +1,13 @@
 """Smoke runs of the benchmark scripts at toy sizes: they run and print their tables."""
 
+import json
 import os
 import re
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,10 +54,13 @@ def test_train_throughput_prints_table():
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "backend cpu, 2 device(s)" in proc.stdout and "global batch 16" in proc.stdout
   flops = re.search(r"all devices\): (\S+ \S+)FLOP", proc.stdout).group(1)
+  assert "step-0 loss" not in proc.stdout  # no open_clip peer unless asked
   rows = table_rows(proc.stdout, ("all_gather",))
   assert [r[3] for r in rows] == ["off", "8"]  # the micro-batch column
-  impl, dtype, remat, micro, compile_s, ms, speed, rel, temp, row_flops, mfu = rows[0]
-  assert (impl, dtype, remat, rel, mfu) == ("all_gather", "float32", "off", "1.00x", "n/a")
+  (impl, dtype, remat, _, per_device, compile_s, ms, speed, rel, peer, temp, row_flops,
+   mfu) = rows[0]
+  assert (impl, dtype, remat, per_device, rel, peer, mfu) == (
+      "all_gather", "float32", "off", "8", "1.00x", "-", "n/a")
   assert row_flops == flops.strip()  # the only variant is the model-FLOPs reference
   assert float(compile_s) > 0 and float(ms) > 0 and float(temp) >= 0
   # examples/s = global batch / median step time (both printed rounded).
@@ -78,3 +84,93 @@ def test_data_throughput_prints_its_table(tmp_path, emoji_cache_dir):
   assert [r[:2] for r in rows] == [["webdataset + Pillow loop", "-"], ["clip_jax (grain)", "0"],
                                    ["clip_jax (grain)", "1"]]
   assert all(float(r[2]) > 0 for r in rows) and len(list(tmp_path.glob("shards/*.tar"))) == 3
+
+
+DEMO = os.path.join(ROOT, "benchmarks", "configs", "demo_scale.py")
+
+
+def _throughput_module():
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  try:
+    import open_clip_peer
+    import train_throughput
+  finally:
+    sys.path.pop(0)
+  return train_throughput, open_clip_peer
+
+
+def test_open_clip_peer_starts_where_clip_jax_does(open_clip_lib):
+  """Same weights, batch, architecture and loss: the step-0 losses, parameter counts and model
+  FLOPs of clip_jax's trainer and the open_clip peer agree (float32, CPU)."""
+  from torch.utils.flop_counter import FlopCounterMode
+
+  from clip_jax.config import load_config_module
+  from clip_jax.training.trainer import Trainer
+
+  tt, peer_lib = _throughput_module()
+  config = load_config_module(DEMO).get_config("tiny")
+  config.loss.init_bias = 0.0  # at b = -10 every model's loss is about 10: the check is weak
+  devices = jax.devices()[:1]
+  batch = tt.random_batch(config, np.random.default_rng(0), False)
+  trainer = Trainer(config, devices=devices, batch_spec=tt._batch_spec(config, False))
+  state = trainer.init_state()
+  params = jax.device_get(state["params"])
+  _, metrics = trainer.train_step(state, trainer.global_batch(batch))
+  peer = peer_lib.OpenClipVariant("peer", open_clip_lib, config, params, [batch], mode="eager",
+                                  precision="float32", grad_checkpointing=False)
+  assert (sum(p.numel() for p in peer.model.parameters()) ==
+          sum(x.size for x in jax.tree.leaves(params)))
+  images, texts = peer.batches[0]
+  with FlopCounterMode(display=False) as counter:
+    peer.loss_fn(**peer.model(images, texts))
+  # torch's counter sees the matmuls and the patch convolution, not the attention inside
+  # nn.MultiheadAttention (4 x B x T^2 x D per layer: T = 5 image tokens, 8 text tokens, D = 32);
+  # the analytic count also applies the patch embedding to the class token (2 x B x p^2 C x D).
+  n = config.batch_size
+  attention = 4 * n * (5**2 + 8**2) * 32
+  cls_token = 2 * n * 8 * 8 * 3 * 32
+  analytic = tt.analytic_per_example(tt.analytic_shapes(trainer), n)
+  assert counter.get_total_flops() + attention + cls_token == analytic * n / 3
+  peer.step(timed=False)
+  loss = float(metrics["loss"])
+  print(f"step-0 loss: clip_jax {loss:.7f}, open_clip {peer.first_loss:.7f}")
+  assert peer.first_loss == pytest.approx(loss, abs=1e-5)
+
+
+@pytest.mark.parametrize("config,gflops", [("clip_vit_b32_laion400m.py", 44.3),
+                                           ("clip_vit_b16_laion400m.py", 123.3)])
+def test_analytic_flops_of_vit_b(config, gflops, clip_merges_path):
+  """open_clip's profile of ViT-B/32 and B/16 (224 px, text 77): 3 x forward GFLOP per pair,
+  from abstract shapes only (the paper configs build without their ":data=" argument; their
+  clip_bpe tokenizer needs CLIP's merges file, which an installed open_clip_torch has)."""
+  from clip_jax.config import load_config_module
+  from clip_jax.training.trainer import Trainer
+
+  tt, _ = _throughput_module()
+  base = load_config_module(os.path.join(ROOT, "configs", "paper", config)).get_config()
+  base = tt.with_batch(base, 256, 1)
+  base.data.tokenizer.merges_path = clip_merges_path
+  trainer = Trainer(base, devices=jax.devices()[:1], batch_spec=tt._batch_spec(base, False))
+  assert tt.analytic_per_example(tt.analytic_shapes(trainer), 256) / 1e9 == pytest.approx(
+      gflops, abs=0.05)
+
+
+def test_gpu_session_smoke(tmp_path, open_clip_wheel):
+  """benchmarks/gpu_session.sh's CPU smoke run: the max-batch search, the open_clip peer and
+  the files under $OUT."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", OUT=str(tmp_path), CLIP_JAX_GPU_SESSION_SMOKE="1",
+             PYTHON=sys.executable, CLIP_JAX_OPEN_CLIP_WHEEL=str(open_clip_wheel))
+  proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_session.sh")],
+                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+  log = (tmp_path / "session.log").read_text()
+  assert proc.returncode == 0, log[-3000:]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.md",
+                                                        "session.log"]
+  (run,) = json.loads((tmp_path / "results.json").read_text()).values()
+  jax_row, peer_row = run["rows"]
+  assert (jax_row["framework"], peer_row["framework"]) == ("clip_jax", "open_clip")
+  assert jax_row["batch_per_device"] % 8 == 0 and jax_row["batch_per_device"] > 8
+  assert peer_row["batch_per_device"] == jax_row["batch_per_device"]  # fits: no halving
+  assert run["versions"]["open_clip"] == "3.3.0"
+  rows = table_rows((tmp_path / "results.md").read_text(), ("all_gather", "open_clip eager"))
+  assert [r[0] for r in rows] == ["all_gather", "open_clip eager"]

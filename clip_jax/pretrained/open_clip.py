@@ -37,12 +37,15 @@ How the layers correspond (all float32; our kernels are [in, out], torch's Linea
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
+import sys
+import types
 import warnings
 import zipfile
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +62,10 @@ HEAD_WIDTH = 64
 # Keys of a state dict that carry no parameter of ours: OpenAI's JIT archives store the model's
 # sizes as values; the causal mask is a buffer.
 IGNORED_KEYS = frozenset({"input_resolution", "context_length", "vocab_size", "attn_mask"})
+# The torchvision modules that importing the open_clip package touches (image transforms, one
+# batch-norm class); `open_clip_from_wheel` stands in for them.
+TORCHVISION_STUBS = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional",
+                     "torchvision.ops", "torchvision.ops.misc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +122,17 @@ class Architecture:
                quick_gelu=bool(config.get("quick_gelu", False)),
                context_length=text.get("context_length", cls.context_length),
                vocab_size=text.get("vocab_size", cls.vocab_size))
+
+  def open_clip_config(self) -> dict[str, Any]:
+    """open_clip's model config dict of this architecture (a model_configs/*.json file's
+    values, head_width given); `from_config` of it gives this architecture back."""
+    return dict(embed_dim=self.embed_dim, quick_gelu=self.quick_gelu,
+                vision_cfg=dict(image_size=self.image_size, layers=self.vision_layers,
+                                width=self.vision_width, patch_size=self.patch_size,
+                                head_width=self.vision_width // self.vision_heads),
+                text_cfg=dict(context_length=self.context_length, vocab_size=self.vocab_size,
+                              width=self.text_width, heads=self.text_heads,
+                              layers=self.text_layers))
 
   def model_config(self) -> ml_collections.ConfigDict:
     """The clip_jax `config.model` of this architecture (float32, no remat)."""
@@ -298,3 +316,63 @@ def from_params(params: Mapping[str, Any], arch: Architecture,
   state = R.from_params(params, _rules(arch))
   state["logit_scale"] = np.asarray(logit_scale, np.float32)
   return R.join_attention(state)
+
+
+def _placeholder(attr: str) -> type:
+  """An empty class named `attr`; dunder names are missing as usual (`inspect` reads them)."""
+  if attr.startswith("__"):
+    raise AttributeError(attr)
+  return _Placeholder(attr, (), {})
+
+
+class _Placeholder(type):
+  """An empty class whose every attribute is another one (`InterpolationMode.BICUBIC`)."""
+
+  def __getattr__(cls, attr: str) -> type:
+    return _placeholder(attr)
+
+
+def _placeholder_module(name: str) -> types.ModuleType:
+  module = types.ModuleType(name)
+  module.__getattr__ = _placeholder  # any imported name
+  return module
+
+
+@contextlib.contextmanager
+def open_clip_from_wheel(wheel: str | os.PathLike, folder: str | os.PathLike) -> Iterator[Any]:
+  """The `open_clip` package of an open_clip_torch wheel, imported without installing it and
+  without torchvision (for parity checks and benchmarks on machines where torchvision does not
+  import; PyTorch itself is needed).
+
+  The wheel's `open_clip/` folder is unpacked into `folder` (put on sys.path). While open_clip is
+  imported, minimal stand-ins for the `TORCHVISION_STUBS` modules are in sys.modules: every name
+  asked of them is an empty placeholder class, and so are its attributes. The model and loss code
+  (`open_clip.model.CLIP`, `open_clip.loss`) uses none of them; the image transforms do. Its
+  optional import of `transformers` is blocked (a None entry in sys.modules: it would look for
+  the real torchvision), so open_clip goes without its Hugging Face towers. On exit, the
+  stand-ins and every `open_clip` module leave sys.modules (what was there before is put back)
+  and `folder` leaves sys.path.
+
+  Raises:
+    FileNotFoundError: `wheel` does not exist. ImportError: PyTorch is missing.
+  """
+  with zipfile.ZipFile(wheel) as archive:
+    archive.extractall(folder, [n for n in archive.namelist() if n.startswith("open_clip/")])
+  stubs: dict[str, types.ModuleType | None] = {
+      name: _placeholder_module(name) for name in TORCHVISION_STUBS}
+  for name, module in stubs.items():  # each submodule an attribute of its parent
+    parent, _, child = name.rpartition(".")
+    if parent:
+      setattr(stubs[parent], child, module)
+  stubs["transformers"] = None
+  saved = {name: sys.modules[name] for name in stubs if name in sys.modules}
+  sys.modules.update(stubs)
+  sys.path.insert(0, str(folder))
+  try:
+    import open_clip  # noqa: PLC0415  (from the unpacked wheel)
+    yield open_clip
+  finally:
+    sys.path.remove(str(folder))
+    for name in [*stubs, *(n for n in sys.modules if n.split(".")[0] == "open_clip")]:
+      sys.modules.pop(name, None)
+    sys.modules.update(saved)

@@ -1,15 +1,8 @@
 """Parity with open_clip itself: its ViT CLIP models, converted, give the same embeddings.
 
 open_clip is run from the open_clip_torch wheel (`open_clip_wheel` fixture) on PyTorch (CPU),
-without installing it: the wheel's `open_clip/` folder is unpacked into a temporary folder put on
-sys.path. Importing the open_clip package imports torchvision (image transforms and one batch
-norm class), whose wheel does not install here, so the fixture puts minimal stand-ins for
-`torchvision`, `torchvision.transforms`, `torchvision.transforms.functional`, `torchvision.ops`
-and `torchvision.ops.misc` in sys.modules while open_clip is imported (every name asked of them
-is an empty placeholder class, and so are its attributes); the model code these tests run uses
-none of them. It also blocks open_clip's optional import of `transformers` (a None entry in
-sys.modules), which would look for the real torchvision; open_clip then goes without its Hugging
-Face towers.
+without installing it, with torchvision stood in for (`open_clip_lib` fixture in conftest.py,
+`clip_jax.pretrained.open_clip.open_clip_from_wheel`).
 
 Each architecture is open_clip's named config with fewer and narrower layers and small images
 (its activation, LayerNorm epsilon, patch size and pooling unchanged), every parameter drawn at
@@ -21,8 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import sys
-import types
 import warnings
 import zipfile
 
@@ -35,64 +26,11 @@ from clip_jax.data.tokenizer import CLIP_MERGES_FILE, load_tokenizer
 from clip_jax.pretrained import open_clip as converter
 from clip_jax.registry import ConfigError
 
-SETUP = "pip install torch==2.13.0 && pip download --no-deps open_clip_torch -d .whl/"
 NAMES = ("ViT-B-32", "ViT-B-32-quickgelu", "ViT-B-16", "ViT-L-14")
-TORCHVISION_STUBS = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional",
-                     "torchvision.ops", "torchvision.ops.misc")
 # Captions as CLIP's tokenizer gives them: "!" is id 0, the pad id, inside the text; the last
 # one is cut at 77 tokens (its EOS in the last position).
 CAPTIONS = ("a photo of a cat", "hello! a dog!! on the grass", "",
             " ".join(["a very long caption"] * 30))
-
-
-def _placeholder(attr: str) -> type:
-  """An empty class named `attr`; dunder names are missing as usual (`inspect` reads them)."""
-  if attr.startswith("__"):
-    raise AttributeError(attr)
-  return _Placeholder(attr, (), {})
-
-
-class _Placeholder(type):
-  """An empty class whose every attribute is another one (`InterpolationMode.BICUBIC`)."""
-
-  def __getattr__(cls, attr: str) -> type:
-    return _placeholder(attr)
-
-
-def _placeholder_module(name: str) -> types.ModuleType:
-  module = types.ModuleType(name)
-  module.__getattr__ = _placeholder  # any imported name
-  return module
-
-
-@pytest.fixture(scope="module")
-def open_clip_lib(open_clip_wheel, parity_missing, tmp_path_factory):
-  """The open_clip package of the wheel, imported with torchvision stood in for (see the module
-  docstring); the stand-ins and open_clip leave sys.modules afterwards."""
-  try:
-    import torch  # noqa: F401
-  except ImportError:
-    parity_missing("PyTorch", SETUP)
-  folder = tmp_path_factory.mktemp("open_clip_package")
-  with zipfile.ZipFile(open_clip_wheel) as wheel:
-    wheel.extractall(folder, [n for n in wheel.namelist() if n.startswith("open_clip/")])
-  stubs = {name: _placeholder_module(name) for name in TORCHVISION_STUBS}
-  for name, module in stubs.items():  # each submodule an attribute of its parent
-    parent, _, child = name.rpartition(".")
-    if parent:
-      setattr(stubs[parent], child, module)
-  stubs["transformers"] = None
-  saved = {name: sys.modules[name] for name in stubs if name in sys.modules}
-  sys.modules.update(stubs)
-  sys.path.insert(0, str(folder))
-  try:
-    import open_clip
-    yield open_clip
-  finally:
-    sys.path.remove(str(folder))
-    for name in [*stubs, *(n for n in sys.modules if n.split(".")[0] == "open_clip")]:
-      sys.modules.pop(name, None)
-    sys.modules.update(saved)
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +50,7 @@ def _open_clip_config(wheel, name: str) -> dict:
 def test_architectures_are_open_clips_configs(open_clip_wheel):
   for name, arch in converter.ARCHITECTURES.items():
     assert converter.Architecture.from_config(_open_clip_config(open_clip_wheel, name)) == arch
+    assert converter.Architecture.from_config(arch.open_clip_config()) == arch
 
 
 def _small(config: dict) -> dict:
