@@ -36,10 +36,13 @@ models, losses and weights are the same). "vs open_clip best" divides a row's ex
 fastest open_clip row's. open_clip is imported when installed, else from --open_clip_wheel
 with torchvision stood in for.
 
-MFU uses the analytic model FLOPs (clip_jax.training.dry_run.analytic_flops: 3 x forward, no
-remat recomputation; 44.3 GFLOP per example for ViT-B/32 at 224 px, 123.3 for ViT-B/16), the
-same for a clip_jax and an open_clip row of one batch: MFU = FLOPs per example x examples/s /
-(--peak_tflops x devices), n/a without --peak_tflops (the peak of ONE device; H100 SXM: 989).
+MFU uses the analytic model FLOPs (clip_jax.training.flops.model_flops_per_example: 3 x
+forward, no remat recomputation; 44.3 GFLOP per example for ViT-B/32 at 224 px, 123.3 for
+ViT-B/16) of each clip_jax row's trainer, and of the first clip_jax row for the open_clip rows
+(the loss's B^2 term makes the count depend on the batch by a few kFLOP per example): MFU =
+FLOPs per example x examples/s / (peak x devices), the peak of ONE device from --peak_tflops,
+else `clip_jax.training.flops.PEAK_FLOPS_PER_DEVICE` by device kind (H100 SXM and H200: 989),
+else n/a (a CPU).
 
 `--batch_per_device N` sets config.batch_size = N x devices; `max` takes the largest that
 fits: for each clip_jax variant, two compiles (64 and 128 per device) give its memory
@@ -100,7 +103,8 @@ _REMAT = flags.DEFINE_list("remat", ["off"], "Remat settings: off, on.")
 _MICRO = flags.DEFINE_list("microbatch", ["0"],
                            "config.microbatch_size values (global examples; 0: off).")
 _PEAK = flags.DEFINE_float("peak_tflops", None,
-                           "Peak TFLOP/s of one device, for MFU (no default: MFU is n/a).")
+                           "Peak TFLOP/s of one device, for MFU (default: the device kind's, "
+                           "clip_jax.training.flops.PEAK_FLOPS_PER_DEVICE; n/a for a CPU).")
 _INTERLEAVE = flags.DEFINE_bool(
     "interleave", True, "Time the variants in turns, one step each, so that background load "
     "hits all alike (holds every variant's state at once); --nointerleave runs them one after "
@@ -283,24 +287,6 @@ def with_batch(config: ml_collections.ConfigDict, per_device: int,
   return config
 
 
-def analytic_shapes(trainer) -> tuple[dict[str, dict[str, Any]], int]:
-  """The trainer's tower shapes for `analytic_flops` without remat's recomputation (model
-  FLOPs), and its embedding size; abstract only."""
-  from clip_jax.training.dry_run import _tower_shapes
-
-  shapes = _tower_shapes(trainer.config, trainer.model_spec,
-                         trainer.abstract_state["params"]["model"], trainer.frozen["model"],
-                         trainer.batch_spec)
-  return {m: dict(s, remat=False) for m, s in shapes.items()}, trainer.model_spec.embed_dim
-
-
-def analytic_per_example(shapes: tuple[dict[str, dict[str, Any]], int], batch: int) -> float:
-  """Model FLOPs per example of a training step at global batch `batch` (3 x forward)."""
-  from clip_jax.training.dry_run import analytic_flops
-
-  return analytic_flops(shapes[0], batch, shapes[1]) / batch
-
-
 class Variant:
   """One variant's trainer, state, pre-built global batches and compiled step."""
 
@@ -308,13 +294,14 @@ class Variant:
                with_ids: bool):
     import jax
 
+    from clip_jax.training.flops import model_flops_per_example
     from clip_jax.training.trainer import Trainer
 
     self.label, self.kind = label, "clip_jax"
     local = host_batches(config, with_ids)
     trainer = Trainer(config, devices=devices, batch_spec={
         k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in local[0].items()})
-    self.shapes = analytic_shapes(trainer)
+    self.flops_per_example = model_flops_per_example(trainer)  # analytic, 3 x forward
     self.state = trainer.init_state()
     self.batches = [trainer.global_batch(b) for b in local]
     start = time.perf_counter()
@@ -552,6 +539,8 @@ def run(impls: list[str], dtypes: list[str], remats: list[bool], micros: list[in
   import jax
   from ml_collections import config_flags
 
+  from clip_jax.training.flops import peak_flops_per_device
+
   available = jax.devices()
   if _DEVICES.value > len(available):
     raise ConfigError(f"--devices={_DEVICES.value}, but {jax.default_backend()} has "
@@ -604,8 +593,11 @@ def run(impls: list[str], dtypes: list[str], remats: list[bool], micros: list[in
   if reference.flops and not reference.loops:
     xla_flops = reference.flops * len(devices) / reference.batch_size
   del reference
-  shapes = jax_rows[0].shapes
   peak = _PEAK.value
+  if not peak:
+    known = peak_flops_per_device(devices[0], ml_collections.ConfigDict(
+        dict(peak_tflops_per_device=0.0)))
+    peak = known / 1e12 if known else None
 
   path = config_flags.get_config_filename(flags.FLAGS["config"])
   base_speed = jax_rows[0].batch_size / jax_rows[0].median
@@ -617,7 +609,7 @@ def run(impls: list[str], dtypes: list[str], remats: list[bool], micros: list[in
         f"{'max per variant' if per_device == 'max' else batch_size}; median of {_STEPS.value} "
         f"steps after {_WARMUP.value} warm-up, variants "
         f"{'in turns' if interleave else 'one after another'}; model FLOPs per example "
-        f"(analytic, 3 x forward): {_si(analytic_per_example(shapes, batch_size))}FLOP; XLA "
+        f"(analytic, 3 x forward): {_si(jax_rows[0].flops_per_example)}FLOP; XLA "
         f"(all_gather, fwd + bwd + optimizer, all devices): "
         f"{_si(xla_flops) + 'FLOP' if xla_flops else 'n/a'}; peak "
         f"{f'{peak:g} TFLOP/s per device' if peak else 'n/a'}\n")
@@ -632,7 +624,7 @@ def run(impls: list[str], dtypes: list[str], remats: list[bool], micros: list[in
                  kwargs["grad_checkpointing"], 0) for r, (_, kwargs, _, _) in zip(peer_rows, peers)]
   for r, name, dtype, remat, micro in described:
     speed = r.batch_size / r.median
-    per_example = analytic_per_example(shapes, r.batch_size)
+    per_example = (r if r.kind == "clip_jax" else jax_rows[0]).flops_per_example
     mfu = per_example * speed / (peak * 1e12 * r.devices) if peak else None
     if r.kind == "clip_jax":
       memory = r.temp_bytes
