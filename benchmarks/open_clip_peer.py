@@ -22,7 +22,7 @@ random batches as a clip_jax trainer state, so that their step times compare lik
   compiled on the first step, whose wall time is kept as `compile_s`).
 
 Images go in NCHW (the clip_jax batch's NHWC, transposed once up front). The text batches must
-end each text with the largest token id (`train_throughput.random_batch` does): open_clip pools
+end each text with the largest token id (`random_batch` does): open_clip pools
 the token of the largest id, clip_jax the last non-pad token.
 
 open_clip itself comes from `load_open_clip`: the installed package, else an open_clip_torch
@@ -237,3 +237,33 @@ class OpenClipVariant:
       torch.cuda.empty_cache()
     print(f"[{self.label}] median {self.median * 1e3:.1f} ms/step, first loss "
           f"{self.first_loss:.6f}, last loss {self.loss:.4f}", file=sys.stderr, flush=True)
+
+
+def random_batch(config: ml_collections.ConfigDict, rng: np.random.Generator,
+                 with_ids: bool) -> dict[str, np.ndarray]:
+  """A host batch of `config.batch_size` random examples with the model's input shapes.
+
+  "vit" towers get float32 `[B, S, S, 3]` in [-1, 1] (S = config.data.image_size);
+  "text_transformer" towers int32 `[B, context_length]` ids, 2 to L tokens padded with 0,
+  each text ending with the largest id (vocab_size - 1, as CLIP's EOS: open_clip pools the token
+  of the largest id, clip_jax the last non-pad token).
+  """
+  n = config.batch_size
+  batch = {}
+  for modality, tower in config.model.towers.items():
+    if tower.name == "vit":
+      size = config.data.image_size
+      batch[modality] = rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32)
+    elif tower.name == "text_transformer":
+      length = tower.context_length
+      tokens = rng.integers(1, tower.vocab_size - 1, (n, length)).astype(np.int32)
+      lengths = rng.integers(2, length + 1, n)
+      tokens[np.arange(n), lengths - 1] = tower.vocab_size - 1
+      tokens[np.arange(length)[None, :] >= lengths[:, None]] = 0  # pad after each text
+      batch[modality] = tokens
+    else:
+      raise ConfigError(f"config.model.towers.{modality}.name = {tower.name!r}: this benchmark "
+                        "makes random inputs for 'vit' and 'text_transformer' towers only")
+  if with_ids:
+    batch["instance_id"] = np.arange(n, dtype=np.int32)
+  return batch

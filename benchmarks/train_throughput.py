@@ -84,6 +84,7 @@ from absl import app, flags, logging
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from clip_jax.cli import define_config_flag, parse_flags_or_exit  # noqa: E402
 from clip_jax.registry import ConfigError  # noqa: E402
+from open_clip_peer import random_batch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "demo", "emoji.py")
@@ -194,36 +195,6 @@ def variant_config(base: ml_collections.ConfigDict, impl: str, dtype: str, remat
   config.model.remat = remat
   config.microbatch_size = microbatch_size
   return config
-
-
-def random_batch(config: ml_collections.ConfigDict, rng: np.random.Generator,
-                 with_ids: bool) -> dict[str, np.ndarray]:
-  """A host batch of `config.batch_size` random examples with the model's input shapes.
-
-  "vit" towers get float32 `[B, S, S, 3]` in [-1, 1] (S = config.data.image_size);
-  "text_transformer" towers int32 `[B, context_length]` ids, 2 to L tokens padded with 0,
-  each text ending with the largest id (vocab_size - 1, as CLIP's EOS: open_clip pools the token
-  of the largest id, clip_jax the last non-pad token).
-  """
-  n = config.batch_size
-  batch = {}
-  for modality, tower in config.model.towers.items():
-    if tower.name == "vit":
-      size = config.data.image_size
-      batch[modality] = rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32)
-    elif tower.name == "text_transformer":
-      length = tower.context_length
-      tokens = rng.integers(1, tower.vocab_size - 1, (n, length)).astype(np.int32)
-      lengths = rng.integers(2, length + 1, n)
-      tokens[np.arange(n), lengths - 1] = tower.vocab_size - 1
-      tokens[np.arange(length)[None, :] >= lengths[:, None]] = 0  # pad after each text
-      batch[modality] = tokens
-    else:
-      raise ConfigError(f"config.model.towers.{modality}.name = {tower.name!r}: this benchmark "
-                        "makes random inputs for 'vit' and 'text_transformer' towers only")
-  if with_ids:
-    batch["instance_id"] = np.arange(n, dtype=np.int32)
-  return batch
 
 
 def _flops(compiled) -> float | None:

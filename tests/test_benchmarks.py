@@ -112,7 +112,7 @@ def test_open_clip_peer_starts_where_clip_jax_does(open_clip_lib):
   config = load_config_module(DEMO).get_config("tiny")
   config.loss.init_bias = 0.0  # at b = -10 every model's loss is about 10: the check is weak
   devices = jax.devices()[:1]
-  batch = tt.random_batch(config, np.random.default_rng(0), False)
+  batch = peer_lib.random_batch(config, np.random.default_rng(0), False)
   trainer = Trainer(config, devices=devices, batch_spec=tt._batch_spec(config, False))
   state = trainer.init_state()
   params = jax.device_get(state["params"])
