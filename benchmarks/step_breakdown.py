@@ -296,6 +296,16 @@ def run() -> None:
       p, x, patch=image.patch_size, heads=heads, eps=image.get("norm_eps", 1e-6)) * jcot)))
   parts["plain-JAX image fwd+bwd"] = (
       lambda: jax.block_until_ready(plain_grad(plain, jbatch["image"])), None)
+  # The same function: else the comparison would say nothing.
+  ours = np.asarray(jax.jit(lambda p, x: nnx.merge(graphdef, p).embed(x, "image"))(
+      model_params, jbatch["image"]))
+  reference = np.asarray(jax.jit(lambda p, x: plain_vit(
+      p, x, patch=image.patch_size, heads=heads, eps=image.get("norm_eps", 1e-6)))(
+          plain, jbatch["image"]))
+  difference = float(np.max(np.abs(ours - reference)))
+  if difference > 1e-5:
+    raise AssertionError(f"the plain-JAX image tower differs from clip_jax's by {difference:.2e}; "
+                         "the config's image tower is not the pre-LN class-token ViT it writes")
 
   print(f"timing {len(parts)} parts in turns, {_WARMUP.value} warm-up + {_STEPS.value} calls "
         "each ...", file=sys.stderr, flush=True)
@@ -310,7 +320,8 @@ def run() -> None:
         f"(open_clip {getattr(open_clip, '__version__', '?')})\n")
   print(f"backend {jax.default_backend()} ({devices[0].device_kind}), "
         f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, batch {b}, "
-        f"median of {_STEPS.value} calls in turns after {_WARMUP.value}\n")
+        f"median of {_STEPS.value} calls in turns after {_WARMUP.value}; plain-JAX image tower "
+        f"vs clip_jax's: max abs difference {difference:.1e}\n")
   print("| part | clip_jax ms | PyTorch ms | PyTorch / clip_jax |")
   print("|---|---:|---:|---:|")
   for name in parts:

@@ -157,3 +157,22 @@ def test_gpu_session_smoke(tmp_path, open_clip_wheel):
   assert run["versions"]["open_clip"] == "3.3.0"
   rows = table_rows((tmp_path / "results.md").read_text(), ("all_gather", "open_clip eager"))
   assert [r[0] for r in rows] == ["all_gather", "open_clip eager"]
+
+
+def test_step_breakdown_prints_every_part(open_clip_wheel):
+  """benchmarks/step_breakdown.py at toy size: every part timed in both frameworks (where it has
+  a PyTorch side), and the plain-JAX image tower checked equal to clip_jax's before timing."""
+  proc = run_script("step_breakdown.py", "--config",
+                    os.path.join(ROOT, "benchmarks", "configs", "demo_scale.py") + ":tiny",
+                    "--steps", "1", "--warmup", "0", "--open_clip_wheel", str(open_clip_wheel))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  difference = float(re.search(r"max abs difference (\S+)\n", proc.stdout).group(1))
+  assert difference <= 1e-5
+  parts = ("train step", "image forward", "image fwd+bwd", "text forward", "text fwd+bwd",
+           "loss fwd+bwd", "AdamW update", "attention fwd+bwd", "MLP matmul fwd+bwd")
+  rows = table_rows(proc.stdout, parts + ("attention fwd+bwd (einsum)", "plain-JAX image fwd+bwd"))
+  assert len(rows) == len(parts) + 2
+  for name, jax_ms, torch_ms, ratio in rows:
+    assert float(jax_ms) > 0
+    if name in parts:
+      assert float(ratio) == pytest.approx(float(torch_ms) / float(jax_ms), rel=0.05, abs=0.01)
