@@ -94,3 +94,17 @@ def test_cli_dry_run_needs_no_workdir():
   assert "flops_per_step_per_device_xla=" in out
   assert "compiled memory_analysis" in out
   assert "problems: none" in out
+
+
+def test_a_cudnn_config_is_checked_on_a_cpu_host():
+  """A GPU run's config with cuDNN attention can be dry-run where cuDNN is not (lowered as
+  XLA's attention, and said so); the config itself keeps "cudnn"."""
+  config = load_config_file(str(ROOT / "configs/demo/emoji.py"))
+  config.model.dtype = "bfloat16"
+  config.model.attention_impl = "cudnn"
+  config.model.towers.text.attention_impl = "cudnn"
+  report = dry_run_lib.dry_run(config, compile=False)
+  assert report.ok, report.text()
+  assert ("attention_impl 'cudnn' (config.model.attention_impl, "
+          "config.model.towers.text.attention_impl) lowered as 'xla' here") in report.text()
+  assert config.model.attention_impl == "cudnn"

@@ -194,6 +194,23 @@ def analytic_activation_bytes(shapes: dict[str, dict[str, Any]], local_batch: in
   return int(total)
 
 
+def _cudnn_as_xla(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict,
+                                                                 list[str]]:
+  """`config` with every `attention_impl = "cudnn"` (config.model's and the towers') set to
+  "xla" when JAX's backend is not a GPU (the model would not build: see
+  `clip_jax.models.model.TowerSpec.build`), and the fields changed; else `config` unchanged."""
+  if jax.default_backend() == "gpu":
+    return config, []
+  config = ml_collections.ConfigDict(config.to_dict())
+  changed = []
+  for field, fields in [("config.model", config.model)] + [
+      (f"config.model.towers.{m}", t) for m, t in config.model.towers.items()]:
+    if fields.get("attention_impl") == "cudnn":
+      fields.attention_impl = "xla"
+      changed.append(f"{field}.attention_impl")
+  return config, changed
+
+
 def dry_run(config: ml_collections.ConfigDict, *, target: Target | None = None,
             devices: Sequence[jax.Device] | None = None,
             compile: bool | None = None) -> Report:  # noqa: A002  (the JAX method's name)
@@ -213,6 +230,12 @@ def dry_run(config: ml_collections.ConfigDict, *, target: Target | None = None,
   report = Report()
   out = report.lines.append
   config = config_lib.with_defaults(config)
+  config, cudnn = _cudnn_as_xla(config)
+  if cudnn:
+    out(f"attention_impl 'cudnn' ({', '.join(cudnn)}) lowered as 'xla' here ("
+        f"{jax.default_backend()} backend; cuDNN needs a GPU): the FLOPs are the same, the "
+        "activation memory counts the attention probabilities [B, H, L, S] that cuDNN's fused "
+        "kernel does not store (an overestimate)")
   devices = list(devices) if devices is not None else jax.devices()
   num_devices = target.num_devices if target else len(devices)
   processes = target.processes if target else jax.process_count()
