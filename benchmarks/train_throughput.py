@@ -186,13 +186,16 @@ def _set_impl(loss_config: Any, impl: str) -> int:
 def variant_config(base: ml_collections.ConfigDict, impl: str, dtype: str, remat: bool,
                    microbatch_size: int = 0) -> ml_collections.ConfigDict:
   """A copy of `base` with the loss impl ("config": unchanged), compute dtype, remat and
-  micro-batch size set."""
+  micro-batch size set. Without remat, config.model.remat_policy (e.g. "dots", given with
+  --config.model.remat_policy for the remat variants) goes back to its default, "full"."""
   config = ml_collections.ConfigDict(base.to_dict())
   if impl != "config" and not _set_impl(config.loss, impl):
     raise ConfigError(f"config.loss.name = {config.loss.name!r} has no sigmoid or softmax "
                       "objective whose impl could be set; use --impls=config")
   config.model.dtype = dtype
   config.model.remat = remat
+  if not remat and "remat_policy" in config.model:
+    config.model.remat_policy = "full"
   config.microbatch_size = microbatch_size
   return config
 

@@ -233,13 +233,16 @@ def switch_components(config: ml_collections.ConfigDict,
 
 def add_overridden_fields(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
   """Adds each field the command line overrides that the file's section lacks but its component
-  declares (e.g. `--config.loss.max_scale=100` on a sigmoid config that never sets it, or a
-  pipeline field such as `--config.data.num_threads=0` on any data section), with the
+  declares (e.g. `--config.loss.max_scale=100` on a sigmoid config that never sets it, a
+  pipeline field such as `--config.data.num_threads=0` on any data section, or a config.model
+  field such as `--config.model.attention_impl=cudnn`), with the
   component's default (or the command line's value where there is none), so that the flag
   parser can then apply the override. Changes `config` in place."""
   from clip_jax import schema
   from clip_jax.data.registry import PipelineFields
+  from clip_jax.models.model import ModelFields
 
+  sections = [("model", config.get("model"), schema.defaults(ModelFields))]  # no component name
   for path, registry, _ in component_sections(config):
     section = _section(config, path)
     if section is None or not hasattr(section, "get") or section.get("name") not in registry:
@@ -247,6 +250,10 @@ def add_overridden_fields(config: ml_collections.ConfigDict, overrides: dict[str
     declared = dict(registry.fields(section.name))
     if path == "data":  # config.data also holds the pipeline's fields (num_threads, augment, ...)
       declared.update(schema.defaults(PipelineFields))
+    sections.append((path, section, declared))
+  for path, section, declared in sections:
+    if section is None or not hasattr(section, "get"):
+      continue
     for key, raw in overrides.items():
       field = key[len(path) + 1:] if key.startswith(f"{path}.") else ""
       if field and "." not in field and field in declared and field not in section:

@@ -261,12 +261,15 @@ def test_unimportable_module_is_named():
 
 def test_a_declared_field_the_file_lacks_is_overridable(tmp_path):
   # tests/configs/tiny.py sets only the sigmoid loss's name; max_scale is sigmoid's own field.
-  # Its data section sets no pipeline field; num_threads is one.
+  # Its data section sets no pipeline field; num_threads is one. Its model section sets no
+  # remat_policy (a config.model field, not a component's).
   proc = _train_cli(tmp_path, TINY, "--config.loss.max_scale=5.0", "--config.total_steps=2",
-                    "--config.eval_every_steps=2", "--config.data.num_threads=0")
+                    "--config.eval_every_steps=2", "--config.data.num_threads=0",
+                    "--config.model.remat=True", "--config.model.remat_policy=dots")
   assert proc.returncode == 0, proc.stderr[-3000:]
   saved = json.load(open(tmp_path / "config.json"))
   assert saved["loss"]["max_scale"] == 5.0 and saved["data"]["num_threads"] == 0
+  assert saved["model"]["remat_policy"] == "dots"
   first = [l for l in read_metrics(str(tmp_path / "metrics.jsonl")) if "loss" in l][0]
   assert first["scale"] == pytest.approx(5.0, rel=1e-5)  # exp(log 10) projected to the bound
 
