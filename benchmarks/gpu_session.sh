@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # clip_jax vs open_clip 3.3.0 training throughput on one GPU, in one call of a 15-minute lease.
 #
-# Runs benchmarks/train_throughput.py four times, each under its own `timeout` (7 min 40 s in
-# all), on CLIP ViT-B/32 and ViT-B/16 (configs/paper/clip_vit_b{32,16}_laion400m.py: 224 px,
-# context 77, bfloat16 compute, float32 params and AdamW state, softmax loss), each at 256
-# examples per device and at the largest batch that fits (--batch_per_device=max): clip_jax
-# (all_gather loss) against open_clip amp_bf16, eager and torch.compile. It writes under $OUT:
+# Runs benchmarks/train_throughput.py five times, each under its own `timeout` (8 min in all),
+# on CLIP ViT-B/32 and ViT-B/16 (configs/paper/clip_vit_b{32,16}_laion400m.py: 224 px, context
+# 77, bfloat16 compute, float32 params and AdamW state, softmax loss), each at 256 examples per
+# device and at the largest batch that fits (--batch_per_device=max): clip_jax (all_gather loss)
+# against open_clip amp_bf16, eager and torch.compile; then ViT-B/16 at 256 with cuDNN's fused
+# attention (config.model.attention_impl = "cudnn"), clip_jax alone. It writes under $OUT:
 #   results.md    the versions, nvidia-smi and every run's markdown table;
 #   results.json  {run name: the run's --json record} (raw step times, versions, device, date);
 #   session.log   everything the runs printed (stderr included).
@@ -97,14 +98,18 @@ if [[ $SMOKE == 1 ]]; then
 else
   PEAK=${PEAK_TFLOPS:-989}
   common=(--dtypes bfloat16 --open_clip eager,compile --peak_tflops "$PEAK" --warmup 3)
-  bench b32_256 90 --config configs/paper/clip_vit_b32_laion400m.py --batch_per_device 256 \
+  bench b32_256 80 --config configs/paper/clip_vit_b32_laion400m.py --batch_per_device 256 \
     --steps 20 "${common[@]}"
   bench b16_256 110 --config configs/paper/clip_vit_b16_laion400m.py --batch_per_device 256 \
     --steps 15 "${common[@]}"
-  bench b32_max 120 --config configs/paper/clip_vit_b32_laion400m.py --batch_per_device max \
+  bench b32_max 100 --config configs/paper/clip_vit_b32_laion400m.py --batch_per_device max \
     --steps 10 "${common[@]}"
-  bench b16_max 140 --config configs/paper/clip_vit_b16_laion400m.py --batch_per_device max \
+  bench b16_max 120 --config configs/paper/clip_vit_b16_laion400m.py --batch_per_device max \
     --steps 10 "${common[@]}"
+  # cuDNN's fused attention (config.model.attention_impl), clip_jax alone, against b16_256.
+  bench b16_256_cudnn 70 --config configs/paper/clip_vit_b16_laion400m.py --batch_per_device 256 \
+    --steps 15 --dtypes bfloat16 --peak_tflops "$PEAK" --warmup 3 \
+    --config.model.attention_impl=cudnn
 fi
 
 "$PYTHON" - "$RAW" "$OUT/results.json" <<'EOF'
