@@ -10,7 +10,8 @@
 #   results.md    the versions, nvidia-smi and every run's markdown table;
 #   results.json  {run name: the run's --json record} (raw step times, versions, device, date);
 #   session.log   everything the runs printed (stderr included).
-# A run cut off by its timeout leaves its log; the others still run.
+# A run cut off by its timeout leaves its log; the others still run; the exit status is 1 when
+# any run failed (their names printed last).
 #
 # On the device machine (the wheels below in .whl/, carried; the repository is the working
 # tree, put on PYTHONPATH):
@@ -89,8 +90,9 @@ bench() {
   timeout --kill-after=10 "$seconds" "$PYTHON" benchmarks/train_throughput.py --devices 1 \
     --impls all_gather --json "$RAW/$name.json" "$@" >>"$MD" 2>>"$LOG"
   local rc=$?
-  [[ $rc == 0 ]] || echo "($name ended with status $rc; see session.log)" | tee -a "$MD" "$LOG"
+  [[ $rc == 0 ]] || { echo "($name ended with status $rc; see session.log)" | tee -a "$MD" "$LOG"; FAILED+=("$name"); }
 }
+FAILED=()
 
 if [[ $SMOKE == 1 ]]; then
   bench smoke_max 120 --config benchmarks/configs/demo_scale.py:tiny --batch_per_device max \
@@ -119,3 +121,5 @@ json.dump(runs, open(sys.argv[2], "w"), indent=1)
 EOF
 rm -rf "$RAW"
 cat "$MD"
+# Every run has been tried; the status says whether all of them finished.
+[[ ${#FAILED[@]} == 0 ]] || { echo "runs that failed: ${FAILED[*]}"; exit 1; }

@@ -351,13 +351,25 @@ def max_batch_per_device(config: ml_collections.ConfigDict, devices: list[Any], 
 def build_clip_jax(label: str, config: ml_collections.ConfigDict, devices: list[Any],
                    with_ids: bool, per_device: int | None, memory_bytes: float | None) -> Variant:
   """The Variant at `per_device` (None: the config's batch; with `memory_bytes`, the start of
-  the search for the largest batch: backs off by `BACK_OFF` on out-of-memory errors)."""
+  the search for the largest batch). In the search, a compiled step whose memory analysis
+  exceeds `FILL` of `memory_bytes` (the probes' line misses what grows faster than the batch,
+  e.g. the all_gather loss's B^2 similarities) is rebuilt at the batch scaled by the excess, and
+  an out-of-memory error backs off by `BACK_OFF`; three tries."""
   for attempt in range(3 if memory_bytes else 1):
     batched = config if per_device is None else with_batch(config, per_device, len(devices))
     print(f"[{label}] compiling (global batch {batched.batch_size}) ...", file=sys.stderr,
           flush=True)
     try:
       variant = Variant(label, batched, devices, with_ids)
+      used = _memory_bytes(variant.compiled) if memory_bytes else None
+      if used and used > FILL * memory_bytes and attempt < 2:
+        smaller = max(8, int(per_device * FILL * memory_bytes / used) // 8 * 8)
+        print(f"[{label}] {used / 2**20:,.1f} MiB per device at {per_device} exceeds "
+              f"{FILL:.0%} of {memory_bytes / 2**20:,.1f} MiB; trying {smaller}",
+              file=sys.stderr, flush=True)
+        per_device = smaller
+        del variant
+        continue
       if memory_bytes:
         variant.step(timed=False)  # an out-of-memory error shows here, not in the timed loop
       return variant

@@ -2,16 +2,16 @@
 
 An open_clip-shaped CLIP (`clip_jax.pretrained.open_clip.Architecture`, so the open_clip peer
 builds the same model): embed 256; image 64 px, patch 8, width 256, depth 6, 4 heads; text
-vocabulary 1,024, context 16, width 256, depth 4, 4 heads; 8.4M parameters, 2.26 GFLOP per
-example (forward and backward); batch 128, the sigmoid loss (t' = log 10, b = -10), AdamW.
+vocabulary 1,024, context 16, width 256, depth 4, 4 heads; 8.4M parameters, 2.24 GFLOP per
+example (forward and backward, `clip_jax.training.flops`; XLA counts 2.29); batch 128, the sigmoid loss (t' = log 10, b = -10), AdamW.
 Synthetic data (the benchmark makes its own random batches).
 
   python benchmarks/train_throughput.py --config benchmarks/configs/demo_scale.py \\
       --devices 1 --impls all_gather --open_clip eager,compile --steps 10
 
 The ":tiny" argument shrinks it to a toy of the same kind (image 16 px, widths 32, one layer
-per tower, vocabulary 300, context 8, batch 8) for smoke runs (tests, benchmarks/gpu_session.sh
-with --smoke).
+per tower, vocabulary 300, context 8, batch 8) for smoke runs (tests, and benchmarks/gpu_session.sh
+with CLIP_JAX_GPU_SESSION_SMOKE=1).
 """
 
 import math

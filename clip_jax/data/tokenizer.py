@@ -333,8 +333,8 @@ def _clip_merges_path(value: Any, path: str) -> str:
   """The check of `merges_path`: an existing file, or "" resolved by `find_clip_merges`."""
   value = schema.string()(value, path)
   how = (f"install open_clip_torch (`pip install --no-deps open_clip_torch==3.3.0`, which ships "
-         f"{CLIP_MERGES_FILE})"
-         f" or set {path} to the file")
+         f"{CLIP_MERGES_FILE}) or set {path} to the file (it is in the open_clip_torch wheel: "
+         f"`unzip -j open_clip_torch-3.3.0-py3-none-any.whl open_clip/{CLIP_MERGES_FILE}`)")
   if not value:
     found = find_clip_merges()
     if found is None:
