@@ -89,14 +89,15 @@ def test_data_throughput_prints_its_table(tmp_path, emoji_cache_dir):
 DEMO = os.path.join(ROOT, "benchmarks", "configs", "demo_scale.py")
 
 
-def _throughput_module():
+def _peer_module():
+  """benchmarks/open_clip_peer.py, imported as the scripts do (not train_throughput.py, whose
+  import defines the absl flag --config: a test process may already have one)."""
   sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
   try:
     import open_clip_peer
-    import train_throughput
   finally:
     sys.path.pop(0)
-  return train_throughput, open_clip_peer
+  return open_clip_peer
 
 
 def test_open_clip_peer_starts_where_clip_jax_does(open_clip_lib):
@@ -108,12 +109,13 @@ def test_open_clip_peer_starts_where_clip_jax_does(open_clip_lib):
   from clip_jax.training.flops import model_flops_per_example
   from clip_jax.training.trainer import Trainer
 
-  tt, peer_lib = _throughput_module()
+  peer_lib = _peer_module()
   config = load_config_module(DEMO).get_config("tiny")
   config.loss.init_bias = 0.0  # at b = -10 every model's loss is about 10: the check is weak
   devices = jax.devices()[:1]
   batch = peer_lib.random_batch(config, np.random.default_rng(0), False)
-  trainer = Trainer(config, devices=devices, batch_spec=tt._batch_spec(config, False))
+  trainer = Trainer(config, devices=devices, batch_spec={
+      k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()})
   state = trainer.init_state()
   params = jax.device_get(state["params"])
   _, metrics = trainer.train_step(state, trainer.global_batch(batch))
