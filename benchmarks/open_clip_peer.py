@@ -34,7 +34,9 @@ The device is "cuda" when torch sees a GPU, else the CPU; on a GPU each step end
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
+import os
 import sys
 import tempfile
 import time
@@ -46,6 +48,11 @@ import numpy as np
 from clip_jax.pretrained.open_clip import Architecture, from_params, open_clip_from_wheel
 from clip_jax.registry import ConfigError
 
+# The open_clip_torch wheel to fall back on when `import open_clip` fails (as tests/conftest.py
+# finds it): $CLIP_JAX_OPEN_CLIP_WHEEL, else the newest in the repository's .whl/, else "".
+DEFAULT_WHEEL = os.environ.get("CLIP_JAX_OPEN_CLIP_WHEEL") or ([""] + sorted(glob.glob(
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".whl",
+                 "open_clip_torch-*.whl"))))[-1]
 MODES = ("eager", "compile")
 PRECISIONS = {"float32": "float32", "bfloat16": "amp_bf16"}  # clip_jax dtype -> open_clip's
 INSTALL = ("pip install torch torchvision open_clip_torch==3.3.0, or pip download --no-deps "

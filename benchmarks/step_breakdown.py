@@ -31,7 +31,6 @@ wheel in .whl/ or `--open_clip_wheel`, see `open_clip_peer.load_open_clip`).
 
 from __future__ import annotations
 
-import glob
 import math
 import os
 import statistics
@@ -45,6 +44,7 @@ from absl import app, flags, logging
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from clip_jax.cli import define_config_flag, parse_flags_or_exit  # noqa: E402
 from clip_jax.registry import ConfigError  # noqa: E402
+import open_clip_peer  # noqa: E402  (benchmarks/, the script's folder)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, "configs", "demo_scale.py")
@@ -52,15 +52,10 @@ DEFAULT_CONFIG = os.path.join(HERE, "configs", "demo_scale.py")
 _CONFIG = define_config_flag(f"Path to a get_config() file (default {DEFAULT_CONFIG}).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed calls per part (median reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls per part first.")
-_WHEEL = flags.DEFINE_string("open_clip_wheel", None,
-                             "The open_clip_torch wheel, when open_clip is not installed.")
-
-
-def _default_wheel() -> str | None:
-  """The open_clip_torch wheel in the repository's .whl/ folder, if there is one."""
-  folder = os.path.join(os.path.dirname(HERE), ".whl")
-  wheels = sorted(glob.glob(os.path.join(folder, "open_clip_torch-*.whl")))
-  return wheels[-1] if wheels else None
+_WHEEL = flags.DEFINE_string(
+    "open_clip_wheel", open_clip_peer.DEFAULT_WHEEL, "open_clip_torch wheel to import open_clip "
+    "from when `import open_clip` fails (default $CLIP_JAX_OPEN_CLIP_WHEEL, else the newest "
+    ".whl/open_clip_torch-*.whl).")
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -161,14 +156,13 @@ def run() -> None:
 
   import contextlib
 
-  import open_clip_peer
   from clip_jax.training.step import sharded_objective
   from clip_jax.training.trainer import Trainer
 
   config = _CONFIG.value
   open_clip_peer.architecture_of(config)  # an open_clip-shaped model, or a ConfigError
   stack = contextlib.ExitStack()
-  open_clip = open_clip_peer.load_open_clip(_WHEEL.value or _default_wheel(), stack)
+  open_clip = open_clip_peer.load_open_clip(_WHEEL.value, stack)
   rng = np.random.default_rng(0)
   batch = open_clip_peer.random_batch(config, rng, with_ids=False)
   devices = jax.devices()[:1]

@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import glob
 import json
 import os
 import re
@@ -84,13 +83,10 @@ from absl import app, flags, logging
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from clip_jax.cli import define_config_flag, parse_flags_or_exit  # noqa: E402
 from clip_jax.registry import ConfigError  # noqa: E402
-from open_clip_peer import random_batch  # noqa: E402
+from open_clip_peer import DEFAULT_WHEEL, random_batch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "demo", "emoji.py")
-# The open_clip_torch wheel to fall back on (as tests/conftest.py finds it).
-WHEEL = os.environ.get("CLIP_JAX_OPEN_CLIP_WHEEL") or ([""] + sorted(
-    glob.glob(os.path.join(ROOT, ".whl", "open_clip_torch-*.whl"))))[-1]
 
 _CONFIG = define_config_flag(f"Path to a get_config() file (default {DEFAULT_CONFIG}).")
 _DEVICES = flags.DEFINE_integer("devices", 0, "Number of devices (0: all). On CPU, simulated.")
@@ -115,7 +111,7 @@ _INSTANCE_IDS = flags.DEFINE_bool("instance_ids", False,
 _OPEN_CLIP = flags.DEFINE_list("open_clip", ["none"],
                                "open_clip peer modes: eager, compile, or none.")
 _OPEN_CLIP_WHEEL = flags.DEFINE_string(
-    "open_clip_wheel", WHEEL, "open_clip_torch wheel to import open_clip from when `import "
+    "open_clip_wheel", DEFAULT_WHEEL, "open_clip_torch wheel to import open_clip from when `import "
     "open_clip` fails (default $CLIP_JAX_OPEN_CLIP_WHEEL, else the newest "
     ".whl/open_clip_torch-*.whl).")
 _BATCH = flags.DEFINE_string("batch_per_device", "",
